@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Both create .venv and install
+# the package with the exact pins in constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,hf,onnx,dist]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/optprune demo
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_allocation.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check optprune tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

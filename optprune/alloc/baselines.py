@@ -1,0 +1,184 @@
+"""The selection rules exact allocation is measured against, on the same instance.
+
+* ``topk_rounded``: global top-k by score under the primary budget (a global
+  threshold, as Torch-Pruning's global pruning), then each slot rounded *down* to
+  its width multiple (post-hoc rounding).
+* ``score_fill``: walk structures by decreasing score and keep each one that still
+  fits every budget (FLAP's fill by score, not score per cost); no rounding.
+* ``density_greedy``: the same walk by decreasing score per unit of the primary
+  resource, then rounding down to multiples.
+* ``uniform``: one keep ratio for every slot (top structures of each slot by
+  score), the largest ratio whose rounded widths fit every budget.
+
+Each baseline reports its retained importance, its usage and every constraint it
+breaks; none of them is guaranteed feasible (that is the point of comparing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .problem import AllocationProblem
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    name: str
+    objective: float
+    usage: dict[str, float]
+    feasible: bool
+    violations: list[str]
+    kept: int
+    keep: np.ndarray = field(repr=False)
+
+    def to_dict(self, with_keep: bool = False) -> dict[str, Any]:
+        d = {
+            "objective": self.objective,
+            "usage": self.usage,
+            "feasible": self.feasible,
+            "violations": self.violations[:20],
+            "n_violations": len(self.violations),
+            "kept": self.kept,
+        }
+        if with_keep:
+            d["keep"] = self.keep.tolist()
+        return d
+
+
+class _Fill:
+    """Incremental usage and latency for greedy walks."""
+
+    def __init__(self, p: AllocationProblem) -> None:
+        self.p = p
+        self.limits = [(r, hi) for r, _, hi in p.budget_limits() if math.isfinite(hi)]
+        self.used = {r: 0.0 for r, _ in self.limits}
+        self.slot_of = np.empty(p.n, dtype=np.int64)
+        self.slot_keys = list(p.slots())
+        for t, idx in enumerate(p.slots().values()):
+            self.slot_of[idx] = t
+        self.count = np.zeros(len(self.slot_keys), dtype=np.int64)
+        self.tables = [p.latency_tables.get(s) for s in self.slot_keys]
+        self.latency = sum(t.table[0] for t in self.tables if t is not None)
+        self.cap = p.latency_cap
+
+    def try_add(self, i: int) -> bool:
+        for r, hi in self.limits:
+            if self.used[r] + self.p.costs[r][i] > hi + 1e-9 * max(1.0, abs(hi)):
+                return False
+        t = self.slot_of[i]
+        dl = 0.0
+        tab = self.tables[t]
+        if tab is not None and self.cap is not None:
+            k = self.count[t]
+            dl = tab.table[k + 1] - tab.table[k]
+            if self.latency + dl > self.cap + 1e-9 * max(1.0, self.cap):
+                return False
+        for r, _ in self.limits:
+            self.used[r] += self.p.costs[r][i]
+        self.count[t] += 1
+        self.latency += dl
+        return True
+
+
+def _walk(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bool) -> np.ndarray:
+    keep = np.zeros(p.n, dtype=bool)
+    f = _Fill(p)
+    for i in order:
+        if f.try_add(int(i)):
+            keep[i] = True
+        elif stop_at_first_misfit:
+            break
+    return keep
+
+
+def _round_down(p: AllocationProblem, keep: np.ndarray) -> np.ndarray:
+    """Per slot, keep the top ``floor(count / m) * m`` of the kept structures."""
+    out = np.zeros_like(keep)
+    for s, idx in p.slots().items():
+        _, _, m, _ = p.slot_count_range(s)
+        kept = idx[keep[idx]]
+        k = (kept.size // m) * m
+        kept = kept[np.lexsort((kept, -p.score[kept]))][:k]
+        out[kept] = True
+    return out
+
+
+def _by_score(p: AllocationProblem) -> np.ndarray:
+    return np.lexsort((np.arange(p.n), -p.score))
+
+
+def topk_rounded(p: AllocationProblem) -> np.ndarray:
+    return _round_down(p, _walk(p, _by_score(p), stop_at_first_misfit=True))
+
+
+def score_fill(p: AllocationProblem) -> np.ndarray:
+    return _walk(p, _by_score(p), stop_at_first_misfit=False)
+
+
+def density_greedy(p: AllocationProblem) -> np.ndarray:
+    limits = [r for r, _, hi in p.budget_limits() if math.isfinite(hi)]
+    if limits:
+        cost = p.costs[limits[0]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dens = np.where(cost > 0, p.score / np.where(cost > 0, cost, 1.0), np.inf)
+        order = np.lexsort((np.arange(p.n), -dens))
+    else:
+        order = _by_score(p)
+    return _round_down(p, _walk(p, order, stop_at_first_misfit=False))
+
+
+def uniform(p: AllocationProblem) -> np.ndarray:
+    slots = p.slots()
+    ranked = {s: idx[np.lexsort((idx, -p.score[idx]))] for s, idx in slots.items()}
+    mult = {s: p.slot_count_range(s)[2] for s in slots}
+
+    def keep_at(ratio: float) -> np.ndarray:
+        keep = np.zeros(p.n, dtype=bool)
+        for s, order in ranked.items():
+            k = int(math.floor(ratio * order.size + 1e-9))
+            keep[order[:(k // mult[s]) * mult[s]]] = True
+        return keep
+
+    def fits(keep: np.ndarray) -> bool:
+        return not any((v.startswith("budget") and " max:" in v) or v.startswith("latency")
+                       for v in p.violations(keep))
+
+    lo, hi = 0.0, 1.0
+    if fits(keep_at(1.0)):
+        return keep_at(1.0)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if fits(keep_at(mid)):
+            lo = mid
+        else:
+            hi = mid
+    return keep_at(lo)
+
+
+RULES = {
+    "topk_rounded": topk_rounded,
+    "score_fill": score_fill,
+    "density_greedy": density_greedy,
+    "uniform": uniform,
+}
+
+
+def run_baselines(p: AllocationProblem, names: list[str] | None = None) -> dict[str, BaselineResult]:
+    out = {}
+    for name in names or list(RULES):
+        keep = RULES[name](p)
+        viol = p.violations(keep)
+        out[name] = BaselineResult(
+            name=name,
+            objective=p.objective_of(keep),
+            usage=p.usage(keep),
+            feasible=not viol,
+            violations=viol,
+            kept=int(keep.sum()),
+            keep=keep,
+        )
+    return out

@@ -1,0 +1,276 @@
+"""Solve an AllocationProblem exactly; compare with the baselines; sweep a Pareto front."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InfeasibleProblemError, ValidationError
+from ..solve import SolveOptions, SolveResult, get_backend
+from ..solve.result import Termination
+from .baselines import BaselineResult, run_baselines
+from .formulate import Formulation, formulate
+from .problem import AllocationProblem
+
+
+@dataclass(frozen=True)
+class AllocationResult:
+    """The proven selection (``keep`` is None when the solver found none)."""
+
+    problem_name: str
+    keep: np.ndarray | None = field(repr=False)
+    kept_ids: list[str] = field(repr=False)
+    solve: SolveResult
+    formulation: str
+    model_stats: dict[str, int]
+    objective_kind: str
+    retained_importance: float | None
+    total_importance: float
+    usage: dict[str, float]
+    dense_usage: dict[str, float]
+    slot_counts: dict[str, int]
+    baselines: dict[str, BaselineResult]
+    total_time_s: float
+
+    @property
+    def termination(self) -> Termination:
+        return self.solve.termination
+
+    def price_of_greedy(self) -> dict[str, float | None]:
+        """Per baseline, (exact - baseline) / |exact| of retained importance, for
+        feasible baselines; None for a baseline that breaks a constraint."""
+        if self.solve.objective is None:
+            return {k: None for k in self.baselines}
+        opt = self.solve.objective
+        out = {}
+        for name, b in self.baselines.items():
+            out[name] = (opt - b.objective) / max(abs(opt), 1e-12) if b.feasible else None
+        return out
+
+    def to_dict(self, with_keep: bool = False) -> dict[str, Any]:
+        s = self.solve.to_dict()
+        d = {
+            "problem": self.problem_name,
+            "termination": s["termination"],
+            "solution_status": s["solution_status"],
+            "objective": s["objective"],
+            "bound": s["bound"],
+            "gap": s["gap"],
+            "build_time_s": s["build_time_s"],
+            "solve_time_s": s["solve_time_s"],
+            "total_time_s": self.total_time_s,
+            "nodes": s["nodes"],
+            "backend": s["backend"],
+            "backend_version": s["backend_version"],
+            "backend_details": s["details"],
+            "formulation": self.formulation,
+            "model": self.model_stats,
+            "objective_kind": self.objective_kind,
+            "retained_importance": self.retained_importance,
+            "total_importance": self.total_importance,
+            "usage": self.usage,
+            "dense_usage": self.dense_usage,
+            "kept": len(self.kept_ids),
+            "slot_counts": self.slot_counts,
+            "baselines": {k: b.to_dict() for k, b in self.baselines.items()},
+            "price_of_greedy": self.price_of_greedy(),
+        }
+        if with_keep:
+            d["kept_ids"] = self.kept_ids
+        return d
+
+
+def _options(time_limit_s, rel_gap, threads, seed, log, warm_start=None) -> SolveOptions:
+    return SolveOptions(time_limit_s=time_limit_s, rel_gap=rel_gap, threads=threads, seed=seed,
+                        log=log, warm_start=warm_start)
+
+
+def allocate(
+    problem: AllocationProblem,
+    backend: str = "highs",
+    time_limit_s: float | None = None,
+    rel_gap: float = 1e-6,
+    threads: int | None = None,
+    seed: int = 0,
+    log: bool = False,
+    formulation: str = "auto",
+    objective: str | tuple[str, str] | None = None,
+    importance_floor: float | None = None,
+    baselines: bool | Sequence[str] = True,
+    warm_start: bool = True,
+) -> AllocationResult:
+    """Choose exactly which structures to keep.
+
+    objective: None (the problem's own), "max_importance", or ("min", resource)
+        with ``importance_floor`` a fraction of the total score.
+    baselines: compute the baseline rules on the same instance (True, False or
+        a list of names); the best feasible one also warm-starts the solver.
+    A time limit without a solution returns a result with ``keep=None``; an
+    infeasible problem raises InfeasibleProblemError naming the conflict.
+    """
+    t_start = time.perf_counter()
+    if objective is not None:
+        problem = copy.copy(problem)
+        if objective == "max_importance":
+            problem.set_objective("max_importance")
+        elif isinstance(objective, tuple) and len(objective) == 2 and objective[0] == "min":
+            problem.set_objective("min_resource", objective[1], importance_floor, relative=True)
+        else:
+            raise ValidationError(
+                f"The 'objective' must be 'max_importance' or ('min', RESOURCE); got {objective!r}."
+            )
+    be = get_backend(backend)
+    problem.diagnose()
+    base: dict[str, BaselineResult] = {}
+    if baselines and problem.objective.kind == "max_importance":
+        base = run_baselines(problem, None if baselines is True else list(baselines))
+    t0 = time.perf_counter()
+    form = formulate(problem, formulation)
+    build = time.perf_counter() - t0
+    start = None
+    if warm_start and be.supports_warm_start and base:
+        feas = [b for b in base.values() if b.feasible]
+        if feas:
+            best = max(feas, key=lambda b: b.objective)
+            start = form.encode(best.keep, problem)
+    res = be.solve(form.model, _options(time_limit_s, rel_gap, threads, seed, log, start))
+    res = _with_build_time(res, build)
+    if res.termination in (Termination.INFEASIBLE, Termination.INFEASIBLE_OR_UNBOUNDED):
+        raise InfeasibleProblemError(explain_infeasible(problem, backend))
+    return _result(problem, form, res, base, time.perf_counter() - t_start)
+
+
+def _with_build_time(res: SolveResult, formulate_s: float) -> SolveResult:
+    """The backend's build time plus the formulation's."""
+    return dataclasses.replace(res, build_time_s=res.build_time_s + formulate_s)
+
+
+def _result(problem: AllocationProblem, form: Formulation, res: SolveResult,
+            base: dict[str, BaselineResult], total: float) -> AllocationResult:
+    keep = form.decode(res.x) if res.x is not None else None
+    dense = problem.usage(np.ones(problem.n, dtype=bool))
+    counts = {}
+    if keep is not None:
+        counts = {f"{s[0]}|{s[1]}": int(keep[idx].sum()) for s, idx in problem.slots().items()}
+    return AllocationResult(
+        problem_name=problem.name,
+        keep=keep,
+        kept_ids=[problem.ids[i] for i in np.flatnonzero(keep)] if keep is not None else [],
+        solve=res,
+        formulation=form.kind,
+        model_stats=form.model.stats(),
+        objective_kind=problem.objective.kind,
+        retained_importance=problem.retained(keep) if keep is not None else None,
+        total_importance=float(problem.score.sum()),
+        usage=problem.usage(keep) if keep is not None else {},
+        dense_usage=dense,
+        slot_counts=counts,
+        baselines=base,
+        total_time_s=total,
+    )
+
+
+def explain_infeasible(problem: AllocationProblem, backend: str = "highs") -> str:
+    """Which constraint families, dropped one at a time, make the problem feasible."""
+    families = {
+        "budgets": ("budgets", []),
+        "count bounds": ("count_bounds", []),
+        "width multiples": ("multiples", []),
+        "groups": ("groups", []),
+        "implications": ("implications", []),
+        "equal counts": ("equal_counts", []),
+        "latency cap": ("latency_cap", None),
+    }
+    culprits = []
+    be = get_backend(backend)
+    for label, (attr, empty) in families.items():
+        if not getattr(problem, attr):
+            continue
+        q = copy.copy(problem)
+        setattr(q, attr, empty)
+        try:
+            q.diagnose()
+        except InfeasibleProblemError:
+            continue
+        r = be.solve(formulate(q).model, SolveOptions(time_limit_s=10.0))
+        if r.has_solution:
+            culprits.append(label)
+    if culprits:
+        return ("No selection satisfies every constraint. Dropping any one of these families "
+                "makes the problem feasible, so they conflict with the rest: "
+                + ", ".join(culprits) + ".")
+    return ("No selection satisfies every constraint, and no single constraint family is "
+            "to blame alone: several conflict together.")
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    budget: float
+    objective: float | None
+    bound: float | None
+    gap: float
+    termination: str
+    usage: dict[str, float]
+    solve_time_s: float
+    warm_started: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["gap"] = None if not math.isfinite(self.gap) else self.gap
+        return d
+
+
+def pareto_front(
+    problem: AllocationProblem,
+    resource: str,
+    budgets: Sequence[float],
+    relative: bool = True,
+    backend: str = "highs",
+    time_limit_s: float | None = None,
+    rel_gap: float = 1e-6,
+) -> list[ParetoPoint]:
+    """Epsilon-constraint sweep: maximize retained importance with ``resource`` at
+    most each budget in turn (ascending), the model built once and each solve
+    warm-started from the previous optimum (feasible for every larger budget).
+    Every point carries its own bound and gap."""
+    if not budgets:
+        raise ValidationError("The 'budgets' of pareto_front must be a non-empty list.")
+    q = copy.copy(problem)
+    q.budgets = list(problem.budgets)
+    q.set_objective("max_importance")
+    total = q.dense_total(resource)
+    values = sorted(float(b) * total if relative else float(b) for b in budgets)
+    q.add_budget(resource, max=values[-1])
+    form = formulate(q)
+    row = form.budget_rows[-1]
+    base_upper = form.model.row_upper[row]  # for the largest budget, constants included
+    be = get_backend(backend)
+    out: list[ParetoPoint] = []
+    prev = None
+    for v in values:
+        form.model.row_upper[row] = base_upper + (v - values[-1])
+        q.budgets[-1] = type(q.budgets[-1])(resource, max=v)
+        try:
+            q.diagnose()
+        except InfeasibleProblemError:
+            out.append(ParetoPoint(v, None, None, math.inf, "infeasible", {}, 0.0, False))
+            continue
+        opts = _options(time_limit_s, rel_gap, None, 0, False,
+                        prev if be.supports_warm_start else None)
+        r = be.solve(form.model, opts)
+        keep = form.decode(r.x) if r.x is not None else None
+        out.append(ParetoPoint(
+            budget=v, objective=r.objective, bound=r.bound, gap=r.gap,
+            termination=r.termination.value,
+            usage=q.usage(keep) if keep is not None else {},
+            solve_time_s=r.solve_time_s, warm_started=prev is not None,
+        ))
+        if r.x is not None:
+            prev = r.x
+    return out

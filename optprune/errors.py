@@ -1,0 +1,44 @@
+"""Error hierarchy. Every class also subclasses the matching builtin, so callers
+can catch either ``optprune.errors.ValidationError`` or plain ``ValueError``."""
+
+from __future__ import annotations
+
+
+class OptpruneError(Exception):
+    """Base class of every error optprune raises on purpose."""
+
+
+class ValidationError(OptpruneError, ValueError):
+    """Input that does not have the expected shape, type, range or meaning."""
+
+
+class InfeasibleProblemError(OptpruneError, ValueError):
+    """No selection can satisfy the constraints; the message names the conflict."""
+
+
+class BackendUnavailableError(OptpruneError, RuntimeError):
+    """A solver backend is unknown or cannot be imported here."""
+
+
+class MissingExtraError(OptpruneError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class UnsupportedModuleError(OptpruneError, TypeError):
+    """A network contains layers or modules optprune cannot handle (all are listed)."""
+
+
+class SolverError(OptpruneError, RuntimeError):
+    """A solver failed in a way that is not a limit, infeasibility or unboundedness."""
+
+
+def check(condition: bool, what: str, expected: str, got: object, hint: str = "") -> None:
+    """Raise ValidationError with the project's one message template.
+
+    "The 'budget' parameter of ParamBudget must be in (0, 1]; got 1.7."
+    """
+    if not condition:
+        msg = f"{what} must be {expected}; got {got!r}."
+        if hint:
+            msg += f" {hint}"
+        raise ValidationError(msg)
