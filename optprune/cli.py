@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             area = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
-            if exc.name == mod:
+            if exc.name and mod.startswith(exc.name):
                 continue
             raise
         area.add_parsers(sub)
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except OptpruneError as exc:
         print(f"optprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head and the like
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

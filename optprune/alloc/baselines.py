@@ -49,49 +49,64 @@ class BaselineResult:
         return d
 
 
-class _Fill:
-    """Incremental usage and latency for greedy walks."""
-
-    def __init__(self, p: AllocationProblem) -> None:
-        self.p = p
-        self.limits = [(r, hi) for r, _, hi in p.budget_limits() if math.isfinite(hi)]
-        self.used = {r: 0.0 for r, _ in self.limits}
-        self.slot_of = np.empty(p.n, dtype=np.int64)
-        self.slot_keys = list(p.slots())
-        for t, idx in enumerate(p.slots().values()):
-            self.slot_of[idx] = t
-        self.count = np.zeros(len(self.slot_keys), dtype=np.int64)
-        self.tables = [p.latency_tables.get(s) for s in self.slot_keys]
-        self.latency = sum(t.table[0] for t in self.tables if t is not None)
-        self.cap = p.latency_cap
-
-    def try_add(self, i: int) -> bool:
-        for r, hi in self.limits:
-            if self.used[r] + self.p.costs[r][i] > hi + 1e-9 * max(1.0, abs(hi)):
-                return False
-        t = self.slot_of[i]
-        dl = 0.0
-        tab = self.tables[t]
-        if tab is not None and self.cap is not None:
-            k = self.count[t]
-            dl = tab.table[k + 1] - tab.table[k]
-            if self.latency + dl > self.cap + 1e-9 * max(1.0, self.cap):
-                return False
-        for r, _ in self.limits:
-            self.used[r] += self.p.costs[r][i]
-        self.count[t] += 1
-        self.latency += dl
-        return True
-
-
 def _walk(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bool) -> np.ndarray:
+    """Keep structures in ``order`` while every max budget and the latency cap hold.
+
+    A structure that does not fit is skipped (or ends the walk when
+    ``stop_at_first_misfit``). In a slot whose members all cost the same, a misfit
+    closes the slot: its later members cost the same and add the same latency step
+    while the remaining capacity only shrinks, so none of them can fit either.
+    """
+    slot_keys = list(p.slots())
+    slot_of = np.empty(p.n, dtype=np.int64)
+    for t, idx in enumerate(p.slots().values()):
+        slot_of[idx] = t
+    limits = [(r, hi) for r, _, hi in p.budget_limits() if math.isfinite(hi)]
+    costs = [p.costs[r].tolist() for r, _ in limits]
+    his = [hi + 1e-9 * max(1.0, abs(hi)) for _, hi in limits]
+    used = [0.0] * len(limits)
+    cap = p.latency_cap
+    tables = [None] * len(slot_keys)
+    latency = 0.0
+    if cap is not None:
+        for t, s in enumerate(slot_keys):
+            if s in p.latency_tables:
+                tables[t] = p.latency_tables[s].table.tolist()
+                latency += tables[t][0]
+        cap = cap + 1e-9 * max(1.0, cap)
+    homogeneous = [all(np.ptp(p.costs[r][idx]) == 0 for r in p.costs)
+                   for idx in p.slots().values()]
+    closed = [False] * len(slot_keys)
+    count = [0] * len(slot_keys)
+    slot_list = slot_of.tolist()
+    kept: list[int] = []
+    nres = range(len(limits))
+    for i in order.tolist():
+        t = slot_list[i]
+        if closed[t]:
+            continue
+        ok = True
+        for r in nres:
+            if used[r] + costs[r][i] > his[r]:
+                ok = False
+                break
+        dl = 0.0
+        if ok and tables[t] is not None:
+            k = count[t]
+            dl = tables[t][k + 1] - tables[t][k]
+            ok = latency + dl <= cap
+        if not ok:
+            if stop_at_first_misfit:
+                break
+            closed[t] = homogeneous[t]
+            continue
+        for r in nres:
+            used[r] += costs[r][i]
+        latency += dl
+        count[t] += 1
+        kept.append(i)
     keep = np.zeros(p.n, dtype=bool)
-    f = _Fill(p)
-    for i in order:
-        if f.try_add(int(i)):
-            keep[i] = True
-        elif stop_at_first_misfit:
-            break
+    keep[kept] = True
     return keep
 
 

@@ -54,20 +54,26 @@ def llama_problem(
     ffn_multiple: int = 128,
     seq_len: int = 2048,
     overhead: float = 0.02,
+    gqa_implications: bool = False,
 ) -> AllocationProblem:
     """The problem of `optprune allocate --example NAME`.
 
     param_budget: kept fraction of the prunable (attention + FFN) parameters plus
         the fixed embeddings (fixed costs are counted at full size).
     latency_cap: total staircase latency at most this fraction of dense (None: no cap).
+    gqa_implications: for grouped-query shapes (70B), make the key/value groups
+        prunable structures too, with "keep a query head only if its group is
+        kept" implications (one binary per head then; slower). By default the
+        key/value projections are fixed costs and only query heads are pruned.
     """
     if name not in SHAPES:
         raise ValidationError(f"Unknown example {name!r}; expected one of {sorted(SHAPES)}.")
     s = SHAPES[name]
     rng = np.random.default_rng(seed)
     dh = s.d_model // s.heads
-    gqa = s.kv_heads != s.heads
-    head_params = (2 if gqa else 4) * dh * s.d_model
+    grouped = s.kv_heads != s.heads
+    gqa = grouped and gqa_implications
+    head_params = (2 if grouped else 4) * dh * s.d_model
     kv_params = 2 * dh * s.d_model
     ffn_params = 3 * s.d_model
     head_flops = 2 * head_params + 4 * seq_len * dh
@@ -95,6 +101,8 @@ def llama_problem(
     ids = [f"{lay}:{k}:{i}" for lay, k, i in zip(layer.tolist(), kind.tolist(), idx.tolist())]
     vocab = 32000
     fixed_params = 2 * vocab * s.d_model + s.layers * 2 * s.d_model + s.d_model
+    if grouped and not gqa:
+        fixed_params += s.layers * s.kv_heads * kv_params
     p = AllocationProblem(ids, layer, kind, score, {"params": params, "flops": flops},
                           fixed_costs={"params": float(fixed_params), "flops": 0.0}, name=name)
     p.add_budget("params", max=param_budget, relative=True)

@@ -562,17 +562,57 @@ class AllocationProblem:
 
 def validate_document(d: Any) -> None:
     """Check a problem document against ``problem.schema.json``; the error names
-    the path of the first violation."""
+    the path of the first violation.
+
+    The per-structure arrays can hold millions of entries, which a JSON Schema
+    validator walks one Python object at a time; the schema therefore sees each
+    array cut to its first entries, and the arrays are checked whole with numpy
+    (types, lengths, finiteness, signs) here.
+    """
     import jsonschema
 
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = _schema()
+    skeleton = d
+    if isinstance(d, dict) and isinstance(d.get("structures"), dict):
+        s = d["structures"]
+        skeleton = dict(d)
+        skel = {k: (v[:3] if isinstance(v, list) else v) for k, v in s.items()}
+        if isinstance(s.get("costs"), dict):
+            skel["costs"] = {r: (v[:3] if isinstance(v, list) else v)
+                             for r, v in s["costs"].items()}
+        skeleton["structures"] = skel
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(d), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(skeleton), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         more = f" ({len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ValidationError(f"The problem document is invalid at {where}: {e.message}{more}")
+    s = d["structures"]
+    for key in ("ids", "layer", "kind"):
+        if key in s and not all(isinstance(v, str) for v in s[key]):
+            raise ValidationError(f"The problem document is invalid at structures/{key}: "
+                                  "every entry must be a string.")
+    arrays = {"score": s["score"], **{f"costs/{r}": v for r, v in s["costs"].items()}}
+    for key, v in arrays.items():
+        try:
+            a = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"The problem document is invalid at structures/{key}: "
+                                  "every entry must be a number.") from exc
+        if a.ndim != 1:
+            raise ValidationError(f"The problem document is invalid at structures/{key}: "
+                                  "expected a flat list of numbers.")
+
+
+_SCHEMA: dict[str, Any] | None = None
+
+
+def _schema() -> dict[str, Any]:
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = json.loads(SCHEMA_PATH.read_text())
+    return _SCHEMA
 
 
 def _matches(layer: str | None, kind: str | None, slot: Slot) -> bool:
