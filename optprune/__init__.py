@@ -1,1 +1,36 @@
-"""optprune."""
+"""optprune: structured pruning of neural networks as exact optimization problems.
+
+The main entry points, imported lazily so that ``import optprune`` stays light
+(torch is loaded only when the torch side is used):
+
+* ``optprune.prune(model, importance=..., budget=..., ...)``: model -> pruned model + report;
+* ``optprune.AllocationProblem`` / ``optprune.allocate``: the exact allocation engine;
+* ``optprune.LinearModel`` / ``optprune.solve``: one MILP format, four backends.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "prune": "optprune.nn.prune",
+    "discover": "optprune.nn.structures",
+    "AllocationProblem": "optprune.alloc",
+    "allocate": "optprune.alloc",
+    "pareto_front": "optprune.alloc",
+    "LinearModel": "optprune.solve",
+    "SolveOptions": "optprune.solve",
+    "solve": "optprune.solve",
+}
+
+__all__ = ["AllocationProblem", "LinearModel", "SolveOptions", "__version__", "allocate",
+           "discover", "pareto_front", "prune", "solve"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'optprune' has no attribute {name!r}")

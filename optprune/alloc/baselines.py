@@ -17,11 +17,13 @@ breaks; none of them is guaranteed feasible (that is the point of comparing).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..errors import ValidationError
 from .problem import AllocationProblem
 
 
@@ -34,6 +36,7 @@ class BaselineResult:
     violations: list[str]
     kept: int
     keep: np.ndarray = field(repr=False)
+    time_s: float = 0.0
 
     def to_dict(self, with_keep: bool = False) -> dict[str, Any]:
         d = {
@@ -43,6 +46,7 @@ class BaselineResult:
             "violations": self.violations[:20],
             "n_violations": len(self.violations),
             "kept": self.kept,
+            "time_s": self.time_s,
         }
         if with_keep:
             d["keep"] = self.keep.tolist()
@@ -185,7 +189,11 @@ RULES = {
 def run_baselines(p: AllocationProblem, names: list[str] | None = None) -> dict[str, BaselineResult]:
     out = {}
     for name in names or list(RULES):
+        if name not in RULES:
+            raise ValidationError(f"Unknown baseline {name!r}; expected some of {sorted(RULES)}.")
+        t0 = time.perf_counter()
         keep = RULES[name](p)
+        t = time.perf_counter() - t0
         viol = p.violations(keep)
         out[name] = BaselineResult(
             name=name,
@@ -195,5 +203,6 @@ def run_baselines(p: AllocationProblem, names: list[str] | None = None) -> dict[
             violations=viol,
             kept=int(keep.sum()),
             keep=keep,
+            time_s=t,
         )
     return out

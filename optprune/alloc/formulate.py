@@ -58,7 +58,7 @@ class Formulation:
         """A solution vector for ``keep`` (for warm starts); None if ``keep`` is not
         representable (a width-mode slot not kept as a top-k prefix of an option)."""
         x = np.zeros(self.model.num_cols)
-        for s, sv in self.slots.items():
+        for _s, sv in self.slots.items():
             if sv.mode == "structure":
                 x[sv.cols] = keep[sv.members]
             else:

@@ -381,7 +381,7 @@ class AllocationProblem:
         keep = np.asarray(keep, dtype=bool)
         out: list[str] = []
         u = self.usage(keep)
-        for (r, lo, hi), b in zip(self.budget_limits(), self.budgets):
+        for r, lo, hi in self.budget_limits():
             used = u[r] - self.fixed_costs[r]
             scale = max(1.0, abs(hi) if math.isfinite(hi) else 1.0)
             if used > hi + tol * scale:
@@ -437,7 +437,7 @@ class AllocationProblem:
                     f"{'' if allow_zero else ' (zero not allowed)'} leave no option."
                 )
             mins[s] = int(ks[0])
-        for (r, lo, hi), b in zip(self.budget_limits(), self.budgets):
+        for (r, lo, hi), _b in zip(self.budget_limits(), self.budgets):
             cheapest = 0.0
             dearest = 0.0
             for s, idx in slots.items():
@@ -581,6 +581,13 @@ def validate_document(d: Any) -> None:
             skel["costs"] = {r: (v[:3] if isinstance(v, list) else v)
                              for r, v in s["costs"].items()}
         skeleton["structures"] = skel
+    lat = d.get("constraints", {}).get("latency") if isinstance(d, dict) else None
+    if isinstance(lat, dict) and isinstance(lat.get("tables"), list):
+        skeleton = dict(skeleton)
+        skeleton["constraints"] = dict(d["constraints"])
+        skeleton["constraints"]["latency"] = dict(lat, tables=[
+            dict(t, table=t["table"][:3]) if isinstance(t, dict) and isinstance(t.get("table"), list)
+            else t for t in lat["tables"]])
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(skeleton), key=lambda e: list(e.absolute_path))
     if errors:
@@ -593,15 +600,19 @@ def validate_document(d: Any) -> None:
         if key in s and not all(isinstance(v, str) for v in s[key]):
             raise ValidationError(f"The problem document is invalid at structures/{key}: "
                                   "every entry must be a string.")
-    arrays = {"score": s["score"], **{f"costs/{r}": v for r, v in s["costs"].items()}}
+    arrays = {"structures/score": s["score"],
+              **{f"structures/costs/{r}": v for r, v in s["costs"].items()}}
+    if isinstance(lat, dict):
+        for i, t in enumerate(lat.get("tables", [])):
+            arrays[f"constraints/latency/tables/{i}/table"] = t["table"]
     for key, v in arrays.items():
         try:
             a = np.asarray(v, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise ValidationError(f"The problem document is invalid at structures/{key}: "
+            raise ValidationError(f"The problem document is invalid at {key}: "
                                   "every entry must be a number.") from exc
         if a.ndim != 1:
-            raise ValidationError(f"The problem document is invalid at structures/{key}: "
+            raise ValidationError(f"The problem document is invalid at {key}: "
                                   "expected a flat list of numbers.")
 
 

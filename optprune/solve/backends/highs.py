@@ -54,7 +54,8 @@ def pass_model(h: Any, model: LinearModel, names: bool = False) -> None:
     import highspy
 
     A = model.A
-    integrality = model.integrality.astype(np.int32) if model.is_mip else np.zeros(0, np.int32)
+    # A full-length array even for an LP: HiGHS rejects an empty one here.
+    integrality = model.integrality.astype(np.int32)
     status = h.passModel(
         model.num_cols,
         model.num_rows,

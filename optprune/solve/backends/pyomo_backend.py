@@ -85,7 +85,7 @@ def from_pyomo(cm: Any, name: str | None = None) -> tuple[LinearModel, list[Any]
 
     rows, cols, vals, rl, ru, rnames = [], [], [], [], [], []
     bad = []
-    for r, con in enumerate(cm.component_data_objects(pe.Constraint, active=True)):
+    for _r, con in enumerate(cm.component_data_objects(pe.Constraint, active=True)):
         repn = generate_standard_repn(con.body, quadratic=False)
         if not repn.is_linear():
             bad.append(con.name)
