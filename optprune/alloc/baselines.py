@@ -80,6 +80,17 @@ def _walk(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bool) -
         cap = cap + 1e-9 * max(1.0, cap)
     homogeneous = [all(np.ptp(p.costs[r][idx]) == 0 for r in p.costs)
                    for idx in p.slots().values()]
+    # Pair costs: adding one structure to slot t raises coef * k_other (k_other
+    # only grows, so a homogeneous slot's misfit still closes it).
+    res_index = {r: j for j, (r, _) in enumerate(limits)}
+    slot_index = {s: t for t, s in enumerate(slot_keys)}
+    pairs: list[list[tuple[int, int, float, bool]]] = [[] for _ in slot_keys]
+    for pc in p.pair_costs:
+        if pc.resource in res_index:
+            a, b = slot_index[pc.slot_a], slot_index[pc.slot_b]
+            pairs[a].append((res_index[pc.resource], b, pc.coef, a == b))
+            if a != b:
+                pairs[b].append((res_index[pc.resource], a, pc.coef, False))
     closed = [False] * len(slot_keys)
     count = [0] * len(slot_keys)
     slot_list = slot_of.tolist()
@@ -90,8 +101,11 @@ def _walk(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bool) -
         if closed[t]:
             continue
         ok = True
+        add = [costs[r][i] for r in nres]
+        for r, other, coef, same in pairs[t]:
+            add[r] += coef * (2 * count[t] + 1 if same else count[other])
         for r in nres:
-            if used[r] + costs[r][i] > his[r]:
+            if used[r] + add[r] > his[r]:
                 ok = False
                 break
         dl = 0.0
@@ -105,7 +119,7 @@ def _walk(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bool) -
             closed[t] = homogeneous[t]
             continue
         for r in nres:
-            used[r] += costs[r][i]
+            used[r] += add[r]
         latency += dl
         count[t] += 1
         kept.append(i)

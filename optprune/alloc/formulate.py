@@ -76,6 +76,18 @@ class Formulation:
                 lo, hi = data
                 t = int(np.flatnonzero((lo <= k) & (k <= hi))[0])
                 x[cols[t]] = 1.0
+            elif kind == "counts":
+                pos = np.flatnonzero(data == k)
+                if pos.size == 0:
+                    return None
+                x[cols[pos[0]]] = 1.0
+            elif kind == "pair":
+                slot_b, ka, kb = data
+                kb_ = int(keep[self.slots[slot_b].members].sum())
+                i, j = np.flatnonzero(ka == k), np.flatnonzero(kb == kb_)
+                if i.size == 0 or j.size == 0:
+                    return None
+                x[cols[i[0] * kb.size + j[0]]] = 1.0
         if self.model.max_violation(x) > 1e-6:
             return None
         return x
@@ -224,8 +236,63 @@ def formulate(problem: AllocationProblem, formulation: str = "auto") -> Formulat
                        sv.count_const - s0.count_const, sv.count_const - s0.count_const, count=1,
                        names=[f"equal{t}_{j}"])
 
+    # Pair costs coef * k_a * k_b: one-hot count variables u per slot (the width
+    # binaries themselves in width mode) and w[k, l] >= 0 with row sums u_a[k] and
+    # column sums u_b[l]; with one-hot u the only such w is u_a[k] * u_b[l].
+    onehot: dict[Slot, tuple[np.ndarray, np.ndarray]] = {}
+
+    def counts_onehot(s: Slot) -> tuple[np.ndarray, np.ndarray]:
+        if s in onehot:
+            return onehot[s]
+        sv = slots[s]
+        if sv.mode == "width":
+            onehot[s] = (sv.cols, sv.options.astype(np.float64))
+            return onehot[s]
+        opts = problem.allowed_counts(s)
+        u = b.add_columns(opts.size, 0.0, 1.0, 0.0, True,
+                          names=[f"k[{s[0]}|{s[1]}|{k}]" for k in opts])
+        b.add_rows(np.zeros(opts.size), u, np.ones(opts.size), 1.0, 1.0, count=1,
+                   names=[f"one_count[{s[0]}|{s[1]}]"])
+        b.add_rows(np.zeros(sv.cols.size + opts.size), np.concatenate([sv.cols, u]),
+                   np.concatenate([np.ones(sv.cols.size), -opts.astype(np.float64)]), 0.0, 0.0,
+                   count=1, names=[f"count_link[{s[0]}|{s[1]}]"])
+        aux.append(("counts", s, u, opts))
+        onehot[s] = (u, opts.astype(np.float64))
+        return onehot[s]
+
+    for t, pc in enumerate(problem.pair_costs):
+        if pc.resource not in cost_terms:
+            continue
+        ua, ka = counts_onehot(pc.slot_a)
+        if pc.slot_a == pc.slot_b:
+            cost_terms[pc.resource][0].append(ua)
+            cost_terms[pc.resource][1].append(pc.coef * ka * ka)
+            continue
+        ub, kb = counts_onehot(pc.slot_b)
+        na, nb = ua.size, ub.size
+        # w is integral at every integer u; declared integer so CP-SAT can take it.
+        w = b.add_columns(na * nb, 0.0, 1.0, 0.0, True,
+                          names=[f"w{t}[{i},{j}]" for i in range(na) for j in range(nb)])
+        grid = w.reshape(na, nb)
+        rows = np.concatenate([np.repeat(np.arange(na), nb + 1),
+                               na + np.repeat(np.arange(nb), na + 1)])
+        cols = np.concatenate([np.column_stack([grid, ua]).ravel(),
+                               np.column_stack([grid.T, ub]).ravel()])
+        vals = np.concatenate([np.tile(np.r_[np.ones(nb), -1.0], na),
+                               np.tile(np.r_[np.ones(na), -1.0], nb)])
+        b.add_rows(rows, cols, vals, 0.0, 0.0, count=na + nb,
+                   names=[f"pair{t}_a[{i}]" for i in range(na)]
+                   + [f"pair{t}_b[{j}]" for j in range(nb)])
+        cost_terms[pc.resource][0].append(w)
+        cost_terms[pc.resource][1].append(pc.coef * np.outer(ka, kb).ravel())
+        aux.append(("pair", pc.slot_a, w, (pc.slot_b, ka, kb)))
+
     def sparse_row(terms: tuple[list[np.ndarray], list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        return np.concatenate(terms[0]), np.concatenate(terms[1]).astype(np.float64)
+        # Duplicate columns (several pair costs on one slot) are summed.
+        cols = np.concatenate(terms[0]).astype(np.int64)
+        vals = np.concatenate(terms[1]).astype(np.float64)
+        uniq, inv = np.unique(cols, return_inverse=True)
+        return uniq, np.bincount(inv, weights=vals, minlength=uniq.size)
 
     budget_rows = []
     for r, lo, hi in budgets:

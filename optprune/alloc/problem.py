@@ -58,6 +58,18 @@ class LatencyTable:
 
 
 @dataclass(frozen=True)
+class PairCost:
+    """``coef * k_a * k_b`` of ``resource``: the kept counts of two slots multiply
+    (a weight matrix whose rows and columns are both pruned keeps k_out * k_in
+    entries). ``slot_a == slot_b`` gives ``coef * k_a**2``."""
+
+    resource: str
+    slot_a: Slot
+    slot_b: Slot
+    coef: float
+
+
+@dataclass(frozen=True)
 class Objective:
     """``max_importance``, or ``min_resource`` of ``resource`` subject to retained
     importance >= ``importance_floor`` (a fraction of the total score when
@@ -151,6 +163,7 @@ class AllocationProblem:
         self.equal_counts: list[list[Slot]] = []
         self.latency_tables: dict[Slot, LatencyTable] = {}
         self.latency_cap: float | None = None
+        self.pair_costs: list[PairCost] = []
         self.objective = Objective()
         self._index: dict[str, int] | None = None
         self._slots: dict[Slot, np.ndarray] | None = None
@@ -193,7 +206,10 @@ class AllocationProblem:
         return out
 
     def dense_total(self, resource: str) -> float:
-        return float(self.fixed_costs[resource] + self.costs[resource].sum())
+        sl = self.slots()
+        pairs = sum(pc.coef * sl[pc.slot_a].size * sl[pc.slot_b].size
+                    for pc in self.pair_costs if pc.resource == resource)
+        return float(self.fixed_costs[resource] + self.costs[resource].sum() + pairs)
 
     def _check_resource(self, r: str, where: str) -> None:
         if r not in self.costs:
@@ -273,6 +289,20 @@ class AllocationProblem:
             if s not in self.slots():
                 raise ValidationError(f"Unknown slot {s!r} in an equal-counts constraint.")
         self.equal_counts.append(slots)  # type: ignore[arg-type]
+        return self
+
+    def add_pair_cost(self, resource: str, slot_a: Slot, slot_b: Slot,
+                      coef: float) -> "AllocationProblem":
+        """Usage of ``resource`` gains ``coef * k_a * k_b`` (k = kept counts of the two
+        slots): the exact cost of a tensor pruned along two dimensions."""
+        self._check_resource(resource, "a pair cost")
+        slot_a, slot_b = tuple(slot_a), tuple(slot_b)
+        for sl in (slot_a, slot_b):
+            if sl not in self.slots():
+                raise ValidationError(f"Unknown slot {sl!r} in a pair cost.")
+        check(math.isfinite(coef) and coef >= 0, "The 'coef' of a pair cost",
+              "a finite non-negative number", coef)
+        self.pair_costs.append(PairCost(resource, slot_a, slot_b, float(coef)))  # type: ignore[arg-type]
         return self
 
     def add_latency_table(self, layer: str, kind: str, table: Sequence[float]) -> "AllocationProblem":
@@ -365,6 +395,11 @@ class AllocationProblem:
     def usage(self, keep: np.ndarray) -> dict[str, float]:
         keep = np.asarray(keep, dtype=bool)
         u = {r: float(self.fixed_costs[r] + self.costs[r][keep].sum()) for r in self.costs}
+        if self.pair_costs:
+            sl = self.slots()
+            for pc in self.pair_costs:
+                u[pc.resource] += pc.coef * float(keep[sl[pc.slot_a]].sum()) * float(
+                    keep[sl[pc.slot_b]].sum())
         if self.latency_tables:
             u["latency"] = self.latency_of(keep)
         return u
@@ -451,6 +486,8 @@ class AllocationProblem:
                     "bounds / width multiples conflict with the budget on "
                     f"{r!r}. Raise the budget or lower the minimum widths."
                 )
+            dearest += sum(pc.coef * slots[pc.slot_a].size * slots[pc.slot_b].size
+                           for pc in self.pair_costs if pc.resource == r)
             if dearest < lo - 1e-9 * max(1.0, abs(lo)):
                 raise InfeasibleProblemError(
                     f"Keeping every structure uses {dearest + self.fixed_costs[r]:.6g} {r}, below "
@@ -496,6 +533,10 @@ class AllocationProblem:
                            for t in self.latency_tables.values()],
                 "cap": self.latency_cap,
             }
+        if self.pair_costs:
+            c["pair_costs"] = [{"resource": pc.resource, "slot_a": list(pc.slot_a),
+                                "slot_b": list(pc.slot_b), "coef": pc.coef}
+                               for pc in self.pair_costs]
         return {
             "format": FORMAT,
             "name": self.name,
@@ -518,6 +559,8 @@ class AllocationProblem:
         p = cls(ids=s.get("ids"), layer=s["layer"], kind=s["kind"], score=s["score"],
                 costs=s["costs"], fixed_costs=d.get("fixed_costs"), name=d.get("name", "allocation"))
         c = d.get("constraints", {})
+        for pc in c.get("pair_costs", []):  # costs first: relative budgets depend on them
+            p.add_pair_cost(pc["resource"], tuple(pc["slot_a"]), tuple(pc["slot_b"]), pc["coef"])
         for b in c.get("budgets", []):
             p.add_budget(b["resource"], max=b.get("max"), min=b.get("min"),
                          relative=b.get("relative", False))

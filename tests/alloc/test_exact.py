@@ -54,6 +54,11 @@ def problems(draw, homogeneous: bool = False):
     p = AllocationProblem(None, layer, kind, score, {"params": params, "flops": flops},
                           fixed_costs={"params": draw(st.integers(0, 5))})
     slots = list(p.slots())
+    if draw(st.booleans()):  # bilinear costs: weights pruned along two dimensions
+        for _ in range(draw(st.integers(1, 2))):
+            a, b = draw(st.sampled_from(slots)), draw(st.sampled_from(slots))
+            p.add_pair_cost(draw(st.sampled_from(["params", "flops"])), a, b,
+                            float(draw(st.integers(1, 4))))
     p.add_budget("params", max=draw(st.floats(0.2, 1.0)), relative=True)
     if draw(st.booleans()):
         p.add_budget("flops", min=float(draw(st.integers(0, 6))))
@@ -144,7 +149,7 @@ def test_scaling_the_scores_scales_the_optimum(p, scale):
         return
     q = AllocationProblem(p.ids, p.layer, p.kind, p.score * scale, p.costs, p.fixed_costs)
     for attr in ("budgets", "count_bounds", "multiples", "groups", "implications",
-                 "equal_counts", "latency_tables", "latency_cap"):
+                 "equal_counts", "latency_tables", "latency_cap", "pair_costs"):
         setattr(q, attr, getattr(p, attr))
     a = allocate(p, baselines=False)
     b = allocate(q, baselines=False)

@@ -1,0 +1,198 @@
+"""One call from a model to a physically pruned model:
+
+    pruned, report = optprune.prune(model, importance="flap", budget=0.5, data=(X, y),
+                                    flops=0.6, multiples={"head": 2, "neuron": 8})
+
+The steps (each available on its own): ``discover`` the coupled groups and their exact
+costs -> ``score`` them -> ``problem_from_structures`` (exact costs, including the
+bilinear cost of weights pruned on both sides) -> add the budgets and constraints ->
+``allocate`` exactly (or a baseline rule, for comparison) -> ``apply_mask``.
+The report carries the solver's proof (objective, bound, gap), the costs before and
+after (predicted by the cost model and measured on the pruned model) and the
+baselines on the same instance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..alloc import AllocationProblem, allocate
+from ..alloc.baselines import RULES, run_baselines
+from ..errors import ValidationError, check
+from .bridge import problem_from_structures
+from .importance import score
+from .structures import StructureSet, count_flops, discover
+from .surgery import apply_mask
+
+__all__ = ["prune", "PruneReport", "build_problem", "SELECTIONS"]
+
+SELECTIONS = ("exact", *RULES)
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    importance: str
+    selection: str
+    kept_ids: list[str] = field(repr=False)
+    n_groups: int
+    n_kept: int
+    before: dict[str, int]
+    predicted: dict[str, int]
+    after: dict[str, int]
+    budgets: dict[str, float]
+    allocation: dict[str, Any] | None
+    baselines: dict[str, Any]
+    times_s: dict[str, float]
+
+    @property
+    def params_ratio(self) -> float:
+        return self.after["params"] / self.before["params"]
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.after["flops"] / max(self.before["flops"], 1)
+
+    def to_dict(self, with_ids: bool = False) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "kept_ids"}
+        d["params_ratio"], d["flops_ratio"] = self.params_ratio, self.flops_ratio
+        if with_ids:
+            d["kept_ids"] = self.kept_ids
+        return d
+
+
+def _fraction(v: Any, what: str) -> float:
+    check(isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1, f"The {what}",
+          "a fraction of the dense model in (0, 1]", v)
+    return float(v)
+
+
+def build_problem(structures: StructureSet, scores: np.ndarray, budget: float | dict | None,
+                  flops: float | None = None, multiples: int | dict[str, int] | None = None,
+                  min_keep: int | float = 1, allow_empty_layers: bool = False,
+                  constraints: Callable | Sequence[Callable] | None = None,
+                  name: str = "model") -> tuple[AllocationProblem, dict[str, float]]:
+    """The allocation problem ``prune`` solves; returns it and the relative budgets."""
+    p = problem_from_structures(structures, scores, name=name)
+    budgets: dict[str, float] = {}
+    if isinstance(budget, dict):
+        for r, v in budget.items():
+            check(r in ("params", "flops"), "A budget resource", "'params' or 'flops'", r)
+            budgets[r] = _fraction(v, f"budget on {r!r}")
+    elif budget is not None:
+        budgets["params"] = _fraction(budget, "'budget' (kept parameters)")
+    if flops is not None:
+        budgets["flops"] = _fraction(flops, "'flops' cap (kept MACs)")
+    for r, v in budgets.items():
+        p.add_budget(r, max=v, relative=True)
+    if multiples is not None:
+        if isinstance(multiples, int):
+            p.add_multiple(None, None, multiples)
+        else:
+            kinds = {k for _, k in p.slots()}
+            for kind, m in multiples.items():
+                if kind in kinds:
+                    p.add_multiple(None, kind, int(m))
+    if not allow_empty_layers:
+        check(min_keep is not None and min_keep > 0, "The 'min_keep' of prune",
+              "positive (or pass allow_empty_layers=True)", min_keep)
+        p.add_count_bounds(None, None, min=min_keep, relative=isinstance(min_keep, float))
+    for fn in ([constraints] if callable(constraints) else list(constraints or [])):
+        fn(p)
+    return p, budgets
+
+
+def _infer_shape(data: Any) -> tuple[int, ...] | None:
+    x = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
+    if isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim >= 2:
+        return tuple(int(s) for s in x.shape[1:])
+    return None
+
+
+def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude",
+          budget: float | dict | None = 0.5, *, input_shape: Sequence[int] | None = None,
+          data: Any = None, flops: float | None = None,
+          multiples: int | dict[str, int] | None = None, min_keep: int | float = 1,
+          allow_empty_layers: bool = False,
+          constraints: Callable | Sequence[Callable] | None = None,
+          selection: str = "exact", backend: str = "highs", time_limit_s: float | None = None,
+          rel_gap: float = 1e-6, baselines: bool = True, exclude: Sequence[str] = (),
+          structures: StructureSet | None = None, bias_compensation: bool = False,
+          reinit: bool = False, inplace: bool = False,
+          importance_kw: dict[str, Any] | None = None) -> tuple[nn.Module, PruneReport]:
+    """Prune ``model`` to ``budget`` (kept fraction of the dense parameters, or
+    {"params": f, "flops": g}) keeping the structures ``importance`` values most.
+
+    flops: cap on kept MACs per sample (fraction of dense).
+    multiples: width multiple for every slot (int) or per kind ({"head": 2, "ffn": 16}).
+    min_keep: least structures kept per (layer, kind) (int, or a fraction of its width);
+        a budget that can only be met by emptying a layer is an error unless
+        ``allow_empty_layers``.
+    constraints: callables ``fn(problem)`` adding anything else (groups, latency tables...).
+    selection: "exact" (the solver) or a baseline rule: topk_rounded, score_fill,
+        density_greedy, uniform (the mask is checked; a rule that breaks a constraint
+        raises with the violations).
+    """
+    check(isinstance(model, nn.Module), "The 'model' of prune", "a torch.nn.Module",
+          type(model).__name__)
+    check(selection in SELECTIONS, "The 'selection' of prune", f"one of {list(SELECTIONS)}",
+          selection)
+    t0 = time.perf_counter()
+    if structures is None:
+        if input_shape is None:
+            input_shape = _infer_shape(data)
+        check(input_shape is not None, "The 'input_shape' of prune",
+              "the shape of one input sample (or data to infer it from)", None)
+        structures = discover(model, input_shape, exclude=exclude)
+    check(len(structures.groups) > 0, "The number of prunable groups", "positive", 0,
+          f"Nothing in {type(model).__name__} is prunable: {structures.frozen}")
+    t1 = time.perf_counter()
+    s = score(structures, importance, data, **(importance_kw or {}))
+    t2 = time.perf_counter()
+    name = importance if isinstance(importance, str) else getattr(importance, "__name__", "custom")
+    p, budgets = build_problem(structures, s, budget, flops, multiples, min_keep,
+                               allow_empty_layers, constraints, name=type(model).__name__)
+    alloc_dict = None
+    base: dict[str, Any] = {}
+    if selection == "exact":
+        r = allocate(p, backend=backend, time_limit_s=time_limit_s, rel_gap=rel_gap,
+                     baselines=baselines)
+        if r.keep is None:
+            raise ValidationError(
+                f"The solver stopped ({r.solve.termination.value}) without a selection; raise "
+                "time_limit_s.")
+        keep = r.keep
+        alloc_dict = r.to_dict()
+        base = alloc_dict.pop("baselines")
+    else:
+        p.diagnose()
+        res = run_baselines(p, [selection])[selection]
+        if not res.feasible:
+            raise ValidationError(f"The {selection!r} rule breaks the constraints: "
+                                  + "; ".join(res.violations[:5]))
+        keep = res.keep
+        base = {selection: res.to_dict()}
+    t3 = time.perf_counter()
+    predicted = structures.predict(keep)
+    pruned = apply_mask(structures, keep, inplace=inplace, bias_compensation=bias_compensation,
+                        data=data, reinit=reinit, allow_empty=allow_empty_layers)
+    t4 = time.perf_counter()
+    after = {"params": sum(q.numel() for q in pruned.parameters()),
+             "flops": count_flops(pruned, structures.input_shape)}
+    before = {"params": structures.dense_params, "flops": structures.dense_flops}
+    report = PruneReport(
+        importance=str(name), selection=selection,
+        kept_ids=[g.id for g, k in zip(structures.groups, keep) if k],
+        n_groups=len(structures.groups), n_kept=int(keep.sum()), before=before,
+        predicted=predicted, after=after, budgets=budgets, allocation=alloc_dict,
+        baselines=base,
+        times_s={"discover": t1 - t0, "score": t2 - t1, "select": t3 - t2, "surgery": t4 - t3,
+                 "total": t4 - t0},
+    )
+    return pruned, report
