@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/optprune demo
 	OMP_NUM_THREADS=1 $(VENV)/bin/optprune allocate --example llama-7b
 
 test: $(STAMP)

@@ -50,6 +50,7 @@ class PruneReport:
     allocation: dict[str, Any] | None
     baselines: dict[str, Any]
     times_s: dict[str, float]
+    violations: list[str] = field(default_factory=list)
 
     @property
     def params_ratio(self) -> float:
@@ -125,7 +126,8 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
           rel_gap: float = 1e-6, baselines: bool = True, exclude: Sequence[str] = (),
           structures: StructureSet | None = None, bias_compensation: bool = False,
           reinit: bool = False, inplace: bool = False,
-          importance_kw: dict[str, Any] | None = None) -> tuple[nn.Module, PruneReport]:
+          importance_kw: dict[str, Any] | None = None,
+          strict: bool = True) -> tuple[nn.Module, PruneReport]:
     """Prune ``model`` to ``budget`` (kept fraction of the dense parameters, or
     {"params": f, "flops": g}) keeping the structures ``importance`` values most.
 
@@ -137,7 +139,8 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
     constraints: callables ``fn(problem)`` adding anything else (groups, latency tables...).
     selection: "exact" (the solver) or a baseline rule: topk_rounded, score_fill,
         density_greedy, uniform (the mask is checked; a rule that breaks a constraint
-        raises with the violations).
+        raises with the violations, or with ``strict=False`` is applied anyway and its
+        violations are reported).
     """
     check(isinstance(model, nn.Module), "The 'model' of prune", "a torch.nn.Module",
           type(model).__name__)
@@ -159,6 +162,7 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
     p, budgets = build_problem(structures, s, budget, flops, multiples, min_keep,
                                allow_empty_layers, constraints, name=type(model).__name__)
     alloc_dict = None
+    violations: list[str] = []
     base: dict[str, Any] = {}
     if selection == "exact":
         r = allocate(p, backend=backend, time_limit_s=time_limit_s, rel_gap=rel_gap,
@@ -173,7 +177,8 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
     else:
         p.diagnose()
         res = run_baselines(p, [selection])[selection]
-        if not res.feasible:
+        violations = list(res.violations)
+        if not res.feasible and strict:
             raise ValidationError(f"The {selection!r} rule breaks the constraints: "
                                   + "; ".join(res.violations[:5]))
         keep = res.keep
@@ -191,7 +196,7 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
         kept_ids=[g.id for g, k in zip(structures.groups, keep) if k],
         n_groups=len(structures.groups), n_kept=int(keep.sum()), before=before,
         predicted=predicted, after=after, budgets=budgets, allocation=alloc_dict,
-        baselines=base,
+        baselines=base, violations=violations,
         times_s={"discover": t1 - t0, "score": t2 - t1, "select": t3 - t2, "surgery": t4 - t3,
                  "total": t4 - t0},
     )

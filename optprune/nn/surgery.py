@@ -65,7 +65,7 @@ def apply_mask(structures: StructureSet, keep: Any, *, inplace: bool = False,
                 f"The keep mask removes every structure of {', '.join(empty)}. Pass "
                 "allow_empty=True to remove whole layers on purpose.")
     named0 = dict(structures.model.named_modules())
-    for (lay, kd), ix in structures.layer_kind_index().items():
+    for (lay, _kd), ix in structures.layer_kind_index().items():
         if not keep[ix].any() and isinstance(named0.get(lay), nn.Conv2d):
             raise ValidationError(
                 f"The keep mask removes every channel of the Conv2d {lay!r}, which torch "

@@ -61,7 +61,7 @@ def test_an_emptied_linear_layer_or_head_set_still_runs():
     model, shape = build("vit")
     ss = discover(model, shape)
     keep = np.ones(len(ss), dtype=bool)
-    for (lay, kd), ix in ss.layer_kind_index().items():
+    for (lay, _kd), ix in ss.layer_kind_index().items():
         if lay.startswith("blocks.0"):
             keep[ix] = False
     x = torch.randn(3, *shape)

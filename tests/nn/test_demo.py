@@ -1,0 +1,23 @@
+"""The main job at a tiny size: it runs, writes its report and plot, and every
+exact row is a proven optimum that meets the budget."""
+
+import json
+
+from optprune.cli import main
+
+
+def test_demo_tiny(tmp_path, capsys):
+    assert main(["demo", "--tiny", "--out", str(tmp_path)]) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert (tmp_path / "accuracy_vs_params.png").stat().st_size > 10_000
+    rows = rep["rows"]
+    dense = {r["model"]: r for r in rows if r["method"] == "dense"}
+    exact = [r for r in rows if r["selection"] == "exact" and r["params"] is not None]
+    assert {r["model"] for r in exact} == {"mlp", "vit"}
+    for r in exact:
+        assert r["status"] == "optimal" and r["gap"] <= 1e-6
+        assert r["params"] <= 0.5 * dense[r["model"]]["params"]
+        assert r["flops"] <= 0.6 * dense[r["model"]]["flops"]
+        assert 0.0 <= r["acc_finetuned"] <= 1.0
+    out = capsys.readouterr().out
+    assert "optimal" in out and "uniform" in out
