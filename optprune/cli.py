@@ -15,6 +15,8 @@ _AREAS = [
     "optprune.nn.cli",
     "optprune.encode.cli",
     "optprune.hw.cli",
+    "optprune.sprint.cli",
+    "optprune.bayes.cli",
 ]
 
 
