@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ValidationError, check
 
-__all__ = ["batches", "ConsumerStats", "consumer_stats"]
+__all__ = ["batches", "ConsumerStats", "consumer_stats", "param_dtype"]
 
 
 def _check_x(x: Any, input_shape: tuple[int, ...], where: str) -> torch.Tensor:
@@ -41,6 +41,14 @@ def _check_y(y: Any, n: int, where: str) -> torch.Tensor:
     check(y.shape[:1] == (n,), f"The number of calibration targets of {where}",
           f"{n} (one per input)", tuple(y.shape))
     return y
+
+
+def param_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's parameters (float32 for a model without any)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def batches(data: Any, input_shape: tuple[int, ...], batch_size: int = 256,
@@ -125,7 +133,7 @@ def consumer_stats(model: nn.Module, consumers: list[str], data: Any,
     model.eval()
     try:
         with torch.no_grad():
-            for x, _ in batches(data, input_shape, batch_size, where):
+            for x, _ in batches(data, input_shape, batch_size, where, dtype=param_dtype(model)):
                 model(x)
     finally:
         model.train(was)

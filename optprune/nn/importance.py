@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ValidationError, check
-from .calib import batches, consumer_stats
+from .calib import batches, consumer_stats, param_dtype
 from .structures import StructureSet
 
 __all__ = ["IMPORTANCE", "register_importance", "score", "magnitude", "l1", "taylor", "wanda",
@@ -126,24 +126,26 @@ def _default_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y, reduction="sum")
 
 
-@register_importance("taylor")
-def taylor(structures: StructureSet, data: Any = None,
-           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-           batch_size: int = 256) -> np.ndarray:
-    """|sum_{w in g} dL/dw * w| with L the mean loss over all calibration samples
-    (``loss_fn(output, y)`` must return the SUM over its batch; default
-    cross-entropy). The model runs in eval mode; its .grad fields are untouched."""
+def _group_param_names(structures: StructureSet, params: dict[str, torch.Tensor]) -> list[str]:
+    return sorted({n for g in structures.groups for n, _, _ in g.slices if n in params})
+
+
+def _grads(structures: StructureSet, data: Any, loss_fn: Callable | None, batch_size: int,
+           where: str, temperature: float = 1.0, names: list[str] | None = None
+           ) -> tuple[dict[str, torch.Tensor], int]:
+    """dL/dw of the mean loss over all calibration samples (model in eval mode)."""
     model = structures.model
     loss_fn = loss_fn or _default_loss
     params = dict(model.named_parameters())
-    names = sorted({n for g in structures.groups for n, _, _ in g.slices if n in params})
+    names = names if names is not None else _group_param_names(structures, params)
     grads = {n: torch.zeros_like(params[n]) for n in names}
     total = 0
     was = model.training
     model.eval()
     try:
-        for x, y in batches(data, structures.input_shape, batch_size, "taylor", need_targets=True):
-            loss = loss_fn(model(x), y)
+        for x, y in batches(data, structures.input_shape, batch_size, where, need_targets=True,
+                            dtype=param_dtype(model)):
+            loss = loss_fn(model(x) / temperature, y)
             gs = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             for n, gr in zip(names, gs):
                 if gr is not None:
@@ -151,6 +153,18 @@ def taylor(structures: StructureSet, data: Any = None,
             total += x.shape[0]
     finally:
         model.train(was)
+    return {n: v / total for n, v in grads.items()}, total
+
+
+@register_importance("taylor")
+def taylor(structures: StructureSet, data: Any = None,
+           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+           batch_size: int = 256) -> np.ndarray:
+    """|sum_{w in g} dL/dw * w| with L the mean loss over all calibration samples
+    (``loss_fn(output, y)`` must return the SUM over its batch; default
+    cross-entropy). The model runs in eval mode; its .grad fields are untouched."""
+    params = dict(structures.model.named_parameters())
+    grads, _ = _grads(structures, data, loss_fn, batch_size, "taylor")
     out = np.empty(len(structures.groups))
     with torch.no_grad():
         for k, g in enumerate(structures.groups):
@@ -159,7 +173,7 @@ def taylor(structures: StructureSet, data: Any = None,
                 if n in grads:
                     gw = _slice(grads[n], d, i).double() * _slice(params[n], d, i).double()
                     v += float(gw.sum())
-            out[k] = abs(v / total)
+            out[k] = abs(v)
     return out
 
 

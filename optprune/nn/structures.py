@@ -460,7 +460,9 @@ def discover(model: nn.Module, input_shape: Sequence[int], *,
             "register others with optprune.nn.structures.register_leaf."
         )
     if example_input is None:
-        example_input = torch.randn(2, *input_shape)
+        from .calib import param_dtype
+
+        example_input = torch.randn(2, *input_shape, dtype=param_dtype(model))
     else:
         check(tuple(example_input.shape[1:]) == input_shape, "The 'example_input' of discover",
               f"a batch of shape (N, {', '.join(map(str, input_shape))})",
