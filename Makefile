@@ -24,6 +24,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_allocation.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_systolic.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check optprune tests benchmarks

@@ -13,8 +13,14 @@ EXTRA_OF = {
     "onnx": "onnx",
     "distributed": "dist",
     "dask": "dist",
-    "scalesim": "scalesim",
     "peft": "hf",
+}
+
+
+# Optional tools that are not an extra of optprune (their pins conflict with ours).
+INSTALL_HINT = {
+    "scalesim": "pip install scalesim, in a separate environment (it needs numpy < 2.4, "
+                "optprune pins numpy 2.4)",
 }
 
 
@@ -23,8 +29,13 @@ def require(module: str, extra: str | None = None, purpose: str = "") -> ModuleT
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        extra = extra or EXTRA_OF.get(module.split(".")[0], module)
         why = f" (needed for {purpose})" if purpose else ""
+        hint = INSTALL_HINT.get(module.split(".")[0])
+        if hint:
+            raise MissingExtraError(
+                f"The optional dependency '{module}'{why} is not installed. Install it with: "
+                f"{hint}.") from exc
+        extra = extra or EXTRA_OF.get(module.split(".")[0], module)
         raise MissingExtraError(
             f"The optional dependency '{module}'{why} is not installed. "
             f"Install it with: pip install -c constraints.txt 'optprune[{extra}]'"
