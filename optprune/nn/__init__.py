@@ -1,11 +1,27 @@
-"""The torch side: structures, importance scores, surgery and one-call pruning."""
+"""The torch side: structures, importance scores, surgery and one-call pruning.
 
-from .bridge import problem_from_structures
-from .importance import IMPORTANCE, register_importance, score
-from .prune import PruneReport, build_problem, prune
-from .structures import Group, StructureSet, count_flops, discover
-from .surgery import apply_mask
+Names are imported lazily so that ``optprune.nn.cli`` (and the command line) does not
+load torch before a command needs it.
+"""
 
-__all__ = ["IMPORTANCE", "Group", "PruneReport", "StructureSet", "apply_mask", "build_problem",
-           "count_flops", "discover", "problem_from_structures", "prune", "register_importance",
-           "score"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "problem_from_structures": "bridge",
+    "IMPORTANCE": "importance", "register_importance": "importance", "score": "importance",
+    "PruneReport": "prune", "build_problem": "prune", "prune": "prune",
+    "Group": "structures", "StructureSet": "structures", "count_flops": "structures",
+    "discover": "structures",
+    "apply_mask": "surgery",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
