@@ -138,7 +138,7 @@ def allocate(
     if baselines and problem.objective.kind == "max_importance":
         base = run_baselines(problem, None if baselines is True else list(baselines))
     t0 = time.perf_counter()
-    form = formulate(problem, formulation)
+    form = formulate(problem, formulation, integer_pairs=backend == "cpsat")
     build = time.perf_counter() - t0
     start = None
     if warm_start and be.supports_warm_start and base:
@@ -205,7 +205,8 @@ def explain_infeasible(problem: AllocationProblem, backend: str = "highs") -> st
             q.diagnose()
         except InfeasibleProblemError:
             continue
-        r = be.solve(formulate(q).model, _options(backend, 10.0, 1e-4, None, 0, False))
+        r = be.solve(formulate(q, integer_pairs=backend == "cpsat").model,
+                     _options(backend, 10.0, 1e-4, None, 0, False))
         if r.has_solution:
             culprits.append(label)
     if culprits:
@@ -256,7 +257,7 @@ def pareto_front(
     total = q.dense_total(resource)
     values = sorted(float(b) * total if relative else float(b) for b in budgets)
     q.add_budget(resource, max=values[-1])
-    form = formulate(q)
+    form = formulate(q, integer_pairs=backend == "cpsat")
     row = form.budget_rows[-1]
     base_upper = form.model.row_upper[row]  # for the largest budget, constants included
     be = get_backend(backend)
