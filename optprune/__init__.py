@@ -16,7 +16,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "prune": "optprune.nn.prune",
+    "prune": "optprune.nn.pruning",
     "discover": "optprune.nn.structures",
     "AllocationProblem": "optprune.alloc",
     "allocate": "optprune.alloc",

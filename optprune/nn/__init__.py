@@ -12,7 +12,7 @@ from typing import Any
 _LAZY = {
     "problem_from_structures": "bridge",
     "IMPORTANCE": "importance", "register_importance": "importance", "score": "importance",
-    "PruneReport": "prune", "build_problem": "prune", "prune": "prune",
+    "PruneReport": "pruning", "build_problem": "pruning", "prune": "pruning",
     "Group": "structures", "StructureSet": "structures", "count_flops": "structures",
     "discover": "structures",
     "apply_mask": "surgery",

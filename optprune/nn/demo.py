@@ -20,7 +20,7 @@ from ..errors import OptpruneError
 from ..solve.model import write_json_atomic
 from .importance import flap
 from .models import MLP, ViT
-from .prune import prune
+from .pruning import prune
 from .structures import discover
 from .train import accuracy, load_digits_split, train
 
