@@ -32,6 +32,17 @@ class SolverError(OptpruneError, RuntimeError):
     """A solver failed in a way that is not a limit, infeasibility or unboundedness."""
 
 
+class TrainingDivergedError(OptpruneError, RuntimeError):
+    """A loss became NaN or infinite. The model was reset to its last good checkpoint,
+    which the error also carries (``checkpoint``: name -> tensor, ``step``: where the
+    loss went bad)."""
+
+    def __init__(self, message: str, step: int, checkpoint: dict | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
 def check(condition: bool, what: str, expected: str, got: object, hint: str = "") -> None:
     """Raise ValidationError with the project's one message template.
 

@@ -1,0 +1,663 @@
+"""Compresso-style L0 gates on optprune's ViT: hard-concrete gates on attention heads,
+FFN channels and the hidden (residual) dimension, a Lagrangian sparsity target, base
+weights frozen with LoRA adapters (peft) on q and v, and two ways to turn the learned
+gates into a final mask (the method's own rounding, and exact allocation).
+
+Hard-concrete gate (Louizos et al. 2018; stretch (l, r) = (-0.1, 1.1), beta = 2/3),
+one ``log_alpha`` per gate:
+
+    u ~ U(0, 1),  s = sigmoid((log u - log(1 - u) + log_alpha) / beta),
+    z = min(1, max(0, l + (r - l) s)).
+
+z is exactly 0 with positive probability and exactly 1 with positive probability;
+the gate is *open* (z > 0) with probability
+
+    P(z > 0) = sigmoid(log_alpha - beta log(-l / r)).
+
+At the deterministic limits log_alpha -> +inf every sample is z = 1, log_alpha ->
+-inf every sample is z = 0 (tested). The deterministic test-time value is
+``clamp(l + (r - l) sigmoid(log_alpha), 0, 1)``.
+
+Where the gates act (all through forward hooks, the ViT's code is untouched):
+
+* head h of block b: the input columns of ``attn.proj`` of that head times z_head[b, h];
+* FFN channel j of block b: input column j of ``mlp.fc2`` times z_ffn[b, j];
+* hidden channel i: the token embeddings entering the blocks, every ``attn.proj`` and
+  ``mlp.fc2`` output times z_hid[i]; every LayerNorm normalizes over the channels with
+  z_hid > 0 only and outputs 0 on the others (as CoFi/Compresso do), so that a binary
+  hidden mask computes exactly what the model with those channels physically removed
+  computes (tested against :func:`prune_hidden`).
+
+Exact parameter count of the ViT with H hidden channels, h_b heads and f_b FFN
+channels kept in block b (head_dim d_h, C*p*p patch inputs, T tokens + 1 class
+token, n_c classes):
+
+    N(H, h, f) = n_c + a H + sum_b [3 d_h h_b + f_b + 4 d_h H h_b + 2 H f_b],
+    a = C p^2 + 1 (patch conv) + 1 (cls) + (T + 1) (positions)
+        + 6 per block (two LayerNorms, proj and fc2 biases) + 2 (final norm) + n_c (head).
+
+N is bilinear in the hidden count and the head/FFN counts. The gates are
+independent, so the expected size under the gate distribution is N evaluated at the
+expected counts (E[H h_b] = E[H] E[h_b]):
+
+    E[N] = n_c + a E[H] + sum_b [3 d_h E[h_b] + E[f_b] + 4 d_h E[H] E[h_b] + 2 E[H] E[f_b]],
+    E[H] = sum_i P(z_hid_i > 0),  E[h_b] = sum_h P(z_head_bh > 0), ...
+
+(tested against a Monte Carlo count). The expected sparsity is s = 1 - E[N] / N_dense
+(fractions of the whole model's parameters, embeddings included). The Lagrangian
+(Wang et al. 2020; CoFi; Compresso) with a target t(step) ramped linearly from 0 to
+the target over ``warmup_steps``:
+
+    L = L_task + lambda_1 (s - t) + lambda_2 (s - t)^2,
+
+minimized over LoRA weights and log_alpha, maximized over lambda_1, lambda_2 (their
+gradients are reversed). The math of the final allocation is in
+``formulations/compresso.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._extras import require
+from ..alloc import AllocationProblem, allocate
+from ..errors import UnsupportedModuleError, ValidationError, check
+from ..nn.models import FeedForward, MultiHeadAttention, ViT
+from ..errors import TrainingDivergedError
+
+__all__ = [
+    "LIMIT_L", "LIMIT_R", "BETA", "HardConcreteGate", "CompressoGates", "GateMasks",
+    "CompressoResult", "train_compresso", "own_rounding", "exact_allocation",
+    "apply_gate_masks", "prune_hidden", "vit_param_count", "size_problem", "evaluate_masks",
+    "masks_params",
+]
+
+LIMIT_L, LIMIT_R, BETA = -0.1, 1.1, 2.0 / 3.0
+_EPS = 1e-6
+
+
+class HardConcreteGate(nn.Module):
+    """``n`` hard-concrete gates with one trainable ``log_alpha`` each.
+
+    ``forward()`` returns a sample (training), the deterministic value (eval), or the
+    fixed mask set with :meth:`fix`.
+    """
+
+    def __init__(self, n: int, init_log_alpha: float = 2.0, init_std: float = 0.01,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        check(isinstance(n, int) and n > 0, "The number of gates", "a positive integer", n)
+        self.n = n
+        self.log_alpha = nn.Parameter(torch.full((n,), float(init_log_alpha))
+                                      + init_std * torch.randn(n, generator=generator))
+        self.register_buffer("fixed", torch.empty(0), persistent=False)
+
+    def fix(self, mask: Any | None) -> None:
+        """Use ``mask`` (n values, e.g. 0/1) instead of samples; None releases it."""
+        if mask is None:
+            self.fixed = torch.empty(0)
+            return
+        m = torch.as_tensor(np.asarray(mask, dtype=np.float32)).to(self.log_alpha.device)
+        check(m.shape == (self.n,), "A fixed gate mask", f"of shape ({self.n},)", tuple(m.shape))
+        self.fixed = m
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = torch.rand(self.n, generator=generator, dtype=self.log_alpha.dtype)
+        u = u.clamp(_EPS, 1 - _EPS).to(self.log_alpha.device)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / BETA)
+        return (s * (LIMIT_R - LIMIT_L) + LIMIT_L).clamp(0.0, 1.0)
+
+    def deterministic(self) -> torch.Tensor:
+        return (torch.sigmoid(self.log_alpha) * (LIMIT_R - LIMIT_L) + LIMIT_L).clamp(0.0, 1.0)
+
+    def prob_open(self) -> torch.Tensor:
+        """P(z > 0) = sigmoid(log_alpha - beta log(-l / r)), differentiable."""
+        return torch.sigmoid(self.log_alpha - BETA * math.log(-LIMIT_L / LIMIT_R))
+
+    def forward(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.fixed.numel():
+            return self.fixed.to(self.log_alpha.dtype)
+        return self.sample(generator) if self.training else self.deterministic()
+
+
+@dataclass(frozen=True)
+class GateMasks:
+    """Binary keep masks: hidden channels, heads per block, FFN channels per block."""
+
+    hidden: np.ndarray
+    heads: tuple[np.ndarray, ...]
+    ffn: tuple[np.ndarray, ...]
+
+    def counts(self) -> dict[str, Any]:
+        return {"hidden": int(self.hidden.sum()), "heads": [int(h.sum()) for h in self.heads],
+                "ffn": [int(f.sum()) for f in self.ffn]}
+
+
+def _vit_blocks(model: nn.Module) -> ViT:
+    """The ViT under ``model`` (itself, or the base model of a peft wrapper); every
+    block must have optprune's MultiHeadAttention and FeedForward (all offenders are
+    listed)."""
+    vit = model
+    if not isinstance(vit, ViT) and hasattr(model, "get_base_model"):
+        vit = model.get_base_model()
+    if not isinstance(vit, ViT):
+        raise UnsupportedModuleError(
+            f"Compresso gates attach to optprune.nn.models.ViT (heads, FFN channels and the "
+            f"hidden width); got {type(model).__name__}. Build the model with ViT(...) or wrap "
+            "it with peft's get_peft_model around a ViT.")
+    bad = []
+    for i, b in enumerate(vit.blocks):
+        if not isinstance(getattr(b, "attn", None), MultiHeadAttention):
+            bad.append(f"blocks.{i}.attn ({type(getattr(b, 'attn', None)).__name__}, needs "
+                       "MultiHeadAttention)")
+        if not isinstance(getattr(b, "mlp", None), FeedForward):
+            bad.append(f"blocks.{i}.mlp ({type(getattr(b, 'mlp', None)).__name__}, needs "
+                       "FeedForward)")
+    if bad:
+        raise UnsupportedModuleError("These layers have no gate site: " + "; ".join(bad) + ".")
+    return vit
+
+
+def vit_param_count(vit: ViT, hidden: float | torch.Tensor, heads: Any, ffn: Any):
+    """N(H, h, f) of the module docstring for kept counts (numbers or tensors, so the
+    same formula gives the exact count of a mask and the expected count of gates).
+    ``heads``/``ffn`` are sequences with one count per block."""
+    c = _size_coefficients(vit)
+    total = c["const"] + c["hidden"] * hidden
+    for hb, fb in zip(heads, ffn):
+        total = total + c["head"] * hb + c["ffn"] * fb + c["hidden_head"] * hidden * hb \
+            + c["hidden_ffn"] * hidden * fb
+    return total
+
+
+def _size_coefficients(vit: ViT) -> dict[str, float]:
+    pe = vit.patch_embed
+    n_c = vit.head.out_features
+    tokens = vit.pos_embed.shape[1]
+    dh = vit.blocks[0].attn.head_dim if len(vit.blocks) else 0
+    a = (pe.in_channels * pe.kernel_size[0] * pe.kernel_size[1] + 1) + 1 + tokens \
+        + 6 * len(vit.blocks) + 2 + n_c
+    return {"const": float(n_c), "hidden": float(a), "head": 3.0 * dh, "ffn": 1.0,
+            "hidden_head": 4.0 * dh, "hidden_ffn": 2.0}
+
+
+class CompressoGates(nn.Module):
+    """Hard-concrete gates on every head, FFN channel and hidden channel of a ViT,
+    applied through hooks. ``attach()`` installs the hooks, ``detach()`` removes them.
+    One sample of every gate is drawn per forward pass (shared by the batch)."""
+
+    def __init__(self, model: nn.Module, init_log_alpha: float = 2.0, seed: int = 0,
+                 hidden: bool = True) -> None:
+        super().__init__()
+        vit = _vit_blocks(model)
+        gen = torch.Generator().manual_seed(seed)
+        self._vit = [vit]  # a list keeps the ViT out of this module's parameters
+        self.head_dim = vit.blocks[0].attn.head_dim
+        self.head = nn.ModuleList([HardConcreteGate(b.attn.num_heads, init_log_alpha,
+                                                    generator=gen) for b in vit.blocks])
+        self.ffn = nn.ModuleList([HardConcreteGate(b.mlp.fc1.out_features, init_log_alpha,
+                                                   generator=gen) for b in vit.blocks])
+        dim = vit.patch_embed.out_channels
+        self.use_hidden = hidden
+        self.hidden = HardConcreteGate(dim, init_log_alpha, generator=gen)
+        if not hidden:
+            self.hidden.fix(np.ones(dim))
+        self._handles: list[Any] = []
+        self._z: dict[str, Any] = {}
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def vit(self) -> ViT:
+        return self._vit[0]
+
+    # ------------------------------------------------------------ hooks
+    def attach(self) -> "CompressoGates":
+        check(not self._handles, "The gates", "detached before attaching again", "attached")
+        vit = self.vit
+        h = self._handles
+        h.append(vit.register_forward_pre_hook(self._draw))
+        h.append(vit.blocks.register_forward_pre_hook(self._scale_hidden_in))
+        for b, blk in enumerate(vit.blocks):
+            h.append(blk.attn.proj.register_forward_pre_hook(self._head_in(b)))
+            h.append(blk.attn.proj.register_forward_hook(self._hidden_out))
+            h.append(blk.mlp.fc2.register_forward_pre_hook(self._ffn_in(b)))
+            h.append(blk.mlp.fc2.register_forward_hook(self._hidden_out))
+            h.append(blk.ln1.register_forward_hook(self._masked_ln))
+            h.append(blk.ln2.register_forward_hook(self._masked_ln))
+        h.append(vit.norm.register_forward_hook(self._masked_ln))
+        return self
+
+    def detach(self) -> None:
+        for hd in self._handles:
+            hd.remove()
+        self._handles.clear()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def _draw(self, _m, _args) -> None:
+        g = self.generator if self.training else None
+        self._z = {"hidden": self.hidden(g), "head": [gt(g) for gt in self.head],
+                   "ffn": [gt(g) for gt in self.ffn]}
+
+    def _scale_hidden_in(self, _m, args):
+        return (args[0] * self._z["hidden"],) + tuple(args[1:])
+
+    def _hidden_out(self, _m, _args, out):
+        return out * self._z["hidden"]
+
+    def _head_in(self, b: int):
+        def hook(_m, args):
+            z = self._z["head"][b].repeat_interleave(self.head_dim)
+            return (args[0] * z,) + tuple(args[1:])
+        return hook
+
+    def _ffn_in(self, b: int):
+        def hook(_m, args):
+            return (args[0] * self._z["ffn"][b],) + tuple(args[1:])
+        return hook
+
+    def _masked_ln(self, m: nn.LayerNorm, args, _out):
+        """LayerNorm over the open hidden channels only, 0 on the closed ones."""
+        z = self._z["hidden"]
+        if bool((z > 0).all()):
+            return None
+        x = args[0]
+        idx = torch.nonzero(z > 0).flatten()
+        if idx.numel() == 0:
+            return torch.zeros_like(x)
+        y = F.layer_norm(x.index_select(-1, idx), (idx.numel(),), m.weight.index_select(0, idx),
+                         m.bias.index_select(0, idx), m.eps)
+        return torch.zeros_like(x).index_copy(x.dim() - 1, idx, y)
+
+    # ------------------------------------------------------------ sizes
+    def expected_counts(self) -> dict[str, Any]:
+        """E[H], E[h_b], E[f_b] as differentiable tensors."""
+        eh = self.hidden.prob_open().sum() if self.use_hidden else \
+            torch.tensor(float(self.hidden.n))
+        return {"hidden": eh, "heads": [g.prob_open().sum() for g in self.head],
+                "ffn": [g.prob_open().sum() for g in self.ffn]}
+
+    def expected_params(self) -> torch.Tensor:
+        """E[N] of the module docstring (differentiable in every log_alpha)."""
+        c = self.expected_counts()
+        return vit_param_count(self.vit, c["hidden"], c["heads"], c["ffn"])
+
+    def dense_params(self) -> int:
+        return int(sum(p.numel() for n, p in _base_named_params(self.vit)))
+
+    def expected_sparsity(self) -> torch.Tensor:
+        return 1.0 - self.expected_params() / self.dense_params()
+
+    def max_sparsity(self, min_hidden: int = 1) -> float:
+        """The largest reachable sparsity: every head and FFN channel closed and
+        ``min_hidden`` hidden channels open."""
+        dense = self.dense_params()
+        h = min_hidden if self.use_hidden else self.hidden.n
+        least = vit_param_count(self.vit, float(h), [0] * len(self.head), [0] * len(self.ffn))
+        return 1.0 - float(least) / dense
+
+    def fix(self, masks: GateMasks | None) -> None:
+        """Run with binary ``masks`` (None: back to sampled / deterministic gates)."""
+        if masks is None:
+            for g in [*self.head, *self.ffn]:
+                g.fix(None)
+            self.hidden.fix(None if self.use_hidden else np.ones(self.hidden.n))
+            return
+        self.hidden.fix(masks.hidden)
+        for g, m in zip(self.head, masks.heads):
+            g.fix(m)
+        for g, m in zip(self.ffn, masks.ffn):
+            g.fix(m)
+
+    def scores(self, kind: str = "logit") -> dict[str, Any]:
+        """The learned gate scores as float64 numpy arrays: ``"logit"`` (default) is
+        log P(z > 0) - log P(z = 0) = log_alpha - beta log(-l / r), so that the sum
+        over kept gates plus a constant is the log-probability of the mask under the
+        learned gates; ``"prob"`` is P(z > 0)."""
+        check(kind in ("logit", "prob"), "The gate score kind", "'logit' or 'prob'", kind)
+
+        def one(g: HardConcreteGate) -> np.ndarray:
+            la = g.log_alpha.detach().double()
+            v = la - BETA * math.log(-LIMIT_L / LIMIT_R)
+            return (v if kind == "logit" else torch.sigmoid(v)).numpy()
+
+        return {"hidden": one(self.hidden), "heads": [one(g) for g in self.head],
+                "ffn": [one(g) for g in self.ffn]}
+
+
+def _base_named_params(vit: ViT):
+    """Parameters of the base ViT, without LoRA adapters (names as in a plain ViT)."""
+    for n, p in vit.named_parameters():
+        if "lora_" in n:
+            continue
+        yield n.replace(".base_layer", ""), p
+
+
+def masks_params(vit: ViT, masks: GateMasks) -> int:
+    return int(round(float(vit_param_count(vit, float(masks.hidden.sum()),
+                                           [float(h.sum()) for h in masks.heads],
+                                           [float(f.sum()) for f in masks.ffn]))))
+
+
+# ------------------------------------------------------------------ final masks
+def own_rounding(gates: CompressoGates) -> GateMasks:
+    """Compresso's (CoFi's) deterministic mask: in every gate vector keep
+    k = round(sum_i P(z_i > 0)) gates, those with the largest log_alpha."""
+    def one(g: HardConcreteGate) -> np.ndarray:
+        with torch.no_grad():
+            k = int(round(float(g.prob_open().sum())))
+            order = np.argsort(-g.log_alpha.detach().numpy(), kind="stable")
+        keep = np.zeros(g.n, dtype=bool)
+        keep[order[:k]] = True
+        return keep
+
+    hidden = one(gates.hidden) if gates.use_hidden else np.ones(gates.hidden.n, dtype=bool)
+    return GateMasks(hidden, tuple(one(g) for g in gates.head), tuple(one(g) for g in gates.ffn))
+
+
+def size_problem(gates: CompressoGates, scores: dict[str, Any] | None = None,
+                 min_hidden: int = 1) -> AllocationProblem:
+    """The allocation problem of the gates: one structure per gate, cost ``params``
+    exact: N(H, h, f) with the bilinear terms as pair costs
+    (formulations/compresso.md). The score of a gate is its logit
+    log P(z > 0) - log P(z = 0) (or ``scores``): the maximum over masks within the
+    budget is then the most probable mask under the learned (independent) gates
+    that meets the budget."""
+    vit = gates.vit
+    s = scores or gates.scores()
+    c = _size_coefficients(vit)
+    ids, layers, kinds, sc, cost = [], [], [], [], []
+    nh = gates.hidden.n
+    ids += [f"hidden:{i}" for i in range(nh)]
+    layers += ["hidden"] * nh
+    kinds += ["hidden"] * nh
+    sc += list(s["hidden"])
+    cost += [c["hidden"]] * nh
+    for b, _blk in enumerate(vit.blocks):
+        hn = gates.head[b].n
+        ids += [f"blocks.{b}.attn:head:{h}" for h in range(hn)]
+        layers += [f"blocks.{b}.attn"] * hn
+        kinds += ["head"] * hn
+        sc += list(s["heads"][b])
+        cost += [c["head"]] * hn
+        fn = gates.ffn[b].n
+        ids += [f"blocks.{b}.mlp.fc1:ffn:{j}" for j in range(fn)]
+        layers += [f"blocks.{b}.mlp.fc1"] * fn
+        kinds += ["ffn"] * fn
+        sc += list(s["ffn"][b])
+        cost += [c["ffn"]] * fn
+    p = AllocationProblem(ids, layers, kinds, np.asarray(sc),
+                          {"params": np.asarray(cost, dtype=np.float64)},
+                          fixed_costs={"params": c["const"]}, name="compresso")
+    for b in range(len(vit.blocks)):
+        p.add_pair_cost("params", ("hidden", "hidden"), (f"blocks.{b}.attn", "head"),
+                        c["hidden_head"])
+        p.add_pair_cost("params", ("hidden", "hidden"), (f"blocks.{b}.mlp.fc1", "ffn"),
+                        c["hidden_ffn"])
+    if gates.use_hidden:
+        p.add_count_bounds("hidden", "hidden", min=min_hidden)
+    else:
+        p.add_count_bounds("hidden", "hidden", min=nh)
+    return p
+
+
+def _masks_from_keep(gates: CompressoGates, keep: np.ndarray) -> GateMasks:
+    nh = gates.hidden.n
+    hidden = keep[:nh].astype(bool)
+    pos = nh
+    heads, ffn = [], []
+    for b in range(len(gates.head)):
+        heads.append(keep[pos:pos + gates.head[b].n].astype(bool))
+        pos += gates.head[b].n
+        ffn.append(keep[pos:pos + gates.ffn[b].n].astype(bool))
+        pos += gates.ffn[b].n
+    return GateMasks(hidden, tuple(heads), tuple(ffn))
+
+
+def exact_allocation(gates: CompressoGates, target: float, min_hidden: int = 1,
+                     min_fill: float | None = 0.99, time_limit_s: float | None = 60.0,
+                     backend: str = "highs") -> tuple[GateMasks, dict[str, Any]]:
+    """The most probable mask under the learned gates (largest sum of gate logits)
+    with params <= (1 - target) N_dense as a hard budget, exactly (optprune.alloc).
+    ``min_fill`` also asks params >= min_fill (1 - target) N_dense, so the mask lands
+    on the target rather than below it when the gates' own preference is sparser
+    (None: no lower bound). Returns the masks and the solver's proof."""
+    _check_target(gates, target, min_hidden)
+    if min_fill is not None:
+        check(isinstance(min_fill, (int, float)) and 0 < min_fill <= 1,
+              "The 'min_fill' of exact_allocation", "in (0, 1] or None", min_fill)
+    p = size_problem(gates, min_hidden=min_hidden)
+    dense = gates.dense_params()
+    assert abs(p.dense_total("params") - dense) < 1e-6 * dense, "size model != model"
+    hi = (1.0 - target) * dense
+    p.add_budget("params", max=hi, min=None if min_fill is None else min_fill * hi)
+    r = allocate(p, backend=backend, time_limit_s=time_limit_s, rel_gap=1e-6, baselines=False)
+    if r.keep is None:
+        raise ValidationError(f"The solver stopped ({r.solve.termination.value}) without a mask; "
+                              "raise time_limit_s.")
+    d = r.to_dict()
+    proof = {k: d[k] for k in ("termination", "objective", "bound", "gap", "solve_time_s")}
+    return _masks_from_keep(gates, r.keep), proof
+
+
+def _check_target(gates: CompressoGates, target: float, min_hidden: int = 1) -> None:
+    smax = gates.max_sparsity(min_hidden)
+    check(isinstance(target, (int, float)) and math.isfinite(target) and 0 < target < smax,
+          "The sparsity 'target'", f"in (0, {smax:.4f}) (the most this ViT's gates can remove: "
+          f"every head and FFN channel and all but {min_hidden} hidden channels)", target,
+          "Lower the target.")
+
+
+# ------------------------------------------------------------------ surgery
+def prune_hidden(vit: ViT, keep_hidden: Any, inplace: bool = False) -> ViT:
+    """Remove the dropped hidden channels of a plain ViT physically: patch conv rows,
+    class token and position columns, LayerNorm entries, q/k/v/fc1/head input
+    columns, proj/fc2 output rows."""
+    keep = np.asarray(keep_hidden, dtype=bool)
+    dim = vit.patch_embed.out_channels
+    check(keep.shape == (dim,), "The hidden keep mask", f"of shape ({dim},)", keep.shape)
+    check(keep.any(), "The hidden keep mask", "keeping at least one channel", int(keep.sum()))
+    m = vit if inplace else copy.deepcopy(vit)
+    idx = torch.as_tensor(np.flatnonzero(keep), dtype=torch.long)
+    k = int(idx.numel())
+
+    def sl(mod: nn.Module, name: str, dim_: int) -> None:
+        t = getattr(mod, name)
+        setattr(mod, name, nn.Parameter(t.detach().index_select(dim_, idx).contiguous(),
+                                        requires_grad=t.requires_grad))
+
+    with torch.no_grad():
+        sl(m.patch_embed, "weight", 0)
+        sl(m.patch_embed, "bias", 0)
+        m.patch_embed.out_channels = k
+        sl(m, "cls_token", 2)
+        sl(m, "pos_embed", 2)
+        lns = [m.norm]
+        for blk in m.blocks:
+            lns += [blk.ln1, blk.ln2]
+            for lin in (blk.attn.q, blk.attn.k, blk.attn.v, blk.mlp.fc1):
+                sl(lin, "weight", 1)
+                lin.in_features = k
+            for lin in (blk.attn.proj, blk.mlp.fc2):
+                sl(lin, "weight", 0)
+                sl(lin, "bias", 0)
+                lin.out_features = k
+            blk.attn.dim = k
+        for ln in lns:
+            sl(ln, "weight", 0)
+            sl(ln, "bias", 0)
+            ln.normalized_shape = (k,)
+        sl(m.head, "weight", 1)
+        m.head.in_features = k
+    return m
+
+
+def apply_gate_masks(vit: ViT, masks: GateMasks) -> ViT:
+    """The physically pruned ViT (a copy): heads and FFN channels removed with
+    optprune.nn.surgery.apply_mask, hidden channels with :func:`prune_hidden`."""
+    from ..nn.structures import discover
+    from ..nn.surgery import apply_mask
+
+    image = vit.patch_embed.kernel_size[0] * int(round(math.sqrt(vit.pos_embed.shape[1] - 1)))
+    ss = discover(vit, (vit.patch_embed.in_channels, image, image))
+    want = {}
+    for b, (hm, fm) in enumerate(zip(masks.heads, masks.ffn)):
+        for h, k in enumerate(hm):
+            want[f"blocks.{b}.attn:head:{h}"] = bool(k)
+        for j, k in enumerate(fm):
+            want[f"blocks.{b}.mlp.fc1:ffn:{j}"] = bool(k)
+    missing = [g.id for g in ss.groups if g.id not in want]
+    check(not missing and len(want) == len(ss.groups), "The gate masks",
+          "one entry per head and FFN channel of the ViT", f"{len(want)} entries for "
+          f"{len(ss.groups)} groups")
+    keep = np.array([want[g.id] for g in ss.groups])
+    pruned = apply_mask(ss, keep)
+    return prune_hidden(pruned, masks.hidden, inplace=True)
+
+
+# ------------------------------------------------------------------ training
+@dataclass
+class CompressoResult:
+    """The trained gates, the peft model (LoRA on the frozen ViT) and the history."""
+
+    gates: CompressoGates
+    peft_model: nn.Module
+    target: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    lambdas: tuple[float, float] = (0.0, 0.0)
+    train_time_s: float = 0.0
+
+    def merged_vit(self) -> ViT:
+        """A copy of the ViT with the LoRA adapters merged into q and v."""
+        vit = copy.deepcopy(self.peft_model).merge_and_unload()
+        for p in vit.parameters():  # the base was frozen for the gate training only
+            p.requires_grad_(True)
+        return vit
+
+
+def _snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+def train_compresso(vit: ViT, x: torch.Tensor, y: torch.Tensor, target: float, *,
+                    steps: int = 300, warmup_steps: int | None = None, batch_size: int = 64,
+                    lr: float = 3e-3, gate_lr: float = 0.05, lambda_lr: float = 0.2,
+                    lora_rank: int = 8, lora_alpha: float = 16.0, init_log_alpha: float = 2.0,
+                    hidden: bool = True, min_hidden: int = 1, teacher: nn.Module | None = None,
+                    distill_weight: float = 0.0, loss_fn: Callable | None = None,
+                    seed: int = 0, checkpoint_every: int = 20, log_every: int = 10
+                    ) -> CompressoResult:
+    """Train hard-concrete gates and LoRA (rank ``lora_rank`` on q and v, base weights
+    frozen) on (x, y) towards the sparsity ``target`` (fraction of the ViT's
+    parameters to remove), with the Lagrangian of the module docstring.
+
+    ``vit`` is not modified (a deep copy is trained). A non-finite loss restores the
+    last good checkpoint (taken every ``checkpoint_every`` steps) and raises
+    TrainingDivergedError.
+    """
+    peft = require("peft", "hf", "LoRA adapters of Compresso")
+    _vit_blocks(vit)
+    check(isinstance(steps, int) and steps > 0, "The 'steps' of train_compresso",
+          "a positive integer", steps)
+    warmup_steps = max(1, steps // 2) if warmup_steps is None else warmup_steps
+    check(isinstance(warmup_steps, int) and 0 < warmup_steps <= steps,
+          "The 'warmup_steps' of train_compresso", f"an integer in [1, steps={steps}]",
+          warmup_steps)
+    check(x.shape[0] == y.shape[0] and x.shape[0] > 0, "The data of train_compresso",
+          "non-empty x and y of equal length", (tuple(x.shape), tuple(y.shape)))
+    torch.manual_seed(seed)
+    base = copy.deepcopy(vit)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    cfg = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=["q", "v"],
+                          lora_dropout=0.0)
+    pm = peft.get_peft_model(base, cfg)
+    gates = CompressoGates(pm, init_log_alpha=init_log_alpha, seed=seed, hidden=hidden)
+    _check_target(gates, target, min_hidden)
+    dense = gates.dense_params()
+    lam = nn.Parameter(torch.zeros(2))
+    lam.register_hook(lambda g: -g)  # gradient ascent on the multipliers
+    lora_params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([
+        {"params": lora_params, "lr": lr, "weight_decay": 0.0},
+        {"params": list(gates.parameters()), "lr": gate_lr, "weight_decay": 0.0},
+        {"params": [lam], "lr": lambda_lr, "weight_decay": 0.0},
+    ])
+    tracked = {f"lora.{i}": p for i, p in enumerate(lora_params)}
+    tracked.update({f"gate.{n}": p for n, p in gates.named_parameters()})
+    tracked["lambda"] = lam
+    good = _snapshot(tracked)
+    loss_fn = loss_fn or F.cross_entropy
+    g = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    gates.attach()
+    gates.train()
+    pm.train()
+    t0 = time.perf_counter()
+    try:
+        for step in range(steps):
+            idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
+            out = pm(x[idx])
+            task = loss_fn(out, y[idx])
+            if teacher is not None and distill_weight > 0:
+                with torch.no_grad():
+                    t_out = teacher(x[idx])
+                task = task + distill_weight * F.kl_div(
+                    F.log_softmax(out, -1), F.log_softmax(t_out, -1), log_target=True,
+                    reduction="batchmean")
+            s = 1.0 - gates.expected_params() / dense
+            t = target * min(1.0, (step + 1) / warmup_steps)
+            lag = lam[0] * (s - t) + lam[1] * (s - t) ** 2
+            loss = task + lag
+            if not torch.isfinite(loss):
+                with torch.no_grad():
+                    for k, v in good.items():
+                        tracked[k].copy_(v)
+                raise TrainingDivergedError(
+                    f"Compresso training diverged at step {step} (loss {loss.item()}); the LoRA "
+                    f"weights, gates and multipliers were reset to the last good checkpoint "
+                    f"(step {step - step % checkpoint_every}). Lower lr / gate_lr / lambda_lr.",
+                    step=step, checkpoint=good)
+            if step % checkpoint_every == 0:
+                good = _snapshot(tracked)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % log_every == 0 or step == steps - 1:
+                history.append({"step": step, "task_loss": float(task.detach()), "expected_sparsity":
+                                float(s.detach()), "target_now": t, "lambda_1": float(lam[0].detach()),
+                                "lambda_2": float(lam[1].detach())})
+    finally:
+        gates.detach()
+    gates.eval()
+    pm.eval()
+    return CompressoResult(gates, pm, target, history, (float(lam[0].detach()), float(lam[1].detach())),
+                           time.perf_counter() - t0)
+
+
+def evaluate_masks(result: CompressoResult, masks: GateMasks, x: torch.Tensor, y: torch.Tensor
+                   ) -> dict[str, Any]:
+    """Physically prune the merged ViT to ``masks``; its parameters, sparsity, distance
+    from the target and accuracy on (x, y)."""
+    from ..nn.train import accuracy
+
+    merged = result.merged_vit()
+    dense = sum(p.numel() for p in merged.parameters())
+    pruned = apply_gate_masks(merged, masks)
+    n = sum(p.numel() for p in pruned.parameters())
+    assert n == masks_params(merged, masks), "size formula != pruned model"
+    sparsity = 1.0 - n / dense
+    return {"params": n, "dense_params": dense, "sparsity": sparsity,
+            "distance_from_target": sparsity - result.target,
+            "accuracy": accuracy(pruned, x, y), "counts": masks.counts(), "model": pruned}
