@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "bert_structures": "hf", "load_pruned_bert": "hf", "prune_bert": "hf",
     "problem_from_structures": "bridge",
     "IMPORTANCE": "importance", "register_importance": "importance", "score": "importance",
     "PruneReport": "pruning", "build_problem": "pruning", "prune": "pruning",
@@ -18,7 +19,9 @@ _LAZY = {
     "apply_mask": "surgery",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["IMPORTANCE", "Group", "PruneReport", "StructureSet", "apply_mask", "bert_structures",
+           "build_problem", "count_flops", "discover", "load_pruned_bert",
+           "problem_from_structures", "prune", "prune_bert", "register_importance", "score"]
 
 
 def __getattr__(name: str) -> Any:

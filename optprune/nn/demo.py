@@ -18,7 +18,6 @@ import torch
 
 from ..errors import OptpruneError
 from ..solve.model import write_json_atomic
-from .importance import flap
 from .models import MLP, ViT
 from .pruning import prune
 from .structures import discover
@@ -62,15 +61,13 @@ def _rows_for(kind: str, model: torch.nn.Module, data, cfg: DemoConfig, multiple
              "status": "-", "gap": None, "time_s": 0.0, "violations": []}]
     for r in rows:
         log(_fmt(r))
-    # An exact maximizer of the summed scores trusts their scale across layers and
-    # kinds: FLAP's fluctuation enters standardized per layer (FLAP's own rule), Taylor is
-    # a loss change (one scale already); magnitude and Wanda enter as they are.
-    # The standardized scores are shifted by their global minimum for the maximizer
-    # (a shift keeps FLAP's ranking but stops negative z-scores from being dropped
-    # while budget is left).
+    # An exact maximizer of summed scores trusts their units across heads and channels:
+    # FLAP's fluctuation enters summed over a group's channels (the expected squared
+    # change of the output, one unit for heads and channels), Taylor is a loss change;
+    # magnitude and Wanda enter as they are.
     plan: list[tuple[str, Any, dict, str]] = []
     for c in cfg.criteria:
-        plan.append((c, flap_z_nonneg if c == "flap" else c, {}, "exact"))
+        plan.append((c, c, {"aggregate": "sum"} if c == "flap" else {}, "exact"))
     plan += [("magnitude", "magnitude", {}, "uniform"),
              ("magnitude", "magnitude", {}, "topk_rounded"),
              ("flap", "flap", {"standardize": True}, "score_fill")]
@@ -104,12 +101,6 @@ def _rows_for(kind: str, model: torch.nn.Module, data, cfg: DemoConfig, multiple
         rows.append(row)
         log(_fmt(row))
     return rows
-
-
-def flap_z_nonneg(structures, data=None):
-    """FLAP's fluctuation standardized per (layer, kind), shifted to be >= 0."""
-    z = flap(structures, data, standardize=True)
-    return z - z.min()
 
 
 def _fmt(r: dict[str, Any]) -> str:

@@ -202,13 +202,18 @@ def wanda(structures: StructureSet, data: Any = None, batch_size: int = 256) -> 
 
 @register_importance("flap")
 def flap(structures: StructureSet, data: Any = None, standardize: bool = False,
-         batch_size: int = 256) -> np.ndarray:
-    """FLAP fluctuation: sum over consumers of mean_{j in g} Var_n(X_j) ||W[:, j]||^2
-    (sample variance, ddof = 1); ``standardize`` z-scores within each (layer, kind)."""
+         batch_size: int = 256, aggregate: str = "mean") -> np.ndarray:
+    """FLAP fluctuation: sum over consumers of agg_{j in g} Var_n(X_j) ||W[:, j]||^2
+    (sample variance, ddof = 1); ``aggregate`` "mean" (FLAP's rule for a head's
+    channels) or "sum" (the expected squared change of the consumer output when the
+    whole group is removed: one unit for heads and channels, the right objective for an
+    exact allocation that sums scores); ``standardize`` z-scores within each (layer, kind)."""
+    check(aggregate in ("mean", "sum"), "The 'aggregate' of flap", "'mean' or 'sum'", aggregate)
     cons = _consumer_names(structures)
     stats = consumer_stats(structures.model, cons, data, structures.input_shape, batch_size, "flap")
     col = {c: _column_stats(structures, c, 2) * stats[c].var for c in cons}
-    s = np.array([sum(col[c][list(ch)].mean() for c, ch in g.consumers)
+    red = np.mean if aggregate == "mean" else np.sum
+    s = np.array([sum(red(col[c][list(ch)]) for c, ch in g.consumers)
                   for g in structures.groups])
     return zscore_per_slot(structures, s) if standardize else s
 
