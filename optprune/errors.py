@@ -33,14 +33,17 @@ class SolverError(OptpruneError, RuntimeError):
 
 
 class TrainingDivergedError(OptpruneError, RuntimeError):
-    """A loss became NaN or infinite. The model was reset to its last good checkpoint,
-    which the error also carries (``checkpoint``: name -> tensor, ``step``: where the
-    loss went bad)."""
+    """A loss (or gradient, or parameter) became NaN or infinite. The model was reset to
+    its last good checkpoint, which the error carries: ``checkpoint`` (name -> tensor),
+    ``step`` (and ``epoch``) where it went bad, ``checkpoint_path`` if it was written."""
 
-    def __init__(self, message: str, step: int, checkpoint: dict | None = None) -> None:
+    def __init__(self, message: str, step: int, checkpoint: dict | None = None,
+                 epoch: int | None = None, checkpoint_path: str | None = None) -> None:
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.checkpoint_path = checkpoint_path
 
 
 def check(condition: bool, what: str, expected: str, got: object, hint: str = "") -> None:
