@@ -86,10 +86,15 @@ class AllocationResult:
         return d
 
 
-# Measured on the LLaMA-shaped problems (benchmarks/BENCHMARKS.md): HiGHS's restart
-# after root reduced-cost fixing drops the cuts that close these multiple-choice
-# knapsacks; without it 7B solves in 3 nodes (0.2 s) instead of ~1500 (3 s).
+# HiGHS's restart after root reduced-cost fixing is a trade-off on these
+# multiple-choice knapsacks (benchmarks/BENCHMARKS.md): on the LLaMA shapes it drops
+# the cuts that close the gap (7B: 3 nodes / 0.2 s without it, ~1,500 nodes / 3 s
+# with it), while on MiniLM (9,300 width binaries, 1,537 options per FFN slot) it is
+# what closes the gap (4 s at the root with it, still 6e-6 after 60 s without). So
+# allocate() runs a short first phase without restarts and, if that does not prove
+# the optimum, continues with HiGHS's defaults from the incumbent.
 ALLOCATION_BACKEND_OPTIONS = {"highs": {"mip_allow_restart": False}}
+FIRST_PHASE_S = 2.0
 
 
 def _options(backend, time_limit_s, rel_gap, threads, seed, log, warm_start=None) -> SolveOptions:
@@ -146,11 +151,52 @@ def allocate(
         if feas:
             best = max(feas, key=lambda b: b.objective)
             start = form.encode(best.keep, problem)
-    res = be.solve(form.model, _options(backend, time_limit_s, rel_gap, threads, seed, log, start))
+    res = _solve_phased(be, form, backend, time_limit_s, rel_gap, threads, seed, log, start)
     res = _with_build_time(res, build)
     if res.termination in (Termination.INFEASIBLE, Termination.INFEASIBLE_OR_UNBOUNDED):
         raise InfeasibleProblemError(explain_infeasible(problem, backend))
     return _result(problem, form, res, base, time.perf_counter() - t_start)
+
+
+def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, threads, seed,
+                  log, start) -> SolveResult:
+    """One solve, or for HiGHS the two phases described at ALLOCATION_BACKEND_OPTIONS."""
+    opts = _options(backend, time_limit_s, rel_gap, threads, seed, log, start)
+    if backend != "highs" or (time_limit_s is not None and time_limit_s <= FIRST_PHASE_S):
+        return be.solve(form.model, opts)
+    first = be.solve(form.model, dataclasses.replace(opts, time_limit_s=FIRST_PHASE_S))
+    if first.termination is not Termination.TIME_LIMIT:
+        return first
+    rest = None if time_limit_s is None else max(time_limit_s - first.solve_time_s, 0.1)
+    second = be.solve(form.model, dataclasses.replace(
+        opts, time_limit_s=rest, extra={},
+        warm_start=first.x if first.x is not None else start))
+    return _merge(first, second, form.model.sense, rel_gap)
+
+
+def _merge(a: SolveResult, b: SolveResult, sense: str, rel_gap: float) -> SolveResult:
+    """Phase b continues phase a: the better incumbent, the tighter bound, summed effort."""
+    from ..solve.result import SolutionStatus, relative_gap
+
+    better = (max if sense == "max" else min)
+    cand = [r for r in (a, b) if r.objective is not None]
+    best = better(cand, key=lambda r: r.objective) if cand else b
+    bounds = [r.bound for r in (a, b) if r.bound is not None and math.isfinite(r.bound)]
+    bound = (min if sense == "max" else max)(bounds) if bounds else b.bound
+    gap = relative_gap(best.objective, bound)
+    status = best.solution_status
+    if b.termination is Termination.OPTIMAL or (best.objective is not None and gap <= rel_gap):
+        status = SolutionStatus.OPTIMAL if best.objective is not None else status
+    phases = [{"mip_allow_restart": False, "termination": a.termination.value,
+               "solve_time_s": a.solve_time_s, "nodes": a.nodes, "gap": a.gap},
+              {"mip_allow_restart": True, "termination": b.termination.value,
+               "solve_time_s": b.solve_time_s, "nodes": b.nodes, "gap": b.gap}]
+    return dataclasses.replace(
+        b, objective=best.objective, x=best.x, bound=bound, gap=gap, solution_status=status,
+        termination=Termination.OPTIMAL if status == SolutionStatus.OPTIMAL else b.termination,
+        solve_time_s=a.solve_time_s + b.solve_time_s,
+        build_time_s=a.build_time_s + b.build_time_s,
+        nodes=(a.nodes or 0) + (b.nodes or 0), details={**b.details, "phases": phases})
 
 
 def _with_build_time(res: SolveResult, formulate_s: float) -> SolveResult:

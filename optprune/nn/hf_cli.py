@@ -27,7 +27,7 @@ def add_hf_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--n-calib", type=int, default=64, help="packed calibration sequences")
     p.add_argument("--n-eval", type=int, default=256, help="held-out sentences evaluated")
-    p.add_argument("--rel-gap", type=float, default=1e-4)
+    p.add_argument("--rel-gap", type=float, default=1e-6)
     p.add_argument("--time-limit", type=float, default=60.0, metavar="S")
     p.add_argument("--save", metavar="DIR", help="save each pruned model (save_pretrained)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
