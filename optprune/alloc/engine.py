@@ -91,10 +91,11 @@ class AllocationResult:
 # the cuts that close the gap (7B: 3 nodes / 0.2 s without it, ~1,500 nodes / 3 s
 # with it), while on MiniLM (9,300 width binaries, 1,537 options per FFN slot) it is
 # what closes the gap (4 s at the root with it, still 6e-6 after 60 s without). So
-# allocate() runs a short first phase without restarts and, if that does not prove
-# the optimum, continues with HiGHS's defaults from the incumbent.
+# allocate() runs a first phase without restarts, limited to a few branch-and-bound
+# nodes (the LLaMA shapes need 1-3), and, if that does not prove the optimum,
+# continues with HiGHS's defaults from the incumbent.
 ALLOCATION_BACKEND_OPTIONS = {"highs": {"mip_allow_restart": False}}
-FIRST_PHASE_S = 2.0
+FIRST_PHASE_NODES = 5
 
 
 def _options(backend, time_limit_s, rel_gap, threads, seed, log, warm_start=None) -> SolveOptions:
@@ -162,10 +163,13 @@ def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, th
                   log, start) -> SolveResult:
     """One solve, or for HiGHS the two phases described at ALLOCATION_BACKEND_OPTIONS."""
     opts = _options(backend, time_limit_s, rel_gap, threads, seed, log, start)
-    if backend != "highs" or (time_limit_s is not None and time_limit_s <= FIRST_PHASE_S):
+    if backend != "highs":
         return be.solve(form.model, opts)
-    first = be.solve(form.model, dataclasses.replace(opts, time_limit_s=FIRST_PHASE_S))
-    if first.termination is not Termination.TIME_LIMIT:
+    first = be.solve(form.model, dataclasses.replace(
+        opts, extra={**opts.extra, "mip_max_nodes": FIRST_PHASE_NODES}))
+    if first.termination in (Termination.OPTIMAL, Termination.INFEASIBLE,
+                             Termination.INFEASIBLE_OR_UNBOUNDED, Termination.UNBOUNDED,
+                             Termination.TIME_LIMIT):
         return first
     rest = None if time_limit_s is None else max(time_limit_s - first.solve_time_s, 0.1)
     second = be.solve(form.model, dataclasses.replace(
@@ -187,7 +191,8 @@ def _merge(a: SolveResult, b: SolveResult, sense: str, rel_gap: float) -> SolveR
     status = best.solution_status
     if b.termination is Termination.OPTIMAL or (best.objective is not None and gap <= rel_gap):
         status = SolutionStatus.OPTIMAL if best.objective is not None else status
-    phases = [{"mip_allow_restart": False, "termination": a.termination.value,
+    phases = [{"mip_allow_restart": False, "mip_max_nodes": FIRST_PHASE_NODES,
+               "termination": a.termination.value,
                "solve_time_s": a.solve_time_s, "nodes": a.nodes, "gap": a.gap},
               {"mip_allow_restart": True, "termination": b.termination.value,
                "solve_time_s": b.solve_time_s, "nodes": b.nodes, "gap": b.gap}]
