@@ -25,6 +25,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_allocation.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_systolic.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_encode.py --archs 50x2,100x2 --images 0,1,2 --time-limit 60
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check optprune tests benchmarks

@@ -165,8 +165,9 @@ class LinearModel:
         path = Path(path)
         if not path.exists():
             raise ValidationError(f"The model file {str(path)!r} does not exist.")
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        from .backends.highs import new_highs
+
+        h = new_highs()
         status = h.readModel(str(path))
         if status == highspy.HighsStatus.kError:
             raise ValidationError(f"HiGHS could not read {str(path)!r} as a model file.")

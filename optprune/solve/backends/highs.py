@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 import time
 from typing import Any
 
@@ -98,13 +99,29 @@ def _check(status: Any, what: str) -> None:
         raise SolverError(f"HiGHS {what} returned an error status.")
 
 
+_UNSET = object()
+_POOL_THREADS: Any = _UNSET
+
+
 def apply_options(h: Any, options: SolveOptions, is_mip: bool) -> None:
     if options.time_limit_s is not None:
         h.setOptionValue("time_limit", float(options.time_limit_s))
     h.setOptionValue("mip_rel_gap", float(options.rel_gap))
     h.setOptionValue("random_seed", int(options.seed))
-    if options.threads is not None:
-        h.setOptionValue("threads", int(options.threads))
+    global _POOL_THREADS
+    # HiGHS starts one thread pool per process; a later run() with another "threads"
+    # value fails silently (status kNotset). The first solve fixes the pool size; a
+    # different request afterwards keeps the running pool and says so.
+    want = None if options.threads is None else int(options.threads)
+    if _POOL_THREADS is _UNSET:
+        _POOL_THREADS = want
+    if want is not None:
+        if want == _POOL_THREADS:
+            h.setOptionValue("threads", want)
+        else:
+            warnings.warn(f"HiGHS already runs a thread pool of "
+                          f"{_POOL_THREADS or 'its default'} threads in this process; "
+                          f"threads={want} is ignored.", RuntimeWarning, stacklevel=3)
     for k, v in options.extra.items():
         h.setOptionValue(k, v)
 

@@ -1,0 +1,213 @@
+"""Solve an attack MIP and check every adversarial input on the reference network.
+
+A witness x (the input part of a solver's solution) is *verified* when, evaluated in
+float64 on the reference network (the original dense torch module, or the numpy
+Network), it lies in the region (within 1e-7) and its margin is strictly positive:
+
+    targeted:    y_c(x) - y_t(x) > 0
+    untargeted:  max_{j != t} y_j(x) - y_t(x) > 0
+
+so the reference really decides a class other than t. Surrogate mode: the MIP is built
+over a pruned network, HiGHS keeps every improving incumbent
+(``mip_improving_solution_save``), each is judged on the reference, and the best
+verified one is returned.
+
+Outcome: ``adversarial`` (a verified witness), ``robust`` (proved: margin bound <= 0,
+or the decision / minimal-distortion MIP is infeasible), or ``unknown`` (a limit
+stopped the solver first, or a witness failed verification). A limit is a result:
+the incumbent, its bound and the gap are returned.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import check
+from ..solve import SolveOptions, SolveResult, solve
+from .bounds import compute_bounds
+from .formulate import AttackSpec, Encoding, Region, encode
+from .network import Network, as_network
+
+__all__ = ["AttackResult", "Reference", "attack", "solve_encoding", "margin_of"]
+
+
+def margin_of(logits: np.ndarray, label: int, target: int | None) -> float:
+    y = np.asarray(logits, dtype=np.float64)
+    if target is not None:
+        return float(y[target] - y[label])
+    return float(np.max(np.delete(y, label)) - y[label])
+
+
+class Reference:
+    """The network that judges witnesses, evaluated in float64."""
+
+    def __init__(self, obj: Any, input_shape: tuple[int, ...]) -> None:
+        self.input_shape = tuple(input_shape)
+        self.kind = "network"
+        self._net: Network | None = None
+        self._torch = None
+        if isinstance(obj, Network):
+            self._net = obj
+            return
+        try:
+            import torch
+
+            if isinstance(obj, torch.nn.Module):
+                self._torch = copy.deepcopy(obj).double().eval()
+                self.kind = "torch"
+                return
+        except ImportError:  # pragma: no cover
+            pass
+        self._net = as_network(obj, input_shape)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).ravel()
+        if self._torch is not None:
+            import torch
+
+            with torch.no_grad():
+                t = torch.from_numpy(x.copy()).reshape(1, *self.input_shape)
+                return self._torch(t).reshape(-1).numpy().astype(np.float64)
+        assert self._net is not None
+        return self._net.forward(x)
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    outcome: str                      # adversarial | robust | unknown
+    termination: str
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    witness: np.ndarray | None = field(repr=False)
+    verified: bool | None
+    reference_margin: float | None    # margin of the witness on the reference
+    mip_margin: float | None          # margin of the witness on the encoded network
+    predicted_class: int | None       # reference's class at the witness
+    distance: float | None            # ||witness - x0|| in the region's norm
+    bounds_time_s: float
+    build_time_s: float
+    solve_time_s: float
+    nodes: int | None
+    incumbents_checked: int
+    stats: dict[str, Any]
+
+    def to_dict(self, with_witness: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        d["witness"] = self.witness.tolist() if (with_witness and self.witness is not None) else None
+        for k in ("objective", "bound", "gap"):
+            if d[k] is not None and not math.isfinite(d[k]):
+                d[k] = None
+        return d
+
+
+def _highs_solve(enc: Encoding, options: SolveOptions, save_incumbents: bool,
+                 stop_at_first: bool) -> tuple[SolveResult, list[np.ndarray]]:
+    """HiGHS directly, so that improving incumbents can be kept for the surrogate mode."""
+    from ..solve.backends.highs import HighsBackend, apply_options, new_highs, pass_model, read_result
+
+    t0 = time.perf_counter()
+    h = new_highs(options.log)
+    pass_model(h, enc.model)
+    apply_options(h, options, enc.model.is_mip)
+    if save_incumbents:
+        h.setOptionValue("mip_improving_solution_save", True)
+    if stop_at_first:
+        h.setOptionValue("mip_max_improving_sols", 1)
+    build = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    h.run()
+    dt = time.perf_counter() - t1
+    res = read_result(h, enc.model, options, build, dt, HighsBackend.version())
+    sols: list[np.ndarray] = []
+    if save_incumbents:
+        try:
+            sols = [np.asarray(s.col_value, dtype=np.float64) for s in h.getSavedMipSolutions()]
+        except Exception:  # noqa: BLE001 - older highspy: only the final incumbent
+            sols = []
+    if res.x is not None:
+        sols.append(res.x)
+    return res, sols
+
+
+def solve_encoding(enc: Encoding, backend: str = "highs", options: SolveOptions | None = None,
+                   reference: Any = None, surrogate: bool = False) -> AttackResult:
+    """Solve ``enc`` and verify its witness(es) on ``reference`` (default: the encoded net)."""
+    options = options or SolveOptions()
+    ref = Reference(reference if reference is not None else enc.network, enc.network.input_shape)
+    spec, region = enc.spec, enc.region
+    if backend == "highs":
+        res, sols = _highs_solve(enc, options, save_incumbents=surrogate,
+                                 stop_at_first=spec.objective == "decision")
+    else:
+        res = solve(enc.model, backend=backend, options=options)
+        sols = [res.x] if res.x is not None else []
+    best = None  # (reference margin, witness, solution)
+    lo, hi = region.box()
+    for sol in sols:
+        x = np.clip(enc.input_of(sol), lo, hi)
+        rm = margin_of(ref.logits(x), spec.label, spec.target)
+        ok = region.contains(x) and rm > 0
+        key = (ok, rm)
+        if best is None or key > best[0]:
+            best = (key, x, sol)
+    witness = verified = rmargin = mmargin = pred = dist = None
+    if best is not None:
+        (ok, rm), witness, sol = best
+        verified, rmargin = bool(ok), float(rm)
+        mmargin = margin_of(enc.network.forward(witness), spec.label, spec.target)
+        pred = int(np.argmax(ref.logits(witness)))
+        dist = region.distance(witness)
+    term = res.termination.value
+    if verified:
+        outcome = "adversarial"
+    elif spec.objective == "margin" and res.bound is not None and res.bound <= 0 and not surrogate:
+        outcome = "robust"
+    elif spec.objective in ("decision", "min_distortion") and term == "infeasible" and not surrogate:
+        outcome = "robust"
+    else:  # a proof over a pruned surrogate says nothing about the dense reference
+        outcome = "unknown"
+    st = enc.stats()
+    return AttackResult(
+        outcome=outcome, termination=term, objective=res.objective, bound=res.bound,
+        gap=res.gap, witness=witness, verified=verified, reference_margin=rmargin,
+        mip_margin=mmargin, predicted_class=pred, distance=dist,
+        bounds_time_s=enc.bounds.time_s, build_time_s=enc.build_time_s,
+        solve_time_s=res.solve_time_s, nodes=res.nodes, incumbents_checked=len(sols),
+        stats=st,
+    )
+
+
+def attack(network: Any, x0: Any, label: int, *, radius: float, norm: str = "linf",
+           target: int | None = None, objective: str = "margin", bounds: str = "lp",
+           domain: tuple[Any, Any] = (0.0, 1.0), backend: str = "highs",
+           time_limit_s: float | None = 60.0, reference: Any = None, surrogate: bool = False,
+           margin_threshold: float = 1e-4, input_shape: Any = None, threads: int | None = None,
+           seed: int = 0, bound_options: dict[str, Any] | None = None,
+           name: str = "attack") -> AttackResult:
+    """Encode, solve and verify one attack.
+
+    ``network``: a torch nn.Sequential, an MLPClassifier, an ONNX model or a Network.
+    ``reference`` (default: ``network`` itself; a torch module is evaluated as the dense
+    torch module in float64) judges every witness. ``surrogate=True`` says ``network`` is
+    a pruned stand-in for ``reference``: every incumbent is judged on the reference.
+    """
+    net = as_network(network, input_shape)
+    check(not surrogate or reference is not None, "The 'reference' parameter",
+          "the dense network when surrogate=True", None)
+    region = Region.make(net, x0, norm, radius, domain)
+    spec = AttackSpec(int(label), None if target is None else int(target), objective,
+                      margin_threshold)
+    spec.validate(net.output_dim)
+    b = compute_bounds(net, region, bounds, **(bound_options or {}))
+    enc = encode(net, region, spec, b, name=name)
+    ref = reference if reference is not None else network
+    opts = SolveOptions(time_limit_s=time_limit_s, threads=threads, seed=seed,
+                        rel_gap=1e-4 if objective == "margin" else 1e-6)
+    return solve_encoding(enc, backend, opts, reference=ref, surrogate=surrogate)

@@ -1,0 +1,180 @@
+"""``optprune encode``, ``optprune instances generate|verify``, ``optprune bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ValidationError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "encode",
+        help="encode a ReLU network + input as an adversarial MIP (NAME.mps + NAME.json)",
+        description="Turn a trained (possibly pruned) ReLU network and an input x0 into an "
+        "adversarial-example MIP, write it as NAME.mps + NAME.json, optionally solve it and "
+        "verify the witness on the network in float64. See formulations/adversarial.md.",
+    )
+    e.add_argument("network", help="network file: .npz (optprune) or .onnx; .pt/.pth/.pkl "
+                   "only with --allow-pickle")
+    e.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading a pickled network (runs code from the file!)")
+    e.add_argument("--input-shape", help="input shape for conv nets, e.g. 1,8,8")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--x0", help="the input: .npy file, or a JSON list, or a JSON file")
+    src.add_argument("--digits-index", type=int, help="use test image I of the seeded digits split")
+    e.add_argument("--label", type=int, help="true label (default: the network's prediction)")
+    e.add_argument("--target", type=int, default=None, help="target class (default: any other)")
+    e.add_argument("--norm", default="linf", choices=["linf", "l1"])
+    e.add_argument("--radius", type=float, required=True, help="ball radius (epsilon)")
+    e.add_argument("--domain", default="0,1", help="input domain LO,HI (default 0,1)")
+    e.add_argument("--objective", default="margin",
+                   choices=["margin", "min_distortion", "decision"])
+    e.add_argument("--bounds", default="lp", choices=["naive", "interval", "lp", "progressive"])
+    e.add_argument("--mip-bound-time-limit", type=float, default=1.0, metavar="S",
+                   help="per-bound time limit of the progressive MIP stage")
+    e.add_argument("--name", default=None, help="instance name (default: from the inputs)")
+    e.add_argument("--out", default=".", help="output directory (default: .)")
+    e.add_argument("--solve", action="store_true", help="also solve and verify the witness")
+    e.add_argument("--backend", default="highs")
+    e.add_argument("--time-limit", type=float, default=60.0, metavar="S")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=run_encode)
+
+    ins = sub.add_parser("instances", help="generate or verify the adversarial instance library")
+    isub = ins.add_subparsers(dest="instances_command", required=True, metavar="ACTION")
+    g = isub.add_parser("generate", help="regenerate a named set deterministically")
+    g.add_argument("name", help="set name (see `optprune instances list`)")
+    g.add_argument("--dir", default="instances")
+    g.add_argument("--no-solve", action="store_true", help="skip solving for known optima")
+    g.add_argument("--time-limit", type=float, default=None, metavar="S")
+    g.set_defaults(func=run_generate)
+    v = isub.add_parser("verify", help="check every hash in MANIFEST.json and re-solve")
+    v.add_argument("--dir", default="instances")
+    v.add_argument("--no-solve", action="store_true", help="only check hashes")
+    v.add_argument("--time-limit", type=float, default=None, metavar="S")
+    v.add_argument("names", nargs="*", help="only these instances")
+    v.set_defaults(func=run_verify)
+    ls = isub.add_parser("list", help="list the named sets")
+    ls.set_defaults(func=run_list)
+
+    b = sub.add_parser("bench", help="run instances x backends x seeds under time limits")
+    from .bench import add_bench_arguments
+
+    add_bench_arguments(b)
+
+
+def _parse_x0(args: argparse.Namespace) -> tuple[np.ndarray, int | None]:
+    if args.digits_index is not None:
+        from .prune import digits_data
+
+        _, _, Xte, yte = digits_data(0)
+        if not 0 <= args.digits_index < len(Xte):
+            raise ValidationError(
+                f"--digits-index must be in [0, {len(Xte) - 1}]; got {args.digits_index}.")
+        return Xte[args.digits_index], int(yte[args.digits_index])
+    s = args.x0
+    p = Path(s)
+    if p.suffix == ".npy" and p.exists():
+        return np.load(p, allow_pickle=False).astype(np.float64).ravel(), None
+    if p.exists():
+        s = p.read_text()
+    try:
+        return np.asarray(json.loads(s), dtype=np.float64).ravel(), None
+    except (json.JSONDecodeError, ValueError, TypeError) as exc:
+        raise ValidationError(
+            f"--x0 must be a .npy file, a JSON file or a JSON list of numbers; got {args.x0!r}."
+        ) from exc
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from . import load_network
+    from .attack import solve_encoding
+    from .bounds import compute_bounds
+    from .formulate import AttackSpec, Region, encode
+    from .instances import write_instance
+    from ..solve import SolveOptions
+
+    shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
+    net = load_network(args.network, allow_pickle=args.allow_pickle, input_shape=shape)
+    x0, label0 = _parse_x0(args)
+    lo, hi = (float(t) for t in args.domain.split(","))
+    region = Region.make(net, x0, args.norm, args.radius, (lo, hi))
+    label = args.label if args.label is not None else (
+        label0 if label0 is not None else int(net.predict(x0)))
+    spec = AttackSpec(label, args.target, args.objective)
+    spec.validate(net.output_dim)
+    b = compute_bounds(net, region, args.bounds, mip_time_limit_s=args.mip_bound_time_limit)
+    name = args.name or f"{Path(args.network).stem}-{args.norm}-r{args.radius:g}-{args.objective}"
+    enc = encode(net, region, spec, b, name=name)
+    mps, js = write_instance(enc, args.out, name)
+    out: dict[str, Any] = {"mps": str(mps), "json": str(js),
+                           "bounds": b.to_dict(net), "stats": enc.stats()}
+    if args.solve:
+        opts = SolveOptions(time_limit_s=args.time_limit)
+        res = solve_encoding(enc, args.backend, opts)
+        out["result"] = res.to_dict(with_witness=True)
+    if args.json:
+        print(json.dumps(out, default=_default))
+    else:
+        st = out["stats"]
+        print(f"wrote {mps} and {js}")
+        print(f"  {st['columns']} columns, {st['rows']} rows, {st['binaries']} binaries; "
+              f"{st['stable']} stable / {st['unstable']} unstable neurons; "
+              f"bounds ({b.method}) {b.time_s:.3f} s, build {st['build_time_s']:.3f} s")
+        for r in b.report(net):
+            print(f"  layer {r['layer']}: {r['neurons']} neurons, {r['stable_inactive']} "
+                  f"inactive, {r['stable_active']} active, {r['unstable']} unstable")
+        if args.solve:
+            r = out["result"]
+            print(f"  {r['outcome']}: {r['termination']}, objective {r['objective']}, bound "
+                  f"{r['bound']}, verified {r['verified']}, solve {r['solve_time_s']:.2f} s")
+    return 0
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .instances import generate
+
+    man = generate(args.name, args.dir, solve_known=not args.no_solve,
+                   time_limit_s=args.time_limit, progress=lambda s: print(s, flush=True))
+    print(f"{len(man['sets'][args.name]['instances'])} instances of {args.name!r} in "
+          f"{args.dir}; MANIFEST.json updated")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from .instances import verify
+
+    rep = verify(args.dir, resolve=not args.no_solve, time_limit_s=args.time_limit,
+                 names=args.names or None, progress=lambda s: print(s, flush=True))
+    if rep.ok:
+        print(f"all {rep.checked} instances verified")
+        return 0
+    print(f"{len(rep.failures)} failure(s) in {rep.checked} instances:", file=sys.stderr)
+    for f in rep.failures:
+        print(f"  {f}", file=sys.stderr)
+    return 1
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from .instances import SETS
+
+    for name, s in SETS.items():
+        archs = ", ".join("x".join(map(str, a)) for a in s.archs)
+        print(f"{name}: archs {archs}; seeds {list(s.seeds)}; images {list(s.images)}; "
+              f"attacks {list(s.attacks)}; {s.description}")
+    return 0

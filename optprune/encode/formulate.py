@@ -1,0 +1,414 @@
+"""Adversarial-example MIPs over a ReLU network, built as sparse arrays.
+
+Variables and constraints (``formulations/adversarial.md`` has the full statement):
+
+Input region, an L-inf or L1 ball of radius r around x0 intersected with the input
+domain [lo, hi] (the domain is a box, e.g. pixels in [0, 1])::
+
+    max(lo, x0 - r) <= x <= min(hi, x0 + r)                  (both norms)
+    L1 only:  d >= x - x0,  d >= x0 - x,  sum(d) <= r,  d >= 0
+
+Layer k with pre-activation bounds l <= z <= u (from ``bounds.py``)::
+
+    z_k = W_k h_{k-1} + b_k        only the nonzero W entries whose input is alive
+    stably inactive (u <= 0):  h = 0, neither z nor h is a variable
+    stably active   (l >= 0):  h = z, no binary
+    unstable (l < 0 < u):      h >= 0, h >= z, h <= z - l (1 - s), h <= u s, s binary
+
+A hidden neuron that is stably inactive vanishes with every weight leaving it, so a
+pruned or dead neuron costs nothing. The LP relaxation used while tightening bounds
+replaces the last two rows by the triangle ``h <= u (z - l) / (u - l)``, the projection
+of the big-M relaxation onto (z, h), without the column s.
+
+Objectives on the logits y (``y = z_L``), true label t:
+
+* margin, targeted at class c:      max  y_c - y_t
+* margin, untargeted (runner-up):   max  m - y_t,  m <= y_j + (U - l_j)(1 - q_j),
+  sum q_j = 1, q binary, over the classes j != t that can be the largest (u_j >= max l);
+  maximization drives m to max_j y_j. U = max_j u_j.
+* minimal distortion:  min eps  s.t.  ||x - x0|| <= eps <= r,  margin >= delta
+* decision:  find any x with margin >= delta; the objective is 0, so every solver stops
+  at the first adversarial example (objective = bound) or proves there is none
+  (infeasible).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import ValidationError, check
+from ..solve import LinearModel, ModelBuilder
+from .network import Network
+
+__all__ = ["Region", "AttackSpec", "Encoding", "encode", "add_network", "neuron_status"]
+
+OBJECTIVES = ("margin", "min_distortion", "decision")
+NORMS = ("linf", "l1")
+
+
+@dataclass(frozen=True)
+class Region:
+    """The ball ``||x - x0||_norm <= radius`` intersected with ``[domain_lower, domain_upper]``."""
+
+    x0: np.ndarray
+    norm: str
+    radius: float
+    domain_lower: np.ndarray
+    domain_upper: np.ndarray
+
+    @classmethod
+    def make(cls, net: Network, x0: Any, norm: str = "linf", radius: float = 0.1,
+             domain: tuple[Any, Any] = (0.0, 1.0)) -> "Region":
+        x0 = np.asarray(x0, dtype=np.float64).ravel()
+        check(x0.size == net.input_dim, "The input x0", f"of {net.input_dim} values "
+              f"(the network's input shape {net.input_shape})", f"{x0.size} values")
+        check(bool(np.all(np.isfinite(x0))), "The input x0", "finite", "NaN or inf")
+        norm = str(norm).lower().replace("-", "").replace("_", "")
+        norm = {"inf": "linf", "linfinity": "linf", "1": "l1"}.get(norm, norm)
+        check(norm in NORMS, "The 'norm' parameter", "'linf' or 'l1'", norm)
+        check(np.isfinite(radius) and radius > 0, "The 'radius' parameter",
+              "a positive finite number", radius, "Use e.g. radius=0.05 for L-inf on [0, 1].")
+        lo = np.broadcast_to(np.asarray(domain[0], dtype=np.float64), x0.shape).copy()
+        hi = np.broadcast_to(np.asarray(domain[1], dtype=np.float64), x0.shape).copy()
+        check(bool(np.all(lo <= hi)), "The input domain", "lower <= upper everywhere",
+              "lower > upper somewhere")
+        tol = 1e-9
+        out = np.flatnonzero((x0 < lo - tol) | (x0 > hi + tol))
+        if out.size:
+            raise ValidationError(
+                f"The input x0 must lie inside the input domain; {out.size} coordinate(s) do not "
+                f"(first: x0[{out[0]}] = {x0[out[0]]:g} outside [{lo[out[0]]:g}, {hi[out[0]]:g}]). "
+                "Scale x0 like the training data or pass the right domain."
+            )
+        return cls(np.clip(x0, lo, hi), norm, float(radius), lo, hi)
+
+    def box(self, radius: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        r = self.radius if radius is None else radius
+        return np.maximum(self.domain_lower, self.x0 - r), np.minimum(self.domain_upper, self.x0 + r)
+
+    def contains(self, x: np.ndarray, tol: float = 1e-7) -> bool:
+        x = np.asarray(x, dtype=np.float64).ravel()
+        if np.any(x < self.domain_lower - tol) or np.any(x > self.domain_upper + tol):
+            return False
+        d = x - self.x0
+        dist = np.max(np.abs(d)) if self.norm == "linf" else np.sum(np.abs(d))
+        return bool(dist <= self.radius * (1 + tol) + tol)
+
+    def distance(self, x: np.ndarray) -> float:
+        d = np.asarray(x, dtype=np.float64).ravel() - self.x0
+        return float(np.max(np.abs(d)) if self.norm == "linf" else np.sum(np.abs(d)))
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` points of the region (corners, boundary and interior mixed)."""
+        lo, hi = self.box()
+        k = self.x0.size
+        if self.norm == "linf":
+            u = rng.random((n, k))
+            corner = rng.random(n) < 0.5
+            u[corner] = np.round(u[corner])
+            return lo + u * (hi - lo)
+        out = np.empty((n, k))
+        for i in range(n):
+            # a random direction scaled onto (or inside) the L1 sphere, then clipped
+            g = rng.laplace(size=k) * (rng.random(k) < rng.uniform(0.02, 1.0))
+            s = np.abs(g).sum()
+            g = g / s * self.radius * (1.0 if rng.random() < 0.5 else rng.random()) if s else g
+            out[i] = np.clip(self.x0 + g, self.domain_lower, self.domain_upper)
+        return out
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What to look for. ``target=None`` means any class other than ``label``."""
+
+    label: int
+    target: int | None = None
+    objective: str = "margin"
+    margin_threshold: float = 1e-4
+
+    def validate(self, num_classes: int) -> None:
+        check(isinstance(self.label, (int, np.integer)) and 0 <= self.label < num_classes,
+              "The 'label' parameter", f"a class index in [0, {num_classes - 1}]", self.label)
+        if self.target is not None:
+            check(isinstance(self.target, (int, np.integer)) and 0 <= self.target < num_classes,
+                  "The 'target' parameter", f"a class index in [0, {num_classes - 1}] or None",
+                  self.target)
+            check(self.target != self.label, "The 'target' parameter",
+                  "different from the true label", self.target,
+                  "Pass target=None for an untargeted attack.")
+        check(num_classes >= 2, "The network's output", "at least 2 logits", num_classes)
+        check(self.objective in OBJECTIVES, "The 'objective' parameter",
+              f"one of {OBJECTIVES}", self.objective)
+        check(np.isfinite(self.margin_threshold) and self.margin_threshold >= 0,
+              "The 'margin_threshold' parameter", "a finite number >= 0", self.margin_threshold)
+
+
+def neuron_status(lower: np.ndarray, upper: np.ndarray, relu: bool) -> np.ndarray:
+    """Per neuron: 0 stably inactive, 1 stably active, 2 unstable, 3 linear (no ReLU)."""
+    if not relu:
+        return np.full(lower.shape, 3, dtype=np.int8)
+    st = np.full(lower.shape, 2, dtype=np.int8)
+    st[upper <= 0] = 0
+    st[(lower >= 0) & (upper > 0)] = 1
+    return st
+
+
+@dataclass
+class NetCols:
+    """Column indices of one network inside a model; -1 where no column exists."""
+
+    x: np.ndarray
+    d: np.ndarray | None = None
+    eps: int | None = None
+    z: list[np.ndarray] = field(default_factory=list)
+    h: list[np.ndarray] = field(default_factory=list)
+    s: list[np.ndarray] = field(default_factory=list)
+
+
+def add_input(b: ModelBuilder, region: Region, eps_variable: bool = False) -> NetCols:
+    """Input columns and the ball rows (see the module docstring)."""
+    lo, hi = region.box()
+    n = lo.size
+    x = b.add_columns(n, lower=lo, upper=hi, names=[f"x{i}" for i in range(n)])
+    cols = NetCols(x=x)
+    eps = None
+    if eps_variable:
+        eps = int(b.add_columns(1, lower=0.0, upper=region.radius, names=["eps"])[0])
+        cols.eps = eps
+    free = np.flatnonzero(hi > lo)  # fixed coordinates need no distance rows
+    if region.norm == "l1":
+        x0 = region.x0[free]
+        dmax = np.maximum(hi[free] - x0, x0 - lo[free])
+        d = b.add_columns(free.size, lower=0.0, upper=dmax, names=[f"d{i}" for i in free])
+        cols.d = d
+        k = free.size
+        r = np.arange(k)
+        # d - x >= -x0 ; d + x >= x0
+        b.add_rows(np.r_[r, r], np.r_[d, x[free]], np.r_[np.ones(k), -np.ones(k)],
+                   -x0, np.inf, count=k)
+        b.add_rows(np.r_[r, r], np.r_[d, x[free]], np.ones(2 * k), x0, np.inf, count=k)
+        if eps is None:
+            b.add_rows(np.zeros(k), d, np.ones(k), -np.inf, region.radius, count=1,
+                       names=["l1_ball"])
+        else:
+            b.add_rows(np.zeros(k + 1), np.r_[d, eps], np.r_[np.ones(k), -1.0], -np.inf, 0.0,
+                       count=1, names=["l1_ball"])
+    elif eps is not None:
+        k = free.size
+        r = np.arange(k)
+        x0 = region.x0[free]
+        # x - eps <= x0 ; x + eps >= x0
+        b.add_rows(np.r_[r, r], np.r_[x[free], np.full(k, eps)], np.r_[np.ones(k), -np.ones(k)],
+                   -np.inf, x0, count=k)
+        b.add_rows(np.r_[r, r], np.r_[x[free], np.full(k, eps)], np.ones(2 * k), x0, np.inf,
+                   count=k)
+    return cols
+
+
+def add_affine(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.ndarray,
+               need: np.ndarray, lower: np.ndarray, upper: np.ndarray, tag: str) -> np.ndarray:
+    """Columns z[need] with rows ``z - W[need][:, alive] h[alive] = bias[need]``.
+
+    ``prev`` holds the column of each input (-1: constant 0). Only nonzero weights enter.
+    Returns the z column per neuron (-1 where not needed).
+    """
+    rows = np.flatnonzero(need)
+    alive = np.flatnonzero(prev >= 0)
+    z = np.full(W.shape[0], -1, dtype=np.int64)
+    if rows.size == 0:
+        return z
+    z[rows] = b.add_columns(rows.size, lower=lower[rows], upper=upper[rows],
+                            names=[f"{tag}_z{i}" for i in rows])
+    sub = sp.coo_matrix(W[np.ix_(rows, alive)]) if alive.size else sp.coo_matrix((rows.size, 0))
+    k = rows.size
+    b.add_rows(np.r_[np.arange(k), sub.row], np.r_[z[rows], prev[alive][sub.col]],
+               np.r_[np.ones(k), -sub.data], bias[rows], bias[rows], count=k,
+               names=[f"{tag}_aff{i}" for i in rows])
+    return z
+
+
+def add_relu(b: ModelBuilder, z: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+             status: np.ndarray, relax: bool, tag: str, force_cols: bool = False) -> tuple:
+    """Post-activation columns h and binaries s for one layer (module docstring)."""
+    h = np.full(z.shape, -1, dtype=np.int64)
+    s = np.full(z.shape, -1, dtype=np.int64)
+    act = status == 1
+    lin = status == 3
+    h[act | lin] = z[act | lin]
+    if force_cols and np.any(status == 0):  # logits must exist even when constant 0
+        dead = np.flatnonzero(status == 0)
+        h[dead] = b.add_columns(dead.size, lower=0.0, upper=0.0,
+                                names=[f"{tag}_h{i}" for i in dead])
+    un = np.flatnonzero(status == 2)
+    if un.size == 0:
+        return h, s
+    k = un.size
+    lo, u = lower[un], upper[un]
+    hu = b.add_columns(k, lower=0.0, upper=u, names=[f"{tag}_h{i}" for i in un])
+    h[un] = hu
+    r = np.arange(k)
+    zu = z[un]
+    b.add_rows(np.r_[r, r], np.r_[hu, zu], np.r_[np.ones(k), -np.ones(k)], 0.0, np.inf,
+               count=k, names=[f"{tag}_ge{i}" for i in un])
+    if relax:
+        slope = u / (u - lo)
+        b.add_rows(np.r_[r, r], np.r_[hu, zu], np.r_[np.ones(k), -slope], -np.inf, -slope * lo,
+                   count=k, names=[f"{tag}_tri{i}" for i in un])
+        return h, s
+    su = b.add_columns(k, lower=0.0, upper=1.0, integer=True, names=[f"{tag}_s{i}" for i in un])
+    s[un] = su
+    # h - z - l s <= -l   (h <= z - l (1 - s))
+    b.add_rows(np.r_[r, r, r], np.r_[hu, zu, su], np.r_[np.ones(k), -np.ones(k), -lo],
+               -np.inf, -lo, count=k, names=[f"{tag}_bigm_lo{i}" for i in un])
+    # h - u s <= 0
+    b.add_rows(np.r_[r, r], np.r_[hu, su], np.r_[np.ones(k), -u], -np.inf, 0.0,
+               count=k, names=[f"{tag}_bigm_up{i}" for i in un])
+    return h, s
+
+
+def add_network(b: ModelBuilder, net: Network, region: Region, lower: list[np.ndarray],
+                upper: list[np.ndarray], n_layers: int | None = None, relax: bool = False,
+                last_pre_activation: bool = False, eps_variable: bool = False) -> NetCols:
+    """Input region plus layers ``0 .. n_layers-1`` (with their ReLUs). With
+    ``last_pre_activation`` also the z columns of layer ``n_layers`` (all its neurons),
+    which is what bound tightening optimizes over."""
+    L = len(net.layers)
+    n_layers = L if n_layers is None else n_layers
+    cols = add_input(b, region, eps_variable)
+    prev = cols.x
+    for k in range(n_layers):
+        layer = net.layers[k]
+        st = neuron_status(lower[k], upper[k], layer.relu)
+        last = k == L - 1
+        need = st != 0 if not last else np.ones(layer.out_features, dtype=bool)
+        z = add_affine(b, layer.W, layer.b, prev, need, lower[k], upper[k], f"L{k}")
+        h, s = add_relu(b, z, lower[k], upper[k], st, relax, f"L{k}", force_cols=last)
+        cols.z.append(z)
+        cols.h.append(h)
+        cols.s.append(s)
+        prev = h
+    if last_pre_activation and n_layers < L:
+        layer = net.layers[n_layers]
+        need = np.ones(layer.out_features, dtype=bool)
+        z = add_affine(b, layer.W, layer.b, prev, need, lower[n_layers], upper[n_layers],
+                       f"L{n_layers}")
+        cols.z.append(z)
+    return cols
+
+
+@dataclass
+class Encoding:
+    """A built attack MIP with the map from its columns back to the network."""
+
+    model: LinearModel
+    network: Network
+    region: Region
+    spec: AttackSpec
+    bounds: Any  # bounds.Bounds
+    cols: NetCols
+    logit_cols: np.ndarray
+    build_time_s: float
+
+    def input_of(self, solution: np.ndarray) -> np.ndarray:
+        return np.asarray(solution, dtype=np.float64)[self.cols.x]
+
+    def logits_of(self, solution: np.ndarray) -> np.ndarray:
+        return np.asarray(solution, dtype=np.float64)[self.logit_cols]
+
+    def stats(self) -> dict[str, Any]:
+        per_layer = []
+        for k, layer in enumerate(self.network.layers):
+            st = neuron_status(self.bounds.lower[k], self.bounds.upper[k], layer.relu)
+            per_layer.append({
+                "layer": k, "neurons": int(st.size),
+                "stable_inactive": int(np.sum(st == 0)), "stable_active": int(np.sum(st == 1)),
+                "unstable": int(np.sum(st == 2)), "linear": int(np.sum(st == 3)),
+            })
+        return {
+            **self.model.stats(),
+            "binaries": self.model.num_integer,
+            "relu_binaries": int(sum(np.sum(s >= 0) for s in self.cols.s)),
+            "unstable": int(sum(p["unstable"] for p in per_layer)),
+            "stable": int(sum(p["stable_inactive"] + p["stable_active"] for p in per_layer)),
+            "per_layer": per_layer,
+            "build_time_s": self.build_time_s,
+            "bounds_time_s": self.bounds.time_s,
+            "bounds_method": self.bounds.method,
+        }
+
+
+def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
+           name: str = "attack") -> Encoding:
+    """The attack MIP of ``spec`` over ``region`` with the pre-activation ``bounds``."""
+    spec.validate(net.output_dim)
+    t0 = time.perf_counter()
+    obj = spec.objective
+    sense = {"margin": "max", "min_distortion": "min", "decision": "min"}[obj]
+    b = ModelBuilder(name=name, sense=sense)
+    cols = add_network(b, net, region, bounds.lower, bounds.upper,
+                       eps_variable=obj == "min_distortion")
+    y = cols.h[-1]
+    lo_out, up_out = bounds.output_range()
+    t = int(spec.label)
+    # margin = coef @ cols + (margin row built below)
+    if spec.target is not None:
+        mcols = np.array([y[spec.target], y[t]])
+        mvals = np.array([1.0, -1.0])
+    else:
+        others = np.array([j for j in range(net.output_dim) if j != t])
+        floor = float(np.max(lo_out[others]))
+        cand = others[up_out[others] >= floor]
+        if cand.size == 1:
+            mcols = np.array([y[cand[0]], y[t]])
+            mvals = np.array([1.0, -1.0])
+        else:
+            U = float(np.max(up_out[cand]))
+            m = int(b.add_columns(1, lower=floor, upper=U, names=["runner_up"])[0])
+            q = b.add_columns(cand.size, lower=0.0, upper=1.0, integer=True,
+                              names=[f"q{j}" for j in cand])
+            k = cand.size
+            r = np.arange(k)
+            Mj = U - lo_out[cand]
+            # m - y_j + M_j q_j <= M_j
+            b.add_rows(np.r_[r, r, r], np.r_[np.full(k, m), y[cand], q],
+                       np.r_[np.ones(k), -np.ones(k), Mj], -np.inf, Mj, count=k,
+                       names=[f"runner_up_{j}" for j in cand])
+            b.add_rows(np.zeros(k), q, np.ones(k), 1.0, 1.0, count=1, names=["one_runner_up"])
+            mcols = np.array([m, y[t]])
+            mvals = np.array([1.0, -1.0])
+    if obj == "margin":
+        b.set_cost(mcols, mvals)
+    else:
+        b.add_rows(np.zeros(mcols.size), mcols, mvals, spec.margin_threshold, np.inf, count=1,
+                   names=["adversarial"])
+        if obj == "min_distortion":
+            b.set_cost(np.array([cols.eps]), np.array([1.0]))
+    model = b.build()
+    enc = Encoding(model, net, region, spec, bounds, cols, np.asarray(y), 0.0)
+    enc.build_time_s = time.perf_counter() - t0
+    model.metadata.update({
+        "kind": "optprune.adversarial/1",
+        "network_sha256": net.sha256(),
+        "network_sizes": [net.input_dim] + [L.out_features for L in net.layers],
+        "x0": region.x0.tolist(),
+        "label": t,
+        "target": spec.target,
+        "norm": region.norm,
+        "radius": region.radius,
+        "domain": [region.domain_lower.tolist(), region.domain_upper.tolist()]
+        if np.ptp(region.domain_lower) or np.ptp(region.domain_upper)
+        else [float(region.domain_lower[0]), float(region.domain_upper[0])],
+        "objective": obj,
+        "margin_threshold": spec.margin_threshold,
+        "bounds_method": bounds.method,
+        "variables": model.num_cols,
+        "binaries": model.num_integer,
+        "x_columns": [int(cols.x[0]), int(cols.x[-1]) + 1],
+        "logit_columns": [int(c) for c in y],
+    })
+    return enc

@@ -1,0 +1,314 @@
+"""Instance files and the instance library.
+
+One instance is ``NAME.mps`` (written by HiGHS, readable by any MIP solver) plus
+``NAME.json`` (the LinearModel sidecar whose ``metadata`` holds the network hash, x0,
+label, target, norm, radius, objective kind, bounds method, variable and binary counts
+and the generator version). Nothing time-dependent goes into either file, so a
+regenerated instance has the same bytes and the same sha256.
+
+``MANIFEST.json`` in the library directory lists every instance with the sha256 of both
+files, the generator, set and seed, the network file, and the known objective and bound
+with the solver, its version and the time that proved them. ``verify`` checks every
+hash and re-solves; ``generate`` rebuilds a named set deterministically (seeded data
+split, seeded training, pruning, fine-tuning, bounds, encoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+from ..errors import ValidationError
+from ..solve import LinearModel, SolveOptions, solve
+from ..solve.model import write_json_atomic
+
+__all__ = ["SETS", "InstanceSet", "write_instance", "read_instance", "generate", "verify",
+           "sha256_file", "load_manifest"]
+
+GENERATOR = "optprune.encode.instances/1"
+MANIFEST = "MANIFEST.json"
+
+
+@dataclass(frozen=True)
+class InstanceSet:
+    """A named, deterministic family of instances."""
+
+    name: str
+    archs: tuple[tuple[int, ...], ...]
+    seeds: tuple[int, ...] = (0,)
+    images: tuple[int, ...] = (0, 1)        # indices into the seeded test split
+    attacks: tuple[tuple[str, float], ...] = (("linf", 0.05), ("l1", 1.0))
+    keep_fractions: tuple[float, ...] = (0.5,)  # pruned variants besides the dense one
+    objective: str = "margin"
+    bounds: str = "lp"
+    epochs: int = 60
+    finetune_epochs: int = 20
+    group_lasso: float = 1e-4
+    solve_time_limit_s: float = 20.0
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+SETS: dict[str, InstanceSet] = {
+    "digits-mini": InstanceSet(
+        "digits-mini", archs=((16, 16),), images=(0, 1),
+        attacks=(("linf", 0.05), ("l1", 1.0)), solve_time_limit_s=10.0,
+        description="tiny: for tests and a first look"),
+    "digits": InstanceSet(
+        "digits", archs=((50, 50), (100, 100)), images=(0, 1),
+        attacks=(("linf", 0.05), ("l1", 1.5)), solve_time_limit_s=20.0,
+        description="the shipped library: digits MLPs dense and pruned (keep 50%, "
+                    "fine-tuned), 2 test images, L-inf and L1 margin attacks"),
+}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_instance(enc: Any, directory: str | os.PathLike, name: str,
+                   extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``directory/NAME.mps`` and ``directory/NAME.json`` for an Encoding."""
+    from . import GENERATOR_VERSION
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = enc.model
+    model.name = name
+    st = enc.stats()
+    model.metadata.update({
+        "generator": GENERATOR_VERSION,
+        "stable_neurons": st["stable"],
+        "unstable_neurons": st["unstable"],
+        "per_layer": st["per_layer"],
+        **(extra or {}),
+    })
+    mps = model.write(directory / f"{name}.mps")
+    return mps, mps.with_suffix(".json")
+
+
+def read_instance(path: str | os.PathLike, expect_sha256: str | None = None) -> LinearModel:
+    """Read ``NAME.mps`` (+ ``NAME.json``); check its hash first when one is given, and
+    that the sidecar's counts match the model (a mismatched pair is refused)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValidationError(f"The instance file {str(path)!r} does not exist.")
+    if expect_sha256 is not None:
+        got = sha256_file(path)
+        if got != expect_sha256:
+            raise ValidationError(
+                f"The instance file {path.name!r} has sha256 {got[:12]}..., but the manifest "
+                f"expects {expect_sha256[:12]}...: the file is corrupt or was changed. "
+                "Regenerate it with `optprune instances generate SET`."
+            )
+    model = LinearModel.read(path)
+    side = path.with_suffix(".json")
+    if side.exists():
+        info = json.loads(side.read_text())
+        for key, val in (("columns", model.num_cols), ("rows", model.num_rows),
+                         ("integer_columns", model.num_integer)):
+            if key in info and int(info[key]) != val:
+                raise ValidationError(
+                    f"The sidecar {side.name!r} says {key}={info[key]} but {path.name!r} has "
+                    f"{val}: the two files do not belong together. Regenerate the instance."
+                )
+    return model
+
+
+def load_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    p = Path(directory) / MANIFEST
+    if not p.exists():
+        return {"format": "optprune.instances/1", "generator": GENERATOR, "sets": {},
+                "instances": {}}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"{p} is not valid JSON ({exc}); regenerate the library.") from exc
+
+
+def _arch_name(arch: tuple[int, ...]) -> str:
+    return f"{len(arch)}x{arch[0]}" if len(set(arch)) == 1 else "-".join(map(str, arch))
+
+
+def _known(model: LinearModel, time_limit_s: float) -> dict[str, Any]:
+    res = solve(model, "highs", SolveOptions(time_limit_s=time_limit_s, rel_gap=1e-6))
+    f = lambda v: None if v is None or not math.isfinite(v) else float(v)  # noqa: E731
+    return {"objective": f(res.objective), "bound": f(res.bound), "gap": f(res.gap),
+            "termination": res.termination.value, "solver": "highs",
+            "solver_version": res.backend_version, "time_s": round(res.solve_time_s, 4),
+            "time_limit_s": time_limit_s}
+
+
+def generate(set_name: "str | InstanceSet", directory: str | os.PathLike = "instances", *,
+             solve_known: bool = True, time_limit_s: float | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Regenerate the set ``set_name`` (a name in SETS or an InstanceSet) into
+    ``directory`` and update its MANIFEST."""
+    from .bounds import compute_bounds
+    from .formulate import AttackSpec, Region, encode
+    from .network import from_torch
+    from .prune import accuracy, digits_data, prune_and_finetune, train_mlp
+
+    if isinstance(set_name, InstanceSet):
+        spec, set_name = set_name, set_name.name
+    elif set_name in SETS:
+        spec = SETS[set_name]
+    else:
+        raise ValidationError(
+            f"Unknown instance set {set_name!r}; expected one of {sorted(SETS)}."
+        )
+    directory = Path(directory)
+    (directory / "networks").mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(directory)
+    limit = spec.solve_time_limit_s if time_limit_s is None else time_limit_s
+    say = progress or (lambda s: None)
+    names: list[str] = []
+    nets_info: dict[str, Any] = {}
+    for seed in spec.seeds:
+        data = digits_data(seed)
+        Xte, yte = data[2], data[3]
+        for arch in spec.archs:
+            dense_t = train_mlp(arch, data[0], data[1], seed=seed, epochs=spec.epochs,
+                                group_lasso=spec.group_lasso)
+            variants = [("dense", dense_t, accuracy(dense_t, Xte, yte))]
+            for kf in spec.keep_fractions:
+                pruned_t, rep = prune_and_finetune(dense_t, kf, data, seed=seed,
+                                                   finetune_epochs=spec.finetune_epochs)
+                variants.append((f"pruned{int(round(kf * 100))}", pruned_t,
+                                 rep.test_accuracy_after))
+            for vname, model_t, acc in variants:
+                net = from_torch(model_t)
+                net_id = f"{set_name}-{_arch_name(arch)}-{vname}-s{seed}"
+                net_path = net.save(directory / "networks" / f"{net_id}.npz")
+                nets_info[net_id] = {"file": f"networks/{net_id}.npz",
+                                     "file_sha256": sha256_file(net_path),
+                                     "network_sha256": net.sha256(),
+                                     "hidden": net.hidden_sizes, "test_accuracy": acc,
+                                     "seed": seed}
+                for img in spec.images:
+                    x0, label = Xte[img], int(yte[img])
+                    for norm, radius in spec.attacks:
+                        name = f"{net_id}-i{img}-{norm}"
+                        region = Region.make(net, x0, norm, radius)
+                        b = compute_bounds(net, region, spec.bounds)
+                        enc = encode(net, region, AttackSpec(label, None, spec.objective), b,
+                                     name=name)
+                        mps, js = write_instance(enc, directory, name, {
+                            "set": set_name, "seed": seed, "image_index": img,
+                            "network_file": f"networks/{net_id}.npz",
+                            "network_variant": vname})
+                        entry = {
+                            "set": set_name, "seed": seed, "generator": GENERATOR,
+                            "network": f"networks/{net_id}.npz",
+                            "network_sha256": net.sha256(),
+                            "mps_sha256": sha256_file(mps), "json_sha256": sha256_file(js),
+                            "binaries": enc.model.num_integer, "columns": enc.model.num_cols,
+                            "rows": enc.model.num_rows, "bounds_time_s": round(b.time_s, 4),
+                        }
+                        if solve_known:
+                            entry["known"] = _known(enc.model, limit)
+                        manifest["instances"][name] = entry
+                        names.append(name)
+                        k = entry.get("known", {})
+                        say(f"{name}: {enc.model.num_integer} binaries, "
+                            f"{k.get('termination', '-')} obj={k.get('objective')} "
+                            f"in {k.get('time_s', '-')} s")
+    manifest["sets"][set_name] = {**spec.to_dict(), "instances": names, "networks": nets_info}
+    manifest["generator"] = GENERATOR
+    write_json_atomic(directory / MANIFEST, manifest)
+    return manifest
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    failures: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def verify(directory: str | os.PathLike = "instances", *, resolve: bool = True,
+           time_limit_s: float | None = None, names: list[str] | None = None,
+           progress: Callable[[str], None] | None = None) -> VerifyReport:
+    """Check every file hash in the MANIFEST and (``resolve``) re-solve each instance.
+
+    A re-solve agrees when, for a known optimum, the objective matches within 1e-6
+    (relative); for a known time-limited run, the new objective and bound are consistent
+    with the known ones (neither side crosses the other's proven bound).
+    """
+    directory = Path(directory)
+    man = load_manifest(directory)
+    if not man["instances"]:
+        raise ValidationError(f"No instances listed in {directory / MANIFEST}; generate a set first.")
+    rep = VerifyReport()
+    say = progress or (lambda s: None)
+    for name, e in sorted(man["instances"].items()):
+        if names and name not in names:
+            continue
+        rep.checked += 1
+        row: dict[str, Any] = {"name": name, "hash_ok": True, "solve_ok": None}
+        for suffix, key in ((".mps", "mps_sha256"), (".json", "json_sha256")):
+            p = directory / f"{name}{suffix}"
+            if not p.exists() or sha256_file(p) != e[key]:
+                row["hash_ok"] = False
+                rep.failures.append(f"{name}{suffix}: missing or sha256 mismatch")
+        net_file = directory / e.get("network", "")
+        if e.get("network") and net_file.exists():
+            from .network import load_network
+
+            if load_network(net_file).sha256() != e["network_sha256"]:
+                row["hash_ok"] = False
+                rep.failures.append(f"{name}: network {e['network']} hash mismatch")
+        if resolve and row["hash_ok"] and "known" in e:
+            model = read_instance(directory / f"{name}.mps", e["mps_sha256"])
+            known = e["known"]
+            t = time_limit_s if time_limit_s is not None else known.get("time_limit_s", 60.0)
+            t0 = time.perf_counter()
+            res = solve(model, "highs", SolveOptions(time_limit_s=t, rel_gap=1e-6))
+            row.update(objective=res.objective, bound=res.bound, termination=res.termination.value,
+                       time_s=time.perf_counter() - t0)
+            row["solve_ok"] = _consistent(model.sense, known, res)
+            if not row["solve_ok"]:
+                rep.failures.append(
+                    f"{name}: re-solve gives objective {res.objective} / bound {res.bound} "
+                    f"({res.termination.value}); the manifest knows objective "
+                    f"{known.get('objective')} / bound {known.get('bound')} "
+                    f"({known.get('termination')})")
+        rep.rows.append(row)
+        say(f"{name}: hash {'ok' if row['hash_ok'] else 'BAD'}"
+            + ("" if row["solve_ok"] is None else f", solve {'ok' if row['solve_ok'] else 'BAD'}"))
+    return rep
+
+
+def _consistent(sense: str, known: dict[str, Any], res: Any) -> bool:
+    kt = known.get("termination")
+    if kt == "infeasible" or res.termination.value == "infeasible":
+        return kt == res.termination.value or res.termination.value == "time_limit"
+    tol = lambda v: 1e-6 * max(1.0, abs(v))  # noqa: E731
+    ko, kb = known.get("objective"), known.get("bound")
+    if kt == "optimal" and res.termination.value == "optimal" and ko is not None:
+        return abs(res.objective - ko) <= tol(ko) + 1e-4 * abs(ko)
+    sgn = 1.0 if sense == "max" else -1.0  # compare as a maximization
+    ok = True
+    if res.objective is not None and kb is not None:
+        ok &= sgn * res.objective <= sgn * kb + tol(kb)
+    if res.bound is not None and ko is not None:
+        ok &= sgn * res.bound >= sgn * ko - tol(ko)
+    return bool(ok)

@@ -1,0 +1,527 @@
+"""One float64 numpy network for every importer: a chain of affine layers, each
+followed by a ReLU or by nothing.
+
+    h_0 = x                          (the flattened input, C order as torch flattens)
+    z_k = W_k h_{k-1} + b_k          (pre-activation of layer k)
+    h_k = max(z_k, 0) if relu_k else z_k
+
+The last layer's ``z`` are the logits. Importers (torch ``nn.Sequential``,
+scikit-learn ``MLPClassifier``, ONNX) check every layer first and raise one
+``UnsupportedModuleError`` that lists every layer they cannot take. A Conv2d enters
+as its linear map: the matrix whose column j is the conv (without bias) of the j-th
+unit input, so it is exact and sparse.
+
+Files: ``Network.save``/``load_network`` use ``.npz`` with ``allow_pickle=False``
+(never runs code). Torch ``.pt`` files and scikit-learn pickles are opened only when
+the caller passes ``allow_pickle=True``: unpickling runs the file's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import UnsupportedModuleError, ValidationError, check
+
+__all__ = [
+    "Layer", "Network", "from_torch", "from_sklearn", "from_onnx", "load_network",
+    "as_network",
+]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """``z = W @ h + b`` followed by ``max(z, 0)`` when ``relu``."""
+
+    W: np.ndarray
+    b: np.ndarray
+    relu: bool
+
+    def __post_init__(self) -> None:
+        W = np.ascontiguousarray(np.asarray(self.W, dtype=np.float64))
+        b = np.ascontiguousarray(np.asarray(self.b, dtype=np.float64)).ravel()
+        check(W.ndim == 2, "A layer's weight matrix W", "2-dimensional (out x in)", W.shape)
+        check(b.shape == (W.shape[0],), "A layer's bias b", f"of length {W.shape[0]}", b.shape)
+        check(bool(np.all(np.isfinite(W)) and np.all(np.isfinite(b))),
+              "A layer's weights and bias", "finite", "NaN or inf")
+        object.__setattr__(self, "W", W)
+        object.__setattr__(self, "b", b)
+
+    @property
+    def in_features(self) -> int:
+        return int(self.W.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.W.shape[0])
+
+
+@dataclass(frozen=True)
+class Network:
+    """A feed-forward ReLU network in float64. ``input_shape`` is the shape one sample
+    has before flattening (e.g. ``(1, 8, 8)`` for a conv net, ``(64,)`` for an MLP)."""
+
+    layers: tuple[Layer, ...]
+    input_shape: tuple[int, ...] = ()
+    source: str = ""
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        check(len(layers) >= 1, "A Network", "at least one layer", len(layers))
+        for k in range(1, len(layers)):
+            if layers[k].in_features != layers[k - 1].out_features:
+                raise ValidationError(
+                    f"Layer {k} of the network takes {layers[k].in_features} inputs but layer "
+                    f"{k - 1} gives {layers[k - 1].out_features}; the chain must match."
+                )
+        shape = tuple(int(s) for s in self.input_shape) or (layers[0].in_features,)
+        check(int(np.prod(shape)) == layers[0].in_features, "The network's input_shape",
+              f"of {layers[0].in_features} elements", shape)
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "input_shape", shape)
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def input_dim(self) -> int:
+        return self.layers[0].in_features
+
+    @property
+    def output_dim(self) -> int:
+        return self.layers[-1].out_features
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return [L.out_features for L in self.layers[:-1]]
+
+    @property
+    def num_relu(self) -> int:
+        return sum(L.out_features for L in self.layers if L.relu)
+
+    @property
+    def nnz(self) -> int:
+        return int(sum(np.count_nonzero(L.W) for L in self.layers))
+
+    # ------------------------------------------------------------- evaluation
+    def forward(self, x: np.ndarray, return_all: bool = False) -> Any:
+        """Logits for a sample (``input_dim`` or ``input_shape``) or a batch (n x ...).
+
+        With ``return_all`` also return the list of every layer's pre-activation ``z_k``.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        single = x.size == self.input_dim
+        h = x.reshape(1 if single else -1, self.input_dim)
+        zs = []
+        for L in self.layers:
+            z = h @ L.W.T + L.b
+            zs.append(z[0] if single else z)
+            h = np.maximum(z, 0.0) if L.relu else z
+        out = h[0] if single else h
+        return (out, zs) if return_all else out
+
+    def predict(self, x: np.ndarray) -> np.ndarray | int:
+        out = self.forward(x)
+        return int(np.argmax(out)) if out.ndim == 1 else np.argmax(out, axis=1)
+
+    def sha256(self) -> str:
+        """Hash of the weights, biases, ReLU flags and input shape (not of ``source``)."""
+        h = hashlib.sha256()
+        h.update(json.dumps({"input_shape": self.input_shape,
+                             "relu": [L.relu for L in self.layers],
+                             "shapes": [L.W.shape for L in self.layers]}).encode())
+        for L in self.layers:
+            h.update(np.ascontiguousarray(L.W, dtype="<f8").tobytes())
+            h.update(np.ascontiguousarray(L.b, dtype="<f8").tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256(),
+            "input_shape": list(self.input_shape),
+            "sizes": [self.input_dim] + [L.out_features for L in self.layers],
+            "relu": [L.relu for L in self.layers],
+            "nonzero_weights": self.nnz,
+            "source": self.source,
+        }
+
+    # -------------------------------------------------------------------- io
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a ``.npz`` file (plain arrays, no pickle)."""
+        path = Path(path)
+        check(path.suffix == ".npz", "The network file name", "ending in .npz", path.name)
+        arrays: dict[str, np.ndarray] = {
+            "input_shape": np.asarray(self.input_shape, dtype=np.int64),
+            "relu": np.asarray([L.relu for L in self.layers], dtype=bool),
+        }
+        for k, L in enumerate(self.layers):
+            arrays[f"W{k}"] = L.W
+            arrays[f"b{k}"] = L.b
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def compress(self) -> "Network":
+        """The same function with removable hidden neurons gone.
+
+        A hidden ReLU neuron whose incoming row of W is all zero outputs the constant
+        ``max(b, 0)``: it is folded into the next layer's bias and removed. A hidden
+        neuron whose outgoing column is all zero cannot change the logits: removed.
+        Repeated until nothing changes. The logits are unchanged for every input.
+        """
+        Ws = [L.W.copy() for L in self.layers]
+        bs = [L.b.copy() for L in self.layers]
+        relu = [L.relu for L in self.layers]
+        changed = True
+        while changed:
+            changed = False
+            for k in range(len(Ws) - 1):
+                dead_in = ~np.any(Ws[k] != 0, axis=1)
+                dead_out = ~np.any(Ws[k + 1] != 0, axis=0)
+                drop = dead_in | dead_out
+                if not drop.any():
+                    continue
+                const = dead_in & ~dead_out
+                if const.any():
+                    c = np.maximum(bs[k][const], 0.0) if relu[k] else bs[k][const]
+                    bs[k + 1] = bs[k + 1] + Ws[k + 1][:, const] @ c
+                keep = ~drop
+                if not keep.any():  # keep one neuron so the chain stays well formed
+                    keep[0] = True
+                    Ws[k][0] = 0.0
+                    bs[k][0] = 0.0 if relu[k] else bs[k][0]
+                    Ws[k + 1][:, 0] = 0.0
+                    if keep.sum() == Ws[k].shape[0]:
+                        continue
+                Ws[k], bs[k] = Ws[k][keep], bs[k][keep]
+                Ws[k + 1] = Ws[k + 1][:, keep]
+                changed = True
+        layers = tuple(Layer(W, b, r) for W, b, r in zip(Ws, bs, relu))
+        return Network(layers, self.input_shape, self.source, dict(self.info))
+
+
+# ====================================================================== torch
+def from_torch(module: Any, input_shape: Sequence[int] | None = None) -> Network:
+    """An ``nn.Sequential`` (nested Sequentials are flattened) of Linear, ReLU, Flatten,
+    Conv2d (as its linear map; needs ``input_shape`` = (C, H, W)), Dropout and Identity.
+
+    The last affine layer's output are the logits; a trailing ReLU is kept.
+    """
+    import torch
+    from torch import nn
+
+    if not isinstance(module, nn.Module):
+        raise ValidationError(
+            f"from_torch expects a torch.nn.Module; got {type(module).__name__}. "
+            "Pass an nn.Sequential of Linear/ReLU/Flatten/Conv2d layers."
+        )
+    flat: list[tuple[str, nn.Module]] = []
+
+    def walk(prefix: str, m: nn.Module) -> None:
+        if isinstance(m, nn.Sequential):
+            for name, child in m.named_children():
+                walk(f"{prefix}.{name}" if prefix else name, child)
+        else:
+            flat.append((prefix or type(m).__name__, m))
+
+    if isinstance(module, nn.Sequential):
+        walk("", module)
+    else:
+        raise UnsupportedModuleError(
+            f"from_torch takes an nn.Sequential; got {type(module).__name__}, whose forward "
+            "cannot be read as a chain of layers. Rewrite it as nn.Sequential(...)."
+        )
+    ok_types = (nn.Linear, nn.ReLU, nn.Flatten, nn.Conv2d, nn.Dropout, nn.Identity)
+    bad = []
+    for name, m in flat:
+        if not isinstance(m, ok_types):
+            bad.append(f"{name} ({type(m).__name__})")
+        elif isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"
+                                           or isinstance(m.padding, str) and m.padding != "valid"
+                                           and m.padding != "same"):
+            bad.append(f"{name} (Conv2d with groups={m.groups}, padding_mode={m.padding_mode})")
+        elif isinstance(m, nn.Flatten) and (m.start_dim not in (1, -3, -2) or m.end_dim != -1):
+            bad.append(f"{name} (Flatten(start_dim={m.start_dim}, end_dim={m.end_dim}))")
+    if bad:
+        raise UnsupportedModuleError(
+            f"The network has {len(bad)} unsupported layer(s): {', '.join(bad)}. Supported: "
+            "Linear, ReLU, Flatten, Conv2d (groups=1, zero padding), Dropout, Identity."
+        )
+    has_conv = any(isinstance(m, nn.Conv2d) for _, m in flat)
+    if input_shape is None:
+        if has_conv:
+            raise ValidationError(
+                "A network with Conv2d needs input_shape=(C, H, W) to become a linear map; "
+                "got none. Pass input_shape."
+            )
+        first = next((m for _, m in flat if isinstance(m, nn.Linear)), None)
+        if first is None:
+            raise ValidationError("The network has no Linear or Conv2d layer to encode.")
+        input_shape = (first.in_features,)
+    shape = tuple(int(s) for s in input_shape)
+    layers: list[Layer] = []
+    pending: tuple[np.ndarray, np.ndarray] | None = None  # affine map not yet closed
+    cur_shape = shape
+
+    def push_affine(W: np.ndarray, b: np.ndarray) -> None:
+        nonlocal pending
+        if pending is None:
+            pending = (W, b)
+        else:  # two affine maps in a row compose into one
+            W0, b0 = pending
+            pending = (W @ W0, W @ b0 + b)
+
+    def close(relu: bool) -> None:
+        nonlocal pending
+        if pending is None:
+            if relu and layers and not layers[-1].relu:
+                last = layers.pop()
+                layers.append(Layer(last.W, last.b, True))
+                return
+            if relu and layers and layers[-1].relu:
+                return  # relu(relu(z)) = relu(z)
+            d = int(np.prod(cur_shape))
+            pending = (np.eye(d), np.zeros(d))
+        layers.append(Layer(pending[0], pending[1], relu))
+        pending = None
+
+    with torch.no_grad():
+        for name, m in flat:
+            if isinstance(m, nn.Linear):
+                d = int(np.prod(cur_shape))
+                if m.in_features != d:
+                    raise ValidationError(
+                        f"Layer {name} (Linear) expects {m.in_features} inputs but receives "
+                        f"{d} (shape {cur_shape}); check input_shape and the layer order."
+                    )
+                W = m.weight.detach().double().cpu().numpy()
+                b = (m.bias.detach().double().cpu().numpy() if m.bias is not None
+                     else np.zeros(m.out_features))
+                push_affine(W, b)
+                cur_shape = (m.out_features,)
+            elif isinstance(m, nn.Conv2d):
+                if len(cur_shape) != 3 or cur_shape[0] != m.in_channels:
+                    raise ValidationError(
+                        f"Layer {name} (Conv2d) needs a (C={m.in_channels}, H, W) input; "
+                        f"it receives shape {cur_shape}. Check input_shape."
+                    )
+                d = int(np.prod(cur_shape))
+                conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,
+                                 m.padding, m.dilation, bias=False).double()
+                conv.weight.copy_(m.weight.double())
+                eye = torch.eye(d, dtype=torch.float64).reshape(d, *cur_shape)
+                out = conv(eye)  # row j = image of unit vector j
+                out_shape = tuple(out.shape[1:])
+                W = out.reshape(d, -1).T.numpy().copy()
+                bias = (m.bias.detach().double().numpy() if m.bias is not None
+                        else np.zeros(m.out_channels))
+                b = np.repeat(bias, out_shape[1] * out_shape[2])
+                push_affine(W, b)
+                cur_shape = out_shape
+            elif isinstance(m, nn.ReLU):
+                close(True)
+            elif isinstance(m, nn.Flatten):
+                cur_shape = (int(np.prod(cur_shape)),)
+            # Dropout (eval) and Identity are the identity map.
+    if pending is not None:
+        close(False)
+    if not layers:
+        raise ValidationError("The network has no affine layer to encode.")
+    return Network(tuple(layers), shape, source=f"torch:{type(module).__name__}")
+
+
+# ==================================================================== sklearn
+def from_sklearn(clf: Any) -> Network:
+    """A fitted ``MLPClassifier`` (or ``MLPRegressor``) with ``activation='relu'``.
+
+    Softmax output: the logits are the last layer's pre-activations (same argmax).
+    Binary logistic output (one unit z): the logits become ``[0, z]`` so that argmax
+    is class 1 exactly when z > 0, as ``predict`` decides.
+    """
+    for attr in ("coefs_", "intercepts_", "activation"):
+        if not hasattr(clf, attr):
+            raise ValidationError(
+                f"from_sklearn expects a fitted MLPClassifier; {type(clf).__name__} has no "
+                f"'{attr}'. Call fit() first."
+            )
+    bad = []
+    if clf.activation != "relu":
+        bad.append(f"hidden activation '{clf.activation}'")
+    out_act = getattr(clf, "out_activation_", "identity")
+    if out_act not in ("softmax", "logistic", "identity"):
+        bad.append(f"output activation '{out_act}'")
+    if bad:
+        raise UnsupportedModuleError(
+            f"The MLP has unsupported parts: {', '.join(bad)}. Only activation='relu' hidden "
+            "layers with a softmax, logistic or identity output can be encoded."
+        )
+    layers = []
+    n = len(clf.coefs_)
+    for k, (Wt, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
+        W = np.asarray(Wt, dtype=np.float64).T
+        b = np.asarray(b, dtype=np.float64)
+        if k == n - 1 and out_act == "logistic" and W.shape[0] == 1:
+            W = np.vstack([np.zeros_like(W), W])
+            b = np.concatenate([[0.0], b])
+        layers.append(Layer(W, b, k < n - 1))
+    return Network(tuple(layers), (layers[0].in_features,), source="sklearn:MLPClassifier",
+                   info={"classes": [c.item() if hasattr(c, "item") else c
+                                     for c in getattr(clf, "classes_", [])]})
+
+
+# ======================================================================= onnx
+_ONNX_OPS = {"Gemm", "MatMul", "Add", "Relu", "Flatten", "Identity", "Dropout", "Reshape"}
+
+
+def from_onnx(model: Any) -> Network:
+    """An ONNX graph that is a chain of Gemm (or MatMul + Add), Relu and Flatten nodes
+    with constant weights (initializers). Loaded through the ``onnx`` extra."""
+    from .._extras import require
+
+    onnx = require("onnx", "onnx", "reading ONNX networks")
+    from onnx import numpy_helper
+
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.exists():
+            raise ValidationError(f"The ONNX file {str(path)!r} does not exist.")
+        model = onnx.load(str(path))
+    graph = model.graph
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    init[node.output[0]] = numpy_helper.to_array(a.t).astype(np.float64)
+    nodes = [nd for nd in graph.node if nd.op_type != "Constant"]
+    bad = [f"{nd.name or '?'} ({nd.op_type})" for nd in nodes if nd.op_type not in _ONNX_OPS]
+    if bad:
+        raise UnsupportedModuleError(
+            f"The ONNX graph has {len(bad)} unsupported node(s): {', '.join(bad)}. Supported: "
+            "Gemm, MatMul+Add, Relu, Flatten, Identity, Dropout, Reshape (to a flat vector)."
+        )
+    inputs = [i for i in graph.input if i.name not in init]
+    if len(inputs) != 1:
+        raise UnsupportedModuleError(
+            f"The ONNX graph must have exactly one data input; it has {len(inputs)}."
+        )
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    shape = tuple(int(d) for d in dims[1:] if d > 0) if len(dims) > 1 else ()
+    cur = inputs[0].name
+    layers: list[Layer] = []
+    W = b = None  # the open affine map
+
+    def close(relu: bool) -> None:
+        nonlocal W, b
+        if W is None:
+            raise UnsupportedModuleError("The ONNX graph has a Relu without an affine node before it.")
+        layers.append(Layer(W, b, relu))
+        W = b = None
+
+    for nd in nodes:
+        data_in = [i for i in nd.input if i and i not in init]
+        if data_in != [cur]:
+            raise UnsupportedModuleError(
+                f"The ONNX graph is not a chain: node {nd.name or nd.op_type} reads "
+                f"{list(nd.input)} but the chain is at {cur!r}."
+            )
+        op = nd.op_type
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nd.attribute}
+        if op == "Gemm":
+            if attrs.get("transA", 0):
+                raise UnsupportedModuleError(f"Gemm node {nd.name} with transA=1 is not supported.")
+            Wm = init[nd.input[1]] * float(attrs.get("alpha", 1.0))
+            Wm = Wm if attrs.get("transB", 0) else Wm.T
+            bm = (init[nd.input[2]] * float(attrs.get("beta", 1.0)) if len(nd.input) > 2
+                  and nd.input[2] else np.zeros(Wm.shape[0]))
+            bm = np.broadcast_to(bm.ravel(), (Wm.shape[0],))
+            W, b = (Wm, bm.copy()) if W is None else (Wm @ W, Wm @ b + bm)
+        elif op == "MatMul":
+            Wm = init[nd.input[1]].T
+            W, b = (Wm, np.zeros(Wm.shape[0])) if W is None else (Wm @ W, Wm @ b)
+        elif op == "Add":
+            other = [i for i in nd.input if i in init]
+            if W is None or len(other) != 1:
+                raise UnsupportedModuleError(f"Add node {nd.name} is not a bias after MatMul/Gemm.")
+            b = b + np.broadcast_to(init[other[0]].ravel(), b.shape)
+        elif op == "Relu":
+            close(True)
+        cur = nd.output[0]
+    if W is not None:
+        close(False)
+    if not layers:
+        raise ValidationError("The ONNX graph has no affine node to encode.")
+    if int(np.prod(shape or (0,))) != layers[0].in_features:
+        shape = (layers[0].in_features,)
+    return Network(tuple(layers), shape, source="onnx")
+
+
+# ======================================================================= load
+def load_network(path: str | os.PathLike, allow_pickle: bool = False,
+                 input_shape: Sequence[int] | None = None) -> Network:
+    """Read a network file: ``.npz`` (optprune's own, safe), ``.onnx`` (safe), or, only
+    with ``allow_pickle=True``, a torch ``.pt``/``.pth`` module or a scikit-learn
+    ``.pkl``/``.joblib`` pickle. Pickles run code when loaded: only open files you trust.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValidationError(f"The network file {str(path)!r} does not exist.")
+    suf = path.suffix.lower()
+    if suf == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            relu = z["relu"].tolist()
+            layers = tuple(Layer(z[f"W{k}"], z[f"b{k}"], bool(r)) for k, r in enumerate(relu))
+            shape = tuple(int(s) for s in z["input_shape"])
+        return Network(layers, shape, source=f"npz:{path.name}")
+    if suf == ".onnx":
+        return from_onnx(path)
+    if suf in (".pt", ".pth", ".pkl", ".pickle", ".joblib"):
+        if not allow_pickle:
+            raise ValidationError(
+                f"The file {path.name!r} is a pickle, and loading a pickle runs code from the "
+                "file. Pass allow_pickle=True (CLI: --allow-pickle) only if you trust it, or "
+                "convert the network to .onnx or optprune's .npz."
+            )
+        if suf in (".pt", ".pth"):
+            import torch
+
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            import pickle
+
+            with open(path, "rb") as f:
+                obj = pickle.load(f)  # noqa: S301 - the caller opted in
+        return as_network(obj, input_shape)
+    raise ValidationError(
+        f"The network file must end in .npz, .onnx, .pt, .pth, .pkl or .joblib; got {path.name!r}."
+    )
+
+
+def as_network(obj: Any, input_shape: Sequence[int] | None = None) -> Network:
+    """Any supported network object (Network, torch module, sklearn MLP, ONNX model)."""
+    if isinstance(obj, Network):
+        return obj
+    mod = type(obj).__module__
+    if mod.startswith("torch"):
+        return from_torch(obj, input_shape)
+    if mod.startswith("sklearn"):
+        return from_sklearn(obj)
+    if mod.startswith("onnx"):
+        return from_onnx(obj)
+    try:
+        import torch
+
+        if isinstance(obj, torch.nn.Module):
+            return from_torch(obj, input_shape)
+    except ImportError:  # pragma: no cover
+        pass
+    raise UnsupportedModuleError(
+        f"Cannot read a network from a {type(obj).__name__}; expected an optprune Network, a "
+        "torch nn.Sequential, a fitted scikit-learn MLPClassifier or an ONNX ModelProto."
+    )

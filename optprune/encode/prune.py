@@ -1,0 +1,155 @@
+"""Seeded digits MLPs and structured neuron pruning with fine-tuning, for the encoder's
+experiments (small and self-contained; the general pruning path is ``optprune.nn``).
+
+Training: ``64 -> hidden... -> 10`` ReLU MLP on scikit-learn's 8x8 digits (pixels / 16,
+so inputs are in [0, 1]), Adam, mini-batches from a seeded generator, one torch thread:
+the same seed gives the same weights bit for bit on one machine. An optional group
+penalty ``lam * sum_j ||W_k[j, :]||_2`` over hidden neurons (group lasso, a stand-in for
+the structured perspective regularizer of Cacciola et al.) drives whole neurons to zero.
+
+Pruning: neuron j of hidden layer k scores ``||W_k[j, :]||_2 * ||W_{k+1}[:, j]||_2``
+(its weight in and out); each hidden layer keeps its ``ceil(keep_fraction * width)``
+best neurons. The pruned network is rebuilt with smaller Linear layers (really fewer
+parameters), then fine-tuned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import check
+
+__all__ = ["digits_data", "train_mlp", "prune_neurons", "finetune", "accuracy",
+           "PruneReport", "prune_and_finetune"]
+
+
+def digits_data(seed: int = 0, test_fraction: float = 0.3):
+    """(X_train, y_train, X_test, y_test), X in [0, 1], a stratified seeded split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    X = X.astype(np.float64) / 16.0
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_fraction, random_state=seed,
+                                          stratify=y)
+    return Xtr, ytr, Xte, yte
+
+
+def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int,
+         group_lasso: float = 0.0, batch_size: int = 64) -> Any:
+    import torch
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(seed)
+    Xt = torch.tensor(X, dtype=torch.float32)
+    yt = torch.tensor(y, dtype=torch.long)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(Xt), generator=g)
+        for s in range(0, len(Xt), batch_size):
+            idx = perm[s:s + batch_size]
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(Xt[idx]), yt[idx])
+            if group_lasso:
+                loss = loss + group_lasso * sum(L.weight.norm(dim=1).sum() for L in linears[:-1])
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def train_mlp(hidden: Sequence[int], X: np.ndarray, y: np.ndarray, seed: int = 0,
+              epochs: int = 60, lr: float = 3e-3, group_lasso: float = 0.0) -> Any:
+    """A trained ``nn.Sequential`` ReLU MLP (see the module docstring)."""
+    import torch
+    from torch import nn
+
+    check(len(hidden) >= 1 and all(int(h) >= 1 for h in hidden), "The 'hidden' parameter",
+          "a non-empty list of positive widths", list(hidden))
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    d = X.shape[1]
+    for h in hidden:
+        layers += [nn.Linear(d, int(h)), nn.ReLU()]
+        d = int(h)
+    layers.append(nn.Linear(d, int(np.max(y)) + 1))
+    return _fit(nn.Sequential(*layers), X, y, epochs, lr, seed, group_lasso)
+
+
+def accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        pred = model(torch.tensor(X, dtype=torch.float32)).argmax(1).numpy()
+    return float(np.mean(pred == y))
+
+
+def prune_neurons(model: Any, keep_fraction: float) -> Any:
+    """A new, physically smaller ``nn.Sequential`` keeping the best neurons per layer."""
+    import torch
+    from torch import nn
+
+    check(0 < keep_fraction <= 1, "The 'keep_fraction' parameter", "in (0, 1]", keep_fraction)
+    lin = [m for m in model if isinstance(m, nn.Linear)]
+    keep_idx = []
+    for k in range(len(lin) - 1):
+        W, Wn = lin[k].weight.detach(), lin[k + 1].weight.detach()
+        score = W.norm(dim=1) * Wn.norm(dim=0)
+        n_keep = max(1, math.ceil(keep_fraction * W.shape[0]))
+        keep_idx.append(torch.sort(torch.argsort(score, descending=True)[:n_keep]).values)
+    new: list[nn.Module] = []
+    prev = None
+    for k, L in enumerate(lin):
+        rows = keep_idx[k] if k < len(keep_idx) else torch.arange(L.out_features)
+        W = L.weight.detach()[rows]
+        if prev is not None:
+            W = W[:, prev]
+        m = nn.Linear(W.shape[1], W.shape[0])
+        with torch.no_grad():
+            m.weight.copy_(W)
+            m.bias.copy_(L.bias.detach()[rows])
+        new.append(m)
+        if k < len(lin) - 1:
+            new.append(nn.ReLU())
+        prev = rows
+    return nn.Sequential(*new).eval()
+
+
+def finetune(model: Any, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: float = 1e-3,
+             seed: int = 0) -> Any:
+    return _fit(model, X, y, epochs, lr, seed + 1000)
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    keep_fraction: float
+    hidden_before: list[int]
+    hidden_after: list[int]
+    params_before: int
+    params_after: int
+    test_accuracy_before: float
+    test_accuracy_after: float
+
+
+def _params(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def prune_and_finetune(model: Any, keep_fraction: float, data: tuple, seed: int = 0,
+                       finetune_epochs: int = 20) -> tuple[Any, PruneReport]:
+    """Prune to ``keep_fraction`` of each hidden layer, fine-tune, report accuracy."""
+    from torch import nn
+
+    Xtr, ytr, Xte, yte = data
+    pruned = prune_neurons(model, keep_fraction)
+    if finetune_epochs:
+        pruned = finetune(pruned, Xtr, ytr, finetune_epochs, seed=seed)
+    widths = lambda m: [L.out_features for L in m if isinstance(L, nn.Linear)][:-1]  # noqa: E731
+    return pruned, PruneReport(keep_fraction, widths(model), widths(pruned), _params(model),
+                               _params(pruned), accuracy(model, Xte, yte),
+                               accuracy(pruned, Xte, yte))
