@@ -223,14 +223,16 @@ def build_milp(problem: SubsetProblem, strengthen: bool = True):
 
 
 def solve_milp(problem: SubsetProblem, backend: str = "highs", time_limit_s: float | None = None,
-               rel_gap: float = 1e-9, strengthen: bool = True) -> SubsetSolution:
-    """Solve the MILP with an optprune.solve backend (highs, scip, pyomo, cpsat)."""
+               rel_gap: float = 1e-9, strengthen: bool = True,
+               threads: int | None = None) -> SubsetSolution:
+    """Solve the MILP with an optprune.solve backend (highs, scip, pyomo, cpsat);
+    ``threads`` None leaves the solver's default (HiGHS keeps one pool per process)."""
     from ..errors import SolverError
     from ..solve import solve
 
     t0 = time.perf_counter()
     model = build_milp(problem, strengthen)
-    res = solve(model, backend, time_limit_s=time_limit_s, rel_gap=rel_gap, threads=1)
+    res = solve(model, backend, time_limit_s=time_limit_s, rel_gap=rel_gap, threads=threads)
     if not res.has_solution:
         raise SolverError(f"The {backend} backend returned no solution for the subset problem "
                           f"(termination {res.termination.value}): {res.message}")
