@@ -154,6 +154,24 @@ def test_scaling_the_scores_scales_the_optimum(p, scale):
     a = allocate(p, baselines=False)
     b = allocate(q, baselines=False)
     assert b.solve.objective == pytest.approx(a.solve.objective * scale, rel=1e-6, abs=1e-6)
+    # The scaled problem's optimal set is optimal for the original too.
+    assert p.objective_of(b.keep) == pytest.approx(a.solve.objective, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".mps", ".lp"])
+def test_allocation_model_written_and_read_back_solves_the_same(tmp_path, suffix):
+    from optprune.alloc.examples import llama_problem
+    from optprune.alloc.formulate import formulate
+    from optprune.solve import LinearModel, solve
+
+    p = llama_problem("llama-7b")
+    form = formulate(p)
+    back = LinearModel.read(form.model.write(tmp_path / f"llama7b{suffix}"))
+    opts = {"time_limit_s": 60, "extra": {"mip_allow_restart": False}}
+    a = solve(form.model, **opts)
+    b = solve(back, **opts)
+    assert a.is_optimal and b.is_optimal
+    assert b.objective == pytest.approx(a.objective, rel=1e-6)
 
 
 def test_multiple_one_is_no_constraint():

@@ -94,6 +94,10 @@ def test_cli_bad_input_fails_cleanly_without_output(tmp_path, capsys):
     assert not out.exists()
     assert main(["allocate", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    path2 = small_problem().write_json(tmp_path / "ok.json")
+    assert main(["allocate", str(path2), "--backend", "gurobi", "--out", str(out)]) == 2
+    assert "gurobi" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_console_script_runs():
