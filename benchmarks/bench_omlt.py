@@ -171,10 +171,12 @@ def main() -> None:
                 recs.append(rec)
                 print(f"{name} img {i} (label {label}) target {c}: "
                       f"optprune build {op['build']:.3f}s (bounds {op['bounds_time']:.3f}s) "
-                      f"solve {op['solve']:.3f}s obj {op['obj']:.9g} bound {op['bound']:.9g} [{op['term']}, "
+                      f"solve {op['solve']:.3f}s obj {op['obj']:.9g} bound {op['bound']:.9g} "
+                      f"[{op['term']}, "
                       f"{op['binaries']} bin, {op['nodes']} nodes] | "
                       f"OMLT build {om['build']:.3f}s + translate {om['translate']:.3f}s "
-                      f"solve {om['solve']:.3f}s obj {om['obj']:.9g} bound {om['bound']:.9g} [{om['term']}, "
+                      f"solve {om['solve']:.3f}s obj {om['obj']:.9g} bound {om['bound']:.9g} "
+                      f"[{om['term']}, "
                       f"{om['binaries']} bin, {om['nodes']} nodes] | rel diff {diff:.2e}",
                       flush=True)
         rows.append((name, acc, recs))
