@@ -110,9 +110,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------- helpers
-_param_dtype = param_dtype
-
-
 def group_sum(structures: StructureSet, per_param: dict[str, torch.Tensor]) -> np.ndarray:
     """sum over each group's parameter slices of a per-entry tensor (same shapes as
     the parameters, keyed by parameter name); slices of buffers or of tensors not in
@@ -204,7 +201,7 @@ def bonsai(structures: StructureSet, data: Any = None, n_submodels: int = 64,
     n_submodels = _check_int(n_submodels, "The 'n_submodels' of bonsai", 2)
     alpha = _check_pos(alpha, "The ridge 'alpha' of bonsai", allow_zero=True)
     model = structures.model
-    dtype = _param_dtype(model)
+    dtype = param_dtype(model)
     cached = list(batches(data, structures.input_shape, batch_size, "bonsai", dtype=dtype))
     labelled = all(y is not None for _, y in cached)
     was = model.training
@@ -261,7 +258,7 @@ def hessian_gradient_product(structures: StructureSet, data: Any, loss_fn: LossF
     model.eval()
     try:
         for x, y in batches(data, structures.input_shape, batch_size, "grasp", need_targets=True,
-                            dtype=_param_dtype(model)):
+                            dtype=param_dtype(model)):
             loss = loss_fn(model(x) / temperature, y)
             gs = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True,
                                      allow_unused=True)
@@ -479,7 +476,7 @@ def _gohsp_pass(structures: StructureSet, data: Any, similarity: str,
     try:
         with torch.no_grad():
             for x, _ in batches(data, structures.input_shape, batch_size, "gohsp",
-                                dtype=_param_dtype(model)):
+                                dtype=param_dtype(model)):
                 model(x)
     finally:
         model.train(was)

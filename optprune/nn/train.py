@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ValidationError
+from ..errors import TrainingDivergedError
 
 __all__ = ["Digits", "load_digits_split", "train", "accuracy"]
 
@@ -81,9 +81,10 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 20,
                 loss = loss + extra_loss()
             if not torch.isfinite(loss):
                 model.load_state_dict(good)
-                raise ValidationError(
+                raise TrainingDivergedError(
                     f"Training diverged (loss {loss.item()}) in epoch {ep}; the model was reset "
-                    "to the weights at the start of that epoch. Lower the learning rate.")
+                    "to the weights at the start of that epoch. Lower the learning rate.",
+                    step=i // batch_size, checkpoint=good, epoch=ep)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -200,3 +200,18 @@ def test_bad_input_is_named():
     with pytest.raises(UnsupportedModuleError) as exc:
         discover(bad, (4,))
     assert "RNN" in str(exc.value)
+
+
+def test_diverging_training_stops_and_keeps_the_last_good_weights():
+    from optprune.errors import TrainingDivergedError
+    from optprune.nn.train import train
+
+    torch.manual_seed(0)
+    m = nn.Linear(4, 3)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    x[3, 0] = float("nan")
+    before = m.weight.detach().clone()
+    with pytest.raises(TrainingDivergedError) as exc:
+        train(m, x, y, epochs=2)
+    assert exc.value.epoch == 0
+    assert torch.equal(m.weight, before)
