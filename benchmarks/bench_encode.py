@@ -4,11 +4,15 @@ Two experiments, each appending JSON lines to --out (rerun the same command to r
 finished rows are skipped):
 
   dense-vs-pruned (default): Cacciola et al. at small scale on digits. For each arch and
-      seed: train a 64-hidden-10 ReLU MLP (seeded), prune to --keep of every hidden layer
-      by neuron magnitude, fine-tune; then for each test image and attack, solve the
-      untargeted margin MIP (LP bounds) of the dense and of the pruned net with HiGHS under
-      --time-limit. Prints test accuracy, solved counts, shifted geometric mean of the
-      solve time (time-outs count as the limit) and the dense/pruned ratio.
+      seed: train a 64-hidden-10 ReLU MLP (seeded), prune by neuron magnitude to --keep of
+      every hidden layer (layerwise) and/or to the same parameter count with the exact
+      allocation (--selections layerwise,exact), fine-tune; then for each test image and
+      attack, solve the untargeted margin MIP (LP bounds) of the dense and of the pruned
+      net with HiGHS under --time-limit. Prints test accuracy, solved counts, shifted
+      geometric mean of the solve time (time-outs count as the limit) and the
+      dense/pruned ratio, pooled over seeds and images.
+
+  (The OMLT comparison is benchmarks/bench_omlt.py.)
 
   ablation: one network, bounds naive | interval | lp | progressive: binaries, stable
       neurons, bound time, build time, solve time.
@@ -76,10 +80,15 @@ def _solve(net_t, x0, label, norm, radius, bounds, time_limit_s, objective):
     }
 
 
+def _variant(selection: str, keep: float) -> str:
+    # "pruned30": the same fraction of every hidden layer; "exact30": the exact
+    # allocation at the same parameter count (optprune.encode.prune)
+    return f"{'pruned' if selection == 'layerwise' else selection}{int(round(keep * 100))}"
+
+
 def dense_vs_pruned(args: argparse.Namespace) -> None:
     import torch
 
-    from optprune.encode.bench import shifted_geomean
     from optprune.encode.prune import accuracy, digits_data, prune_and_finetune, train_mlp
 
     torch.set_num_threads(1)
@@ -88,22 +97,27 @@ def dense_vs_pruned(args: argparse.Namespace) -> None:
     done = _done(out)
     images = [int(i) for i in args.images.split(",")]
     attacks = _attacks(args.attacks)
+    selections = args.selections.split(",")
     for seed in [] if args.summary_only else [int(s) for s in args.seeds.split(",")]:
         data = digits_data(seed)
         Xte, yte = data[2], data[3]
         for a in args.archs.split(","):
             arch = _arch(a)
-            pv = f"pruned{int(round(args.keep * 100))}"
+            variants = ["dense"] + [_variant(sel, args.keep) for sel in selections]
             keys = [f"dvp|{a}|s{seed}|{v}|i{i}|{n}:{r:g}|T{args.time_limit:g}"
-                    for v in ("dense", pv) for i in images for n, r in attacks]
+                    for v in variants for i in images for n, r in attacks]
             if all(k in done for k in keys):
                 continue
             dense = train_mlp(arch, data[0], data[1], seed=seed, epochs=args.epochs,
                               group_lasso=args.group_lasso)
-            pruned, rep = prune_and_finetune(dense, args.keep, data, seed=seed,
-                                             finetune_epochs=args.finetune_epochs)
-            accs = {"dense": accuracy(dense, Xte, yte), pv: rep.test_accuracy_after}
-            for v, net in (("dense", dense), (pv, pruned)):
+            nets = {"dense": (dense, accuracy(dense, Xte, yte), list(arch), None)}
+            for sel in selections:
+                pruned, rep = prune_and_finetune(dense, args.keep, data, seed=seed,
+                                                 finetune_epochs=args.finetune_epochs,
+                                                 selection=sel)
+                nets[_variant(sel, args.keep)] = (pruned, rep.test_accuracy_after,
+                                                  rep.hidden_after, rep.allocation)
+            for v, (net, acc, hidden, alloc) in nets.items():
                 for i in images:
                     for norm, r in attacks:
                         key = f"dvp|{a}|s{seed}|{v}|i{i}|{norm}:{r:g}|T{args.time_limit:g}"
@@ -112,7 +126,8 @@ def dense_vs_pruned(args: argparse.Namespace) -> None:
                         rec = {"key": key, "instance": key, "backend": "highs", "arch": a,
                                "seed": seed, "variant": v, "image": i, "norm": norm,
                                "radius": r, "time_limit_s": args.time_limit,
-                               "test_accuracy": accs[v], "keep": args.keep,
+                               "test_accuracy": acc, "keep": args.keep, "hidden": hidden,
+                               "allocation": alloc,
                                **_solve(net, Xte[i], int(yte[i]), norm, r, "lp",
                                         args.time_limit, args.objective)}
                         _append(out, rec)
@@ -120,36 +135,53 @@ def dense_vs_pruned(args: argparse.Namespace) -> None:
                         print(f"{key}: {rec['termination']} {rec['outcome']} "
                               f"{rec['solve_time_s']:.2f} s, {rec['binaries']} binaries",
                               flush=True)
-    # summary over what is in the file for these settings
-    pv = f"pruned{int(round(args.keep * 100))}"
+    summarize(done, args, attacks, selections)
+
+
+def summarize(done: dict, args: argparse.Namespace, attacks: list, selections: list[str]) -> None:
+    """One row per (arch, attack, pruned variant), pooled over seeds and images."""
+    from optprune.encode.bench import shifted_geomean
+
     rows = [r for r in done.values() if r["key"].startswith("dvp|")
             and r["time_limit_s"] == args.time_limit]
+    seeds = sorted({r["seed"] for r in rows})
     print()
     print(f"dense vs pruned (keep {args.keep:g}), HiGHS, time limit {args.time_limit:g} s, "
-          f"shifted geometric mean with shift {args.shift:g} s")
-    print("| arch | attack | acc dense | acc pruned | solved dense | solved pruned | "
-          "sgm dense (s) | sgm pruned (s) | speed-up | binaries dense / pruned |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"seeds {seeds}, shifted geometric mean with shift {args.shift:g} s")
+    print("| arch | attack | pruning | hidden widths | acc dense | acc pruned | worst drop | "
+          "solved dense | solved pruned | sgm dense (s) | sgm pruned (s) | speed-up | "
+          "binaries dense / pruned |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def acc_by_seed(g: list[dict]) -> dict[int, float]:
+        return {x["seed"]: x["test_accuracy"] for x in g}
+
     for a in args.archs.split(","):
         for norm, r in attacks:
-            grp = {v: [x for x in rows if x["arch"] == a and x["norm"] == norm
-                       and x["radius"] == r and x["variant"] == (pv if v == "pruned" else v)]
-                   for v in ("dense", "pruned")}
-            if not grp["dense"] or not grp["pruned"]:
-                continue
-            t = {v: [x["solve_time_s"] if x["solved"] else x["time_limit_s"] for x in g]
-                 for v, g in grp.items()}
-            sg = {v: shifted_geomean(t[v], args.shift) for v in t}
-            acc = {v: np.mean([x["test_accuracy"] for x in g]) for v, g in grp.items()}
-            sol = {v: f"{sum(x['solved'] for x in g)}/{len(g)}" for v, g in grp.items()}
-            bins = {v: np.mean([x["binaries"] for x in g]) for v, g in grp.items()}
-            print(f"| 64-{a}-10 | {norm} r={r:g} | {acc['dense']:.4f} | {acc['pruned']:.4f} | "
-                  f"{sol['dense']} | {sol['pruned']} | {sg['dense']:.2f} | {sg['pruned']:.2f} | "
-                  f"{sg['dense'] / sg['pruned']:.2f}x | {bins['dense']:.0f} / "
-                  f"{bins['pruned']:.0f} |")
-    tout = [(x["key"]) for x in rows if x["variant"] == "dense" and not x["solved"]]
-    rescued = [k for k in tout if done.get(k.replace("|dense|", f"|{pv}|"), {}).get("solved")]
-    print(f"dense time-outs: {len(tout)}; of these solved when pruned: {len(rescued)}")
+            for sel in selections:
+                pv = _variant(sel, args.keep)
+                grp = {v: [x for x in rows if x["arch"] == a and x["norm"] == norm
+                           and x["radius"] == r and x["variant"] == v] for v in ("dense", pv)}
+                if not grp["dense"] or not grp[pv]:
+                    continue
+                t = {v: [x["solve_time_s"] if x["solved"] else x["time_limit_s"] for x in g]
+                     for v, g in grp.items()}
+                sg = {v: shifted_geomean(t[v], args.shift) for v in t}
+                accs = {v: acc_by_seed(g) for v, g in grp.items()}
+                acc = {v: np.mean(list(d.values())) for v, d in accs.items()}
+                drop = max(accs["dense"][s] - accs[pv][s] for s in accs[pv] if s in accs["dense"])
+                sol = {v: f"{sum(x['solved'] for x in g)}/{len(g)}" for v, g in grp.items()}
+                bins = {v: np.mean([x["binaries"] for x in g]) for v, g in grp.items()}
+                widths = sorted({"-".join(map(str, x.get("hidden") or [])) for x in grp[pv]})
+                print(f"| 64-{a}-10 | {norm} r={r:g} | {sel} | {', '.join(widths)} | "
+                      f"{acc['dense']:.4f} | {acc[pv]:.4f} | {100 * drop:+.1f} pt | "
+                      f"{sol['dense']} | {sol[pv]} | {sg['dense']:.2f} | {sg[pv]:.2f} | "
+                      f"{sg['dense'] / sg[pv]:.2f}x | {bins['dense']:.0f} / {bins[pv]:.0f} |")
+    for sel in selections:
+        pv = _variant(sel, args.keep)
+        tout = [x["key"] for x in rows if x["variant"] == "dense" and not x["solved"]]
+        rescued = [k for k in tout if done.get(k.replace("|dense|", f"|{pv}|"), {}).get("solved")]
+        print(f"{sel}: dense time-outs: {len(tout)}; of these solved when pruned: {len(rescued)}")
 
 
 def ablation(args: argparse.Namespace) -> None:
@@ -217,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="naive,interval,lp,progressive")
     p.add_argument("--objective", default="margin", choices=["margin", "decision"])
     p.add_argument("--keep", type=float, default=0.5)
+    p.add_argument("--selections", default="layerwise",
+                   help="comma list of layerwise (same fraction per layer) and exact "
+                        "(allocation at the same parameter count)")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--finetune-epochs", type=int, default=20)
     p.add_argument("--group-lasso", type=float, default=1e-4)
@@ -226,12 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary-only", action="store_true",
                    help="dense-vs-pruned: print the summary of --out without running")
     args = p.parse_args(argv)
-    try:
-        import omlt  # noqa: F401
-
-        print("omlt is importable, but the OMLT comparison is not implemented in this script.")
-    except ImportError:
-        print("OMLT comparison skipped: omlt is not installed (optional benchmark dependency).")
     if args.experiment == "ablation":
         ablation(args)
     else:

@@ -8,9 +8,20 @@ penalty ``lam * sum_j ||W_k[j, :]||_2`` over hidden neurons (group lasso, a stan
 the structured perspective regularizer of Cacciola et al.) drives whole neurons to zero.
 
 Pruning: neuron j of hidden layer k scores ``||W_k[j, :]||_2 * ||W_{k+1}[:, j]||_2``
-(its weight in and out); each hidden layer keeps its ``ceil(keep_fraction * width)``
-best neurons. The pruned network is rebuilt with smaller Linear layers (really fewer
-parameters), then fine-tuned.
+(its weight in and out). Two selections:
+
+* ``"layerwise"``: each hidden layer keeps its ``ceil(keep_fraction * width)`` best
+  neurons (the same fraction everywhere);
+* ``"exact"``: the torch side's allocation (``optprune.nn.prune``): the neuron set of
+  largest total score whose parameter count (exact, with the bilinear cost between
+  adjacent layers) is at most the budget, solved to optimality by HiGHS; the widths per
+  layer come out of the solve. The budget defaults to the parameter count of the
+  layerwise network at the same ``keep_fraction``, so both selections give networks of
+  the same size and differ only in where the neurons are kept. ``importance="taylor"``
+  scores with first-order Taylor on the training data instead.
+
+The pruned network is rebuilt with smaller Linear layers (really fewer parameters), then
+fine-tuned.
 """
 
 from __future__ import annotations
@@ -21,10 +32,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import check
+from ..errors import ValidationError, check
 
 __all__ = ["digits_data", "train_mlp", "prune_neurons", "finetune", "accuracy",
-           "PruneReport", "prune_and_finetune"]
+           "PruneReport", "prune_and_finetune", "neuron_scores", "SELECTIONS"]
+
+SELECTIONS = ("layerwise", "exact")
 
 
 def digits_data(seed: int = 0, test_fraction: float = 0.3):
@@ -89,23 +102,112 @@ def accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(pred == y))
 
 
-def prune_neurons(model: Any, keep_fraction: float) -> Any:
-    """A new, physically smaller ``nn.Sequential`` keeping the best neurons per layer."""
-    import torch
+def neuron_scores(model: Any) -> list[np.ndarray]:
+    """Per hidden layer, ``||W_k[j, :]||_2 * ||W_{k+1}[:, j]||_2`` for each neuron j."""
     from torch import nn
 
-    check(0 < keep_fraction <= 1, "The 'keep_fraction' parameter", "in (0, 1]", keep_fraction)
     lin = [m for m in model if isinstance(m, nn.Linear)]
-    keep_idx = []
+    return [(lin[k].weight.detach().double().norm(dim=1)
+             * lin[k + 1].weight.detach().double().norm(dim=0)).numpy()
+            for k in range(len(lin) - 1)]
+
+
+def _linears(model: Any) -> list:
+    from torch import nn
+
+    check(isinstance(model, nn.Sequential), "The model to prune", "an nn.Sequential MLP",
+          type(model).__name__)
+    lin = [m for m in model if isinstance(m, nn.Linear)]
+    check(len(lin) >= 2, "The number of Linear layers of the model to prune", "at least 2",
+          len(lin))
+    return lin
+
+
+def _layerwise_keep(model: Any, keep_fraction: float) -> list[Any]:
+    import torch
+
+    lin = _linears(model)
+    out = []
     for k in range(len(lin) - 1):
         W, Wn = lin[k].weight.detach(), lin[k + 1].weight.detach()
         score = W.norm(dim=1) * Wn.norm(dim=0)
         n_keep = max(1, math.ceil(keep_fraction * W.shape[0]))
-        keep_idx.append(torch.sort(torch.argsort(score, descending=True)[:n_keep]).values)
+        out.append(torch.sort(torch.argsort(score, descending=True)[:n_keep]).values)
+    return out
+
+
+def _mlp_params(widths: Sequence[int]) -> int:
+    return int(sum(a * b + b for a, b in zip(widths[:-1], widths[1:])))
+
+
+def _exact_keep(model: Any, budget_params: int, importance: str, data: tuple | None,
+                time_limit_s: float | None) -> tuple[list[np.ndarray], dict]:
+    import torch
+
+    from ..nn.pruning import build_problem
+    from ..nn.structures import discover
+    from ..alloc import allocate
+
+    lin = _linears(model)
+    structures = discover(model, (lin[0].in_features,))
+    lin_pos = {id(m): i for i, m in enumerate(lin)}
+    mods = dict(model.named_children())
+    where = [lin_pos[id(mods[g.layer])] for g in structures.groups]
+    per_layer = neuron_scores(model)
+    if importance == "norm_product":
+        scores = np.array([per_layer[k][g.index] for k, g in zip(where, structures.groups)])
+    elif importance == "taylor":
+        check(data is not None, "The 'data' of the exact neuron selection with Taylor scores",
+              "(X_train, y_train)", None)
+        from ..nn.importance import score
+
+        X, y = data
+        scores = score(structures, "taylor",
+                       (torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.long)))
+    else:
+        raise ValidationError(f"The 'importance' of the exact neuron selection must be "
+                              f"'norm_product' or 'taylor', got {importance!r}.")
+    frac = budget_params / structures.dense_params
+    p, _ = build_problem(structures, scores, frac, None, None, 1, False, None,
+                         name="encode-neurons")
+    r = allocate(p, backend="highs", time_limit_s=time_limit_s, rel_gap=1e-9, baselines=False)
+    if r.keep is None:
+        raise ValidationError(f"The neuron allocation stopped ({r.solve.termination.value}) "
+                              "without a selection; raise time_limit_s.")
+    keep_idx: list[list[int]] = [[] for _ in lin[:-1]]
+    for g, k, w in zip(structures.groups, r.keep, where):
+        if k:
+            keep_idx[w].append(g.index)
+    info = {"status": r.solve.termination.value, "objective": r.solve.objective,
+            "bound": r.solve.bound, "gap": r.solve.gap, "budget_params": int(budget_params)}
+    return [np.array(sorted(v), dtype=np.int64) for v in keep_idx], info
+
+
+def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise", *,
+                  budget_params: int | None = None, importance: str = "norm_product",
+                  data: tuple | None = None, time_limit_s: float | None = 60.0,
+                  return_info: bool = False) -> Any:
+    """A new, physically smaller ``nn.Sequential`` keeping the best neurons (module
+    docstring). ``return_info`` also returns the allocation's proof (exact only)."""
+    import torch
+    from torch import nn
+
+    check(0 < keep_fraction <= 1, "The 'keep_fraction' parameter", "in (0, 1]", keep_fraction)
+    check(selection in SELECTIONS, "The 'selection' parameter", f"one of {list(SELECTIONS)}",
+          selection)
+    lin = _linears(model)
+    info: dict = {}
+    if selection == "layerwise":
+        keep_idx = _layerwise_keep(model, keep_fraction)
+    else:
+        if budget_params is None:
+            widths = [len(k) for k in _layerwise_keep(model, keep_fraction)]
+            budget_params = _mlp_params([lin[0].in_features, *widths, lin[-1].out_features])
+        keep_idx, info = _exact_keep(model, int(budget_params), importance, data, time_limit_s)
     new: list[nn.Module] = []
     prev = None
     for k, L in enumerate(lin):
-        rows = keep_idx[k] if k < len(keep_idx) else torch.arange(L.out_features)
+        rows = torch.as_tensor(keep_idx[k]) if k < len(keep_idx) else torch.arange(L.out_features)
         W = L.weight.detach()[rows]
         if prev is not None:
             W = W[:, prev]
@@ -117,7 +219,8 @@ def prune_neurons(model: Any, keep_fraction: float) -> Any:
         if k < len(lin) - 1:
             new.append(nn.ReLU())
         prev = rows
-    return nn.Sequential(*new).eval()
+    out = nn.Sequential(*new).eval()
+    return (out, info) if return_info else out
 
 
 def finetune(model: Any, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: float = 1e-3,
@@ -134,6 +237,8 @@ class PruneReport:
     params_after: int
     test_accuracy_before: float
     test_accuracy_after: float
+    selection: str = "layerwise"
+    allocation: dict | None = None  # the exact selection's proof (status, objective, bound, gap)
 
 
 def _params(model: Any) -> int:
@@ -141,15 +246,18 @@ def _params(model: Any) -> int:
 
 
 def prune_and_finetune(model: Any, keep_fraction: float, data: tuple, seed: int = 0,
-                       finetune_epochs: int = 20) -> tuple[Any, PruneReport]:
-    """Prune to ``keep_fraction`` of each hidden layer, fine-tune, report accuracy."""
+                       finetune_epochs: int = 20, selection: str = "layerwise",
+                       importance: str = "norm_product") -> tuple[Any, PruneReport]:
+    """Prune (``selection``, see the module docstring) to the size of ``keep_fraction``
+    of each hidden layer, fine-tune, report accuracy."""
     from torch import nn
 
     Xtr, ytr, Xte, yte = data
-    pruned = prune_neurons(model, keep_fraction)
+    pruned, info = prune_neurons(model, keep_fraction, selection, importance=importance,
+                                 data=(Xtr, ytr), return_info=True)
     if finetune_epochs:
         pruned = finetune(pruned, Xtr, ytr, finetune_epochs, seed=seed)
     widths = lambda m: [L.out_features for L in m if isinstance(L, nn.Linear)][:-1]  # noqa: E731
     return pruned, PruneReport(keep_fraction, widths(model), widths(pruned), _params(model),
                                _params(pruned), accuracy(model, Xte, yte),
-                               accuracy(pruned, Xte, yte))
+                               accuracy(pruned, Xte, yte), selection, info or None)
