@@ -153,15 +153,65 @@ def _known(model: LinearModel, time_limit_s: float) -> dict[str, Any]:
             "time_limit_s": time_limit_s}
 
 
+def _trained_variants(spec: "InstanceSet", arch: Any, seed: int, data: tuple) -> list:
+    from .network import from_torch
+    from .prune import accuracy, prune_and_finetune, train_mlp
+
+    Xte, yte = data[2], data[3]
+    dense_t = train_mlp(arch, data[0], data[1], seed=seed, epochs=spec.epochs,
+                        group_lasso=spec.group_lasso)
+    out = [("dense", from_torch(dense_t), accuracy(dense_t, Xte, yte))]
+    for kf in spec.keep_fractions:
+        pruned_t, rep = prune_and_finetune(dense_t, kf, data, seed=seed,
+                                           finetune_epochs=spec.finetune_epochs)
+        out.append((f"pruned{int(round(kf * 100))}", from_torch(pruned_t),
+                    rep.test_accuracy_after))
+    return out
+
+
+def _stored_variants(spec: "InstanceSet", set_name: str, arch: Any, seed: int, data: tuple,
+                     directory: Path, manifest: dict) -> list:
+    """The networks the MANIFEST lists for (arch, seed), each checked against its hash."""
+    from .network import load_network
+
+    known = manifest.get("sets", {}).get(set_name, {}).get("networks", {})
+    out = []
+    for vname in ["dense"] + [f"pruned{int(round(kf * 100))}" for kf in spec.keep_fractions]:
+        net_id = f"{set_name}-{_arch_name(arch)}-{vname}-s{seed}"
+        info = known.get(net_id)
+        path = directory / "networks" / f"{net_id}.npz"
+        if info is None or not path.exists():
+            raise ValidationError(
+                f"Network {net_id!r} is not in {directory / MANIFEST} (or its file is "
+                "missing): generate the set with training first (without --from-networks).")
+        if sha256_file(path) != info["file_sha256"]:
+            raise ValidationError(f"{path} does not match its sha256 in the MANIFEST "
+                                  "(corrupt or modified file).")
+        # the hash ties the file to the recorded training run and its test accuracy
+        out.append((vname, load_network(path), info["test_accuracy"]))
+    return out
+
+
 def generate(set_name: "str | InstanceSet", directory: str | os.PathLike = "instances", *,
              solve_known: bool = True, time_limit_s: float | None = None,
+             from_networks: bool = False,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Regenerate the set ``set_name`` (a name in SETS or an InstanceSet) into
-    ``directory`` and update its MANIFEST."""
+    ``directory`` and update its MANIFEST.
+
+    Training is seeded and single-threaded, so on one machine the same command gives the
+    same networks and files bit for bit. Float32 training is not bit-portable across
+    CPUs (torch and MKL pick kernels by instruction set, and summation order changes
+    the last bits), so on another machine the retrained networks, and therefore the
+    files, may differ; the networks of the shipped library are stored in
+    ``networks/`` with their hashes, and ``from_networks=True`` rebuilds every instance
+    from them (no training): bounds, model and files are then reproduced exactly.
+    A retrained network whose hash differs from the one the MANIFEST records is
+    reported through ``progress``.
+    """
     from .bounds import compute_bounds
     from .formulate import AttackSpec, Region, encode
-    from .network import from_torch
-    from .prune import accuracy, digits_data, prune_and_finetune, train_mlp
+    from .prune import digits_data
 
     if isinstance(set_name, InstanceSet):
         spec, set_name = set_name, set_name.name
@@ -182,18 +232,22 @@ def generate(set_name: "str | InstanceSet", directory: str | os.PathLike = "inst
         data = digits_data(seed)
         Xte, yte = data[2], data[3]
         for arch in spec.archs:
-            dense_t = train_mlp(arch, data[0], data[1], seed=seed, epochs=spec.epochs,
-                                group_lasso=spec.group_lasso)
-            variants = [("dense", dense_t, accuracy(dense_t, Xte, yte))]
-            for kf in spec.keep_fractions:
-                pruned_t, rep = prune_and_finetune(dense_t, kf, data, seed=seed,
-                                                   finetune_epochs=spec.finetune_epochs)
-                variants.append((f"pruned{int(round(kf * 100))}", pruned_t,
-                                 rep.test_accuracy_after))
-            for vname, model_t, acc in variants:
-                net = from_torch(model_t)
+            if from_networks:
+                variants = _stored_variants(spec, set_name, arch, seed, data, directory,
+                                            manifest)
+            else:
+                variants = _trained_variants(spec, arch, seed, data)
+            for vname, net, acc in variants:
                 net_id = f"{set_name}-{_arch_name(arch)}-{vname}-s{seed}"
-                net_path = net.save(directory / "networks" / f"{net_id}.npz")
+                before = manifest.get("sets", {}).get(set_name, {}).get("networks", {}).get(
+                    net_id, {}).get("network_sha256")
+                if before is not None and before != net.sha256():
+                    say(f"note: {net_id} trained here differs from the network the MANIFEST "
+                        "recorded (float training is not bit-portable across CPUs); use "
+                        "--from-networks to rebuild the shipped instances exactly")
+                net_path = directory / "networks" / f"{net_id}.npz"
+                if not from_networks:
+                    net.save(net_path)
                 nets_info[net_id] = {"file": f"networks/{net_id}.npz",
                                      "file_sha256": sha256_file(net_path),
                                      "network_sha256": net.sha256(),
@@ -219,8 +273,11 @@ def generate(set_name: "str | InstanceSet", directory: str | os.PathLike = "inst
                             "binaries": enc.model.num_integer, "columns": enc.model.num_cols,
                             "rows": enc.model.num_rows, "bounds_time_s": round(b.time_s, 4),
                         }
+                        prev = manifest["instances"].get(name, {})
                         if solve_known:
                             entry["known"] = _known(enc.model, limit)
+                        elif "known" in prev and prev.get("mps_sha256") == entry["mps_sha256"]:
+                            entry["known"] = prev["known"]  # the same model: still proven
                         manifest["instances"][name] = entry
                         names.append(name)
                         k = entry.get("known", {})

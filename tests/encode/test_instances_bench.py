@@ -144,3 +144,22 @@ def test_bench_on_dask_local_cluster(library, tmp_path):
     for r in recs:
         known = man["instances"][r["instance"]]["known"]["objective"]
         assert abs(r["objective"] - known) <= 1e-4 * max(1.0, abs(known))
+
+
+def test_generate_from_networks_reproduces_files_and_checks_hashes(library, tmp_path):
+    import shutil
+
+    d, man = library
+    copy = tmp_path / "lib"
+    shutil.copytree(d, copy)
+    again = generate(SMALL, copy, solve_known=False, from_networks=True)
+    for name, e in man["instances"].items():
+        assert again["instances"][name]["mps_sha256"] == e["mps_sha256"]
+        assert again["instances"][name]["json_sha256"] == e["json_sha256"]
+        assert again["instances"][name]["known"] == e["known"]  # kept: same model
+    net = next((copy / "networks").glob("*.npz"))
+    net.write_bytes(net.read_bytes()[:-8] + b"tampered")
+    with pytest.raises(ValidationError, match="sha256"):
+        generate(SMALL, copy, solve_known=False, from_networks=True)
+    with pytest.raises(ValidationError, match="from-networks"):
+        generate(SMALL, tmp_path / "empty", solve_known=False, from_networks=True)
