@@ -12,10 +12,16 @@ same groups plus the same number of fine-tuning steps.
   (``prune_bert``), R recovery steps; one-shot: ``prune_bert`` at once, P + R steps;
 * training loss: 1 - cos(e, t) with t the dense model's embedding of the same packed
   sequence of 32 stdlib-docstring tokens; quality: mean cosine to the dense
-  embeddings of held-out sentences (never trained on).
+  embeddings of held-out sentences (never trained on);
+* ``--lora RANK`` (LoRAShear's setting): every training phase of both arms trains
+  only LoRA adapters (peft, rank RANK, alpha 2 RANK) on query and value with the base
+  frozen, at ``--lora-lr``. Progressive: the adapters' B rows of removed heads shrink
+  with the heads' base rows (``removal_masks``), the adapters are merged, the model is
+  pruned (``prune_bert``), fresh adapters train the R recovery steps and are merged;
+  one-shot: ``prune_bert``, then adapters for P + R steps, merged.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_train_prune_minilm.py
-        [--period 40] [--recovery 40] [--reductions 0.2,0.5] [--json OUT]
+        [--period 40] [--recovery 40] [--reductions 0.2,0.5] [--lora 8] [--json OUT]
 """
 
 from __future__ import annotations
@@ -41,6 +47,39 @@ def encoder_params(bert) -> list:
     return [p for n, p in bert.named_parameters() if n.startswith("encoder.")]
 
 
+LORA_TARGETS = ("query", "value")
+
+
+def train_arm(bert, x, y, steps: int, a, seed: int = 0, shrink_plan=None) -> dict:
+    """``steps`` of distillation training of ``bert`` in place: encoder weights
+    (embeddings frozen) or, with ``a.lora``, LoRA adapters merged at the end. With
+    ``shrink_plan`` the plan's removed groups (and their adapter entries) shrink to
+    zero over the steps. Returns the shrink record (or {}) and the trained count."""
+    from optprune.nn.hf import TokenIdsEncoder
+    from optprune.train_prune import add_lora, fit, merge_lora, progressive_shrink
+
+    if a.lora:
+        pm = add_lora(bert, a.lora, LORA_TARGETS)
+        params = [p for p in pm.parameters() if p.requires_grad]
+        lr = a.lora_lr
+    else:
+        for p in bert.embeddings.parameters():
+            p.requires_grad_(False)
+        params, lr = encoder_params(bert), a.lr
+    enc = TokenIdsEncoder(bert)
+    out = {"trained_params": sum(p.numel() for p in params)}
+    if shrink_plan is not None:
+        shr = progressive_shrink(enc, shrink_plan, x, y, steps, lr=lr, batch_size=a.batch_size,
+                                 loss_fn=cos_loss, trainable=params, seed=seed)
+        out.update(shr)
+    else:
+        fit(enc, x, y, steps, lr=lr, batch_size=a.batch_size, loss_fn=cos_loss, params=params,
+            seed=seed)
+    if a.lora:
+        merge_lora(pm, trainable=False)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--period", type=int, default=40)
@@ -51,13 +90,16 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--lora", type=int, default=0, metavar="RANK",
+                    help="train LoRA adapters of this rank on query/value (base frozen)")
+    ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
 
     from optprune.nn.corpus import load_corpus, mean_cosine, pack_token_ids, sentence_embeddings
     from optprune.nn.hf import bert_structures, embedding_distill_loss, load_minilm, prune_bert
-    from optprune.train_prune import fit, plan_removal, progressive_shrink
+    from optprune.train_prune import plan_removal
 
     t0 = time.perf_counter()
     bert, tok = load_minilm()
@@ -81,32 +123,28 @@ def main() -> None:
         t_plan = time.perf_counter() - t
 
         prog = copy.deepcopy(bert)
-        for p in prog.embeddings.parameters():
-            p.requires_grad_(False)
-        pss = bert_structures(prog, seq_len=a.seq_len)
         t = time.perf_counter()
-        shr = progressive_shrink(pss.model, plan, x, y, a.period, lr=a.lr,
-                                 batch_size=a.batch_size, loss_fn=cos_loss,
-                                 trainable=encoder_params(prog))
-        prune_bert(prog, plan.keep, pss)
+        shr = train_arm(prog, x, y, a.period, a, shrink_plan=plan)
+        prune_bert(prog, plan.keep, bert_structures(prog, seq_len=a.seq_len))
         cos_after_shrink = mean_cosine(dense_emb, sentence_embeddings(prog, tok, held))
-        fit(bert_structures(prog, seq_len=a.seq_len).model, x, y, a.recovery, lr=a.lr,
-            batch_size=a.batch_size, loss_fn=cos_loss, params=encoder_params(prog), seed=1)
+        rec = train_arm(prog, x, y, a.recovery, a, seed=1)
         t_prog = time.perf_counter() - t
         n_prog = sum(p.numel() for p in prog.parameters())
 
         one = copy.deepcopy(bert)
-        for p in one.embeddings.parameters():
-            p.requires_grad_(False)
         prune_bert(one, plan.keep, bert_structures(one, seq_len=a.seq_len))
         cos_raw = mean_cosine(dense_emb, sentence_embeddings(one, tok, held))
         t = time.perf_counter()
-        fit(bert_structures(one, seq_len=a.seq_len).model, x, y, a.period + a.recovery,
-            lr=a.lr, batch_size=a.batch_size, loss_fn=cos_loss, params=encoder_params(one))
+        ft = train_arm(one, x, y, a.period + a.recovery, a)
         t_one = time.perf_counter() - t
         row = {"reduction_of_prunable": r, "reduction_of_all": red_all, "params": n_prog,
                "predicted_params": plan.predicted_params, "dense_params": total,
-               "removed_norm_last": shr["removed_norms"][-1],
+               "removed_norm_first": shr["removed_norms"][0],
+               "removed_norm_last": shr["removed_norms"][-1], "lora_rank": a.lora,
+               "lr": a.lora_lr if a.lora else a.lr,
+               "trained_params": {"shrink": shr["trained_params"],
+                                  "recovery": rec["trained_params"],
+                                  "one_shot": ft["trained_params"]},
                "cos_progressive": mean_cosine(dense_emb, sentence_embeddings(prog, tok, held)),
                "cos_progressive_before_recovery": cos_after_shrink,
                "cos_one_shot_ft": mean_cosine(dense_emb, sentence_embeddings(one, tok, held)),

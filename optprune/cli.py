@@ -17,6 +17,7 @@ _AREAS = [
     "optprune.hw.cli",
     "optprune.sprint.cli",
     "optprune.bayes.cli",
+    "optprune.train_prune.cli",
 ]
 
 

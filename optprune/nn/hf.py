@@ -123,7 +123,11 @@ def _layers(model: nn.Module) -> list[nn.Module]:
                            getattr(getattr(layer, "intermediate", None), "dense", None)),
                           (f"encoder.layer.{i}.output.dense",
                            getattr(getattr(layer, "output", None), "dense", None))):
-            if not isinstance(mod, nn.Linear):
+            if isinstance(getattr(mod, "base_layer", None), nn.Linear):
+                problems.append(f"{path} is a LoRA-wrapped Linear (peft); build the "
+                                "structures before wrapping, or merge the adapters first "
+                                "(merge_and_unload)")
+            elif not isinstance(mod, nn.Linear):
                 problems.append(f"{path} is {type(mod).__name__}, expected nn.Linear")
         if sa is not None and not isinstance(getattr(sa, "attention_head_size", None), int):
             problems.append(f"encoder.layer.{i}.attention.self has no int attention_head_size")

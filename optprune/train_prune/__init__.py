@@ -6,18 +6,46 @@
 * :mod:`.progressive`: LoRAShear-style progressive pruning: groups from discovery,
   protected groups, the removal set chosen exactly, shrinking to exactly zero over
   a period, physical removal and recovery fine-tuning.
+
+Names are imported lazily so that the command line starts without torch.
 """
 
-from ..errors import TrainingDivergedError
-from .gates import (BETA, LIMIT_L, LIMIT_R, CompressoGates, CompressoResult, GateMasks,
-                    HardConcreteGate, apply_gate_masks, evaluate_masks, exact_allocation,
-                    own_rounding, prune_hidden, size_problem, train_compresso, vit_param_count)
-from .progressive import (ProgressiveReport, RemovalPlan, fit, one_shot_prune, plan_removal,
-                          progressive_prune, progressive_shrink, shrink_factor)
+from __future__ import annotations
 
-__all__ = ["BETA", "LIMIT_L", "LIMIT_R", "CompressoGates", "CompressoResult", "GateMasks",
-           "HardConcreteGate", "ProgressiveReport", "RemovalPlan", "TrainingDivergedError",
-           "apply_gate_masks", "evaluate_masks", "exact_allocation", "fit", "one_shot_prune",
-           "own_rounding", "plan_removal", "progressive_prune", "progressive_shrink",
-           "prune_hidden", "shrink_factor", "size_problem", "train_compresso",
-           "vit_param_count"]
+import importlib
+from typing import Any
+
+from ..errors import TrainingDivergedError
+
+_MODULES = {
+    "gates": ("BETA", "LIMIT_L", "LIMIT_R", "CompressoGates", "CompressoResult", "GateMasks",
+              "HardConcreteGate", "apply_gate_masks", "evaluate_masks", "exact_allocation",
+              "own_rounding", "prune_hidden", "size_problem", "train_compresso",
+              "vit_param_count"),
+    "progressive": ("ProgressiveReport", "RemovalPlan", "add_lora", "fit", "max_reduction",
+                    "merge_lora", "one_shot_prune", "plan_removal", "progressive_prune",
+                    "progressive_shrink", "removal_masks", "shrink_factor"),
+    "vit_digits": ("DigitsViT", "digits_vit", "load_vit", "pretrained_digits_vit", "save_vit",
+                   "vit_widths"),
+}
+_LAZY = {name: mod for mod, names in _MODULES.items() for name in names}
+
+__all__ = ["BETA", "LIMIT_L", "LIMIT_R", "CompressoGates", "CompressoResult", "DigitsViT",
+           "GateMasks", "HardConcreteGate", "ProgressiveReport", "RemovalPlan",
+           "TrainingDivergedError", "add_lora", "apply_gate_masks", "digits_vit",
+           "evaluate_masks", "exact_allocation", "fit", "load_vit", "max_reduction",
+           "merge_lora", "one_shot_prune", "own_rounding", "plan_removal",
+           "pretrained_digits_vit", "progressive_prune", "progressive_shrink", "prune_hidden",
+           "removal_masks", "save_vit", "shrink_factor", "size_problem", "train_compresso",
+           "vit_param_count", "vit_widths"]
+assert set(__all__) == {*_LAZY, "TrainingDivergedError"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -3,7 +3,7 @@
 1. Minimally removable groups: ``optprune.nn.structures.discover`` (coupled
    parameters that must go together: a head's q/k/v rows and proj columns, an FFN
    channel's fc1 row and fc2 column; with LoRA on q/v also the matching rows of the
-   adapters' B matrices, see :func:`_tensor_masks`).
+   adapters' B matrices, see :func:`removal_masks`).
 2. Importance per group (``optprune.nn.importance``; default Taylor); within every
    (layer, kind) slot the ``protect_fraction`` most important groups are marked
    unprunable.
@@ -53,7 +53,8 @@ from ..nn.surgery import apply_mask
 from ..errors import TrainingDivergedError
 
 __all__ = ["RemovalPlan", "ProgressiveReport", "plan_removal", "shrink_factor", "fit",
-           "progressive_shrink", "progressive_prune", "one_shot_prune"]
+           "progressive_shrink", "progressive_prune", "one_shot_prune", "add_lora",
+           "merge_lora", "removal_masks", "max_reduction"]
 
 
 def shrink_factor(t: int, period: int) -> float:
@@ -94,6 +95,21 @@ def _protected_mask(structures: StructureSet, scores: np.ndarray, protect_fracti
     return prot
 
 
+def max_reduction(structures: StructureSet, protect_fraction: float = 0.1, min_keep: int = 1
+                  ) -> float:
+    """The largest ``reduction`` :func:`plan_removal` accepts: every (layer, kind) slot
+    keeps max(ceil(protect_fraction n), min(min_keep, n)) of its n groups and nothing
+    else. Groups of one slot cost the same, so which ones are kept does not matter
+    and the bound needs no scores."""
+    check(isinstance(protect_fraction, (int, float)) and 0 <= protect_fraction < 1,
+          "The 'protect_fraction'", "in [0, 1)", protect_fraction)
+    least = np.zeros(len(structures.groups), dtype=bool)
+    for _slot, ix in structures.layer_kind_index().items():
+        m = max(int(math.ceil(protect_fraction * ix.size - 1e-9)), min(min_keep, ix.size))
+        least[ix[:m]] = True
+    return 1.0 - structures.predict(least)["params"] / structures.dense_params
+
+
 def plan_removal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: float, *,
                  input_shape: Sequence[int] | None = None, importance: str | Callable = "taylor",
                  protect_fraction: float = 0.1, min_keep: int = 1, exclude: Sequence[str] = (),
@@ -121,16 +137,8 @@ def plan_removal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: 
           f"Nothing in {type(model).__name__} is prunable: {structures.frozen}")
     scores = score(structures, importance, (x, y), **(importance_kw or {}))
     prot = _protected_mask(structures, scores, protect_fraction)
-    # The least the constraints allow: per slot the protected groups, topped up to
-    # min_keep by score (costs are equal within a slot and non-negative).
-    least = prot.copy()
-    for _slot, ix in structures.layer_kind_index().items():
-        need = min(min_keep, ix.size) - int(least[ix].sum())
-        if need > 0:
-            free = ix[~least[ix]]
-            least[free[np.argsort(-scores[free], kind="stable")[:need]]] = True
     dense = structures.dense_params
-    max_red = 1.0 - structures.predict(least)["params"] / dense
+    max_red = max_reduction(structures, protect_fraction, min_keep)
     if reduction > max_red + 1e-12:
         raise ValidationError(
             f"The parameter 'reduction' must be at most {max_red:.4f} for this model; got "
@@ -216,17 +224,20 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *, lr: f
     return history
 
 
-def _tensor_masks(structures: StructureSet, keep: np.ndarray, target: nn.Module
-                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(tensor of ``target``, bool mask of its removed entries) for every tensor a
-    removed group touches. ``target`` is the discovered model itself or a peft
-    wrapper of it: ``m.weight`` of a LoRA layer is then ``m.base_layer.weight`` plus
-    the rows of ``lora_B`` (output rows removed) or columns of ``lora_A`` (input
-    columns removed)."""
+def removal_masks(structures: StructureSet, keep: np.ndarray, target: nn.Module
+                  ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name in ``target``, tensor, bool mask of its removed entries) for every tensor a
+    removed group touches. ``target`` is the model the groups were found on, a module
+    sharing its parameter names (e.g. ``optprune.nn.hf.TokenIdsEncoder``), or either
+    of them with LoRA adapters injected by peft (:func:`add_lora`). For a LoRA-wrapped
+    layer ``m``, ``m.weight`` is ``m.base_layer.weight`` and its effective weight is
+    ``W + s B A``: output rows of a removed group are the same rows of ``lora_B`` (and
+    of ``W``), input columns are the same columns of ``lora_A``, so zeroing those
+    adapter entries with the base entries zeroes the merged rows/columns exactly."""
     named = dict(target.named_parameters())
     named.update(dict(target.named_buffers()))
     prefix = "base_model.model." if any(n.startswith("base_model.model.") for n in named) else ""
-    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    out: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     for tname, dims in structures.removed_indices(keep).items():
         mod, _, attr = tname.rpartition(".")
         direct = prefix + tname
@@ -251,8 +262,14 @@ def _tensor_masks(structures: StructureSet, keep: np.ndarray, target: nn.Module
                 sel = [slice(None)] * t.dim()
                 sel[d] = torch.as_tensor(idx, dtype=torch.long)
                 m[tuple(sel)] = True
-            out.append((t, m))
+            out.append((name, t, m))
     return out
+
+
+def _tensor_masks(structures: StructureSet, keep: np.ndarray, target: nn.Module
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`removal_masks` without the names."""
+    return [(t, m) for _n, t, m in removal_masks(structures, keep, target)]
 
 
 def _lora_pairs(named: dict[str, torch.Tensor], mod: str) -> list[tuple[str, str]]:
@@ -264,6 +281,44 @@ def _lora_pairs(named: dict[str, torch.Tensor], mod: str) -> list[tuple[str, str
             if b in named:
                 pairs.append((n, b))
     return pairs
+
+
+def add_lora(model: nn.Module, rank: int = 8, targets: Sequence[str] = ("q", "v"),
+             alpha: float | None = None) -> nn.Module:
+    """Freeze every parameter of ``model`` and inject LoRA adapters (peft; rank
+    ``rank``, scale alpha / rank with alpha = 2 rank by default, no dropout) into the
+    Linear layers whose names end in ``targets`` (``("query", "value")`` for BERT).
+    peft injects in place: ``model`` itself now holds the LoRA layers and only their
+    adapters train. Returns the peft model; :func:`merge_lora` undoes the wrapping."""
+    peft = require("peft", "hf", "LoRA adapters of progressive pruning")
+    check(isinstance(rank, int) and not isinstance(rank, bool) and rank > 0, "The LoRA 'rank'",
+          "a positive integer", rank)
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    check(len(targets) > 0 and all(isinstance(t, str) and t for t in targets),
+          "The LoRA 'targets'", "a non-empty list of module name suffixes (e.g. ['q', 'v'])",
+          targets)
+    found = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and n.rpartition(".")[2] in targets]
+    check(len(found) > 0, "The LoRA 'targets'", f"names of Linear layers of "
+          f"{type(model).__name__}", targets, "For BERT use ('query', 'value'); for "
+          "optprune's ViT ('q', 'v').")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return peft.get_peft_model(model, peft.LoraConfig(
+        r=rank, lora_alpha=2 * rank if alpha is None else alpha, target_modules=targets,
+        lora_dropout=0.0))
+
+
+def merge_lora(peft_model: nn.Module, trainable: bool = True) -> nn.Module:
+    """Merge the adapters into the base weights (W <- W + s B A) and return the plain
+    model (the one given to :func:`add_lora`), every parameter's ``requires_grad`` set
+    to ``trainable``."""
+    check(hasattr(peft_model, "merge_and_unload"), "The model of merge_lora",
+          "a peft model (from add_lora)", type(peft_model).__name__)
+    plain = peft_model.merge_and_unload()
+    for p in plain.parameters():
+        p.requires_grad_(trainable)
+    return plain
 
 
 def progressive_shrink(model: nn.Module, plan: RemovalPlan, x: torch.Tensor, y: torch.Tensor,
@@ -349,20 +404,10 @@ def progressive_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduct
                            plan.reduction, plan.predicted_params, plan.dense_params,
                            plan.max_reduction, plan.allocation)
     t1 = time.perf_counter()
-    if lora:
-        peft = require("peft", "hf", "LoRA adapters of progressive pruning")
-        for p in work.parameters():
-            p.requires_grad_(False)
-        trained = peft.get_peft_model(work, peft.LoraConfig(
-            r=lora_rank, lora_alpha=2 * lora_rank, target_modules=list(lora_targets),
-            lora_dropout=0.0))
-    else:
-        trained = work
+    trained = add_lora(work, lora_rank, lora_targets) if lora else work
     shr = progressive_shrink(trained, plan, x, y, period_steps, lr=lr, batch_size=batch_size,
                              seed=seed, loss_fn=loss_fn, checkpoint_every=checkpoint_every)
-    dense = trained.merge_and_unload() if lora else trained
-    for p in dense.parameters():
-        p.requires_grad_(True)
+    dense = merge_lora(trained) if lora else trained
     t2 = time.perf_counter()
     ss = discover(dense, input_shape)
     check([g.id for g in ss.groups] == [g.id for g in plan.structures.groups],
