@@ -1,22 +1,25 @@
 """Pruned ReLU networks as adversarial-example MIPs (METHODS.md section 10).
 
 network.py: torch / scikit-learn / ONNX -> one float64 numpy Network;
-bounds.py: interval, LP and progressive (LP then MIP) pre-activation bounds;
-formulate.py: big-M MIP with no binary for stable neurons, built as sparse arrays;
+bounds.py: interval, symbolic (back-substitution), LP and progressive (LP then MIP)
+    pre-activation bounds;
+formulate.py: big-M MIP with no binary for stable neurons (the ideal formulation for
+    small fan-in as an option), built as sparse arrays;
 attack.py: solve and verify every witness on the dense network in float64;
 instances.py: .mps + .json instance files and the MANIFEST; bench.py: the benchmark runner;
-prune.py: seeded digits MLPs, neuron pruning and fine-tuning; cli.py: the commands.
+prune.py: seeded digits MLPs, neuron pruning (layerwise or the exact allocation) and
+    fine-tuning; cli.py: the commands.
 """
 
 from .attack import AttackResult, attack, solve_encoding
-from .bounds import Bounds, compute_bounds, interval_bounds
+from .bounds import Bounds, compute_bounds, interval_bounds, symbolic_bounds
 from .formulate import AttackSpec, Encoding, Region, encode
 from .network import Layer, Network, as_network, from_onnx, from_sklearn, from_torch, load_network
 
-GENERATOR_VERSION = "optprune.encode/1"
+GENERATOR_VERSION = "optprune.encode/2"  # 2: LP bounds start from symbolic bounds, per-bound time limits
 
 __all__ = [
     "AttackResult", "AttackSpec", "Bounds", "Encoding", "GENERATOR_VERSION", "Layer", "Network",
     "Region", "as_network", "attack", "compute_bounds", "encode", "from_onnx", "from_sklearn",
-    "from_torch", "interval_bounds", "load_network", "solve_encoding",
+    "from_torch", "interval_bounds", "load_network", "solve_encoding", "symbolic_bounds",
 ]

@@ -190,13 +190,15 @@ def attack(network: Any, x0: Any, label: int, *, radius: float, norm: str = "lin
            time_limit_s: float | None = 60.0, reference: Any = None, surrogate: bool = False,
            margin_threshold: float = 1e-4, input_shape: Any = None, threads: int | None = None,
            seed: int = 0, bound_options: dict[str, Any] | None = None,
-           name: str = "attack") -> AttackResult:
+           name: str = "attack", relu: str = "bigm",
+           max_fan_in: int | None = None) -> AttackResult:
     """Encode, solve and verify one attack.
 
     ``network``: a torch nn.Sequential, an MLPClassifier, an ONNX model or a Network.
     ``reference`` (default: ``network`` itself; a torch module is evaluated as the dense
     torch module in float64) judges every witness. ``surrogate=True`` says ``network`` is
     a pruned stand-in for ``reference``: every incumbent is judged on the reference.
+    ``relu`` / ``max_fan_in``: the ReLU formulation (``encode``: bigm, ideal or auto).
     """
     net = as_network(network, input_shape)
     check(not surrogate or reference is not None, "The 'reference' parameter",
@@ -206,7 +208,7 @@ def attack(network: Any, x0: Any, label: int, *, radius: float, norm: str = "lin
                       margin_threshold)
     spec.validate(net.output_dim)
     b = compute_bounds(net, region, bounds, **(bound_options or {}))
-    enc = encode(net, region, spec, b, name=name)
+    enc = encode(net, region, spec, b, name=name, relu=relu, max_fan_in=max_fan_in)
     ref = reference if reference is not None else network
     opts = SolveOptions(time_limit_s=time_limit_s, threads=threads, seed=seed,
                         rel_gap=1e-4 if objective == "margin" else 1e-6)

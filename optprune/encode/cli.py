@@ -36,9 +36,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--domain", default="0,1", help="input domain LO,HI (default 0,1)")
     e.add_argument("--objective", default="margin",
                    choices=["margin", "min_distortion", "decision"])
-    e.add_argument("--bounds", default="lp", choices=["naive", "interval", "lp", "progressive"])
+    e.add_argument("--bounds", default="lp",
+                   choices=["naive", "interval", "symbolic", "lp", "progressive"])
     e.add_argument("--mip-bound-time-limit", type=float, default=1.0, metavar="S",
                    help="per-bound time limit of the progressive MIP stage")
+    e.add_argument("--relu", default="bigm", choices=["bigm", "ideal", "auto"],
+                   help="ReLU formulation of unstable neurons: big-M (default), the ideal "
+                   "formulation for all (error above --max-fan-in) or for small fan-in only")
+    e.add_argument("--max-fan-in", type=int, default=None, metavar="N",
+                   help="fan-in threshold of --relu ideal/auto (default 4; 2^N - 2 rows each)")
     e.add_argument("--name", default=None, help="instance name (default: from the inputs)")
     e.add_argument("--out", default=".", help="output directory (default: .)")
     e.add_argument("--solve", action="store_true", help="also solve and verify the witness")
@@ -54,6 +60,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--dir", default="instances")
     g.add_argument("--no-solve", action="store_true", help="skip solving for known optima")
     g.add_argument("--time-limit", type=float, default=None, metavar="S")
+    g.add_argument("--from-networks", action="store_true",
+                   help="rebuild from the networks the MANIFEST lists (hash-checked) instead "
+                        "of retraining: exact on any machine")
     g.set_defaults(func=run_generate)
     v = isub.add_parser("verify", help="check every hash in MANIFEST.json and re-solve")
     v.add_argument("--dir", default="instances")
@@ -112,7 +121,7 @@ def run_encode(args: argparse.Namespace) -> int:
     spec.validate(net.output_dim)
     b = compute_bounds(net, region, args.bounds, mip_time_limit_s=args.mip_bound_time_limit)
     name = args.name or f"{Path(args.network).stem}-{args.norm}-r{args.radius:g}-{args.objective}"
-    enc = encode(net, region, spec, b, name=name)
+    enc = encode(net, region, spec, b, name=name, relu=args.relu, max_fan_in=args.max_fan_in)
     mps, js = write_instance(enc, args.out, name)
     out: dict[str, Any] = {"mps": str(mps), "json": str(js),
                            "bounds": b.to_dict(net), "stats": enc.stats()}
@@ -128,6 +137,9 @@ def run_encode(args: argparse.Namespace) -> int:
         print(f"  {st['columns']} columns, {st['rows']} rows, {st['binaries']} binaries; "
               f"{st['stable']} stable / {st['unstable']} unstable neurons; "
               f"bounds ({b.method}) {b.time_s:.3f} s, build {st['build_time_s']:.3f} s")
+        if st["relu_formulation"] != "bigm":
+            print(f"  relu {st['relu_formulation']} (max fan-in {st['max_fan_in']}): "
+                  f"{st['ideal_rows']} ideal rows for {st['ideal_neurons']} neurons")
         for r in b.report(net):
             print(f"  layer {r['layer']}: {r['neurons']} neurons, {r['stable_inactive']} "
                   f"inactive, {r['stable_active']} active, {r['unstable']} unstable")
@@ -150,7 +162,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from .instances import generate
 
     man = generate(args.name, args.dir, solve_known=not args.no_solve,
-                   time_limit_s=args.time_limit, progress=lambda s: print(s, flush=True))
+                   time_limit_s=args.time_limit, from_networks=args.from_networks,
+                   progress=lambda s: print(s, flush=True))
     print(f"{len(man['sets'][args.name]['instances'])} instances of {args.name!r} in "
           f"{args.dir}; MANIFEST.json updated")
     return 0

@@ -20,6 +20,18 @@ pruned or dead neuron costs nothing. The LP relaxation used while tightening bou
 replaces the last two rows by the triangle ``h <= u (z - l) / (u - l)``, the projection
 of the big-M relaxation onto (z, h), without the column s.
 
+``relu="ideal"`` / ``"auto"`` add, for an unstable neuron ``h = max(0, w.x + b)`` whose
+inputs x lie in the box [L, U] and whose live, non-fixed nonzero weights number
+``n <= max_fan_in``, the ideal (convex-hull) inequalities of Anderson et al. (2020)::
+
+    h <= sum_{i in I} w_i (x_i - L'_i (1 - s)) + (b + sum_{i not in I} w_i U'_i) s
+    for every I with {} != I != supp(w)
+    L'_i = L_i if w_i >= 0 else U_i,   U'_i = U_i if w_i >= 0 else L_i
+
+The big-M rows above are kept: they are the cases I = supp(w) and I = {} with the tighter
+[l, u] in place of the box-implied ones. ``"ideal"`` requires every unstable neuron to have
+``n <= max_fan_in``; ``"auto"`` gives the others big-M alone.
+
 Objectives on the logits y (``y = z_L``), true label t:
 
 * margin, targeted at class c:      max  y_c - y_t
@@ -45,10 +57,16 @@ from ..errors import ValidationError, check
 from ..solve import LinearModel, ModelBuilder
 from .network import Network
 
-__all__ = ["Region", "AttackSpec", "Encoding", "encode", "add_network", "neuron_status"]
+__all__ = ["Region", "AttackSpec", "Encoding", "encode", "add_network", "add_ideal_relu",
+           "neuron_status", "RELU_FORMULATIONS", "DEFAULT_MAX_FAN_IN"]
 
 OBJECTIVES = ("margin", "min_distortion", "decision")
 NORMS = ("linf", "l1")
+RELU_FORMULATIONS = ("bigm", "ideal", "auto")
+# 2^n - 2 rows per neuron (14 at n = 4); larger n closed more of the root gap but slowed
+# HiGHS down in benchmarks/bench_ideal_relu.py (formulations/adversarial.md).
+DEFAULT_MAX_FAN_IN = 4
+MAX_FAN_IN_LIMIT = 16
 
 
 @dataclass(frozen=True)
@@ -158,9 +176,25 @@ def neuron_status(lower: np.ndarray, upper: np.ndarray, relu: bool) -> np.ndarra
     return st
 
 
+def check_relu_formulation(relu: str, max_fan_in: int | None) -> int:
+    """Validate the ReLU formulation options; return the fan-in threshold to use."""
+    check(isinstance(relu, str) and relu in RELU_FORMULATIONS, "The 'relu' parameter",
+          f"one of {RELU_FORMULATIONS}", relu,
+          "'bigm' is the default; 'auto' adds the ideal rows for small fan-in neurons.")
+    k = DEFAULT_MAX_FAN_IN if max_fan_in is None else max_fan_in
+    check(isinstance(k, (int, np.integer)) and not isinstance(k, bool)
+          and 1 <= k <= MAX_FAN_IN_LIMIT, "The 'max_fan_in' parameter",
+          f"an integer in [1, {MAX_FAN_IN_LIMIT}] (a neuron with fan-in n gets 2^n - 2 rows)",
+          max_fan_in)
+    return int(k)
+
+
 @dataclass
 class NetCols:
-    """Column indices of one network inside a model; -1 where no column exists."""
+    """Column indices of one network inside a model; -1 where no column exists.
+
+    ``fan_in``: per layer, the live non-fixed nonzero inputs of each unstable neuron (-1
+    elsewhere); ``ideal_neurons`` / ``ideal_rows``: what the ideal formulation added."""
 
     x: np.ndarray
     d: np.ndarray | None = None
@@ -168,6 +202,9 @@ class NetCols:
     z: list[np.ndarray] = field(default_factory=list)
     h: list[np.ndarray] = field(default_factory=list)
     s: list[np.ndarray] = field(default_factory=list)
+    fan_in: list[np.ndarray] = field(default_factory=list)
+    ideal_neurons: int = 0
+    ideal_rows: int = 0
 
 
 def add_input(b: ModelBuilder, region: Region, eps_variable: bool = False) -> NetCols:
@@ -271,16 +308,113 @@ def add_relu(b: ModelBuilder, z: np.ndarray, lower: np.ndarray, upper: np.ndarra
     return h, s
 
 
+_MASKS: dict[int, np.ndarray] = {}
+
+
+def _subsets(n: int) -> np.ndarray:
+    """All subsets of range(n) as a (2^n, n) bool array; row r is the set of r's bits."""
+    if n not in _MASKS:
+        _MASKS[n] = ((np.arange(2 ** n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
+    return _MASKS[n]
+
+
+def add_ideal_relu(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.ndarray,
+                   in_lower: np.ndarray, in_upper: np.ndarray, h: np.ndarray, s: np.ndarray,
+                   lower: np.ndarray, upper: np.ndarray, max_fan_in: int, strict: bool,
+                   tag: str) -> tuple[np.ndarray, int, int]:
+    """The ideal rows of Anderson et al. for the unstable neurons of one layer.
+
+    ``prev``: input columns (-1: constant 0); inputs lie in ``[in_lower, in_upper]``;
+    ``h``, ``s``: post-activation and binary columns (-1 where the neuron is stable).
+    For each unstable neuron with fan-in n (its nonzero weights on live inputs whose box
+    is not a point; a fixed input only adds a constant) and ``n <= max_fan_in``, adds the
+    rows of every subset I other than {} and supp(w) (none when n <= 1), as
+
+        h - sum_{i in I} w_i x_i - (b' + sum_{i in I} w_i L'_i + sum_{i not in I} w_i U'_i) s
+            <= -sum_{i in I} w_i L'_i        (b' = b + the fixed inputs' w_i x_i).
+
+    I = supp(w) and I = {} are the big-M rows with the box-implied bounds
+    l' = b' + sum w_i L'_i and u' = b' + sum w_i U'_i; they are added only where they
+    beat the big-M rows already present (l' > l or u' < u, e.g. with ``naive`` bounds).
+    With ``strict``, a neuron with n > max_fan_in is an error; otherwise it keeps big-M.
+    Returns (fan-in per neuron, -1 where stable; neurons given rows; rows added).
+    """
+    fan_in = np.full(W.shape[0], -1, dtype=np.int64)
+    un = np.flatnonzero(s >= 0)
+    if un.size == 0:
+        return fan_in, 0, 0
+    alive = prev >= 0
+    fixed = in_upper <= in_lower
+    ri, cj, vals, rhs, names = [], [], [], [], []
+    m = 0
+    neurons = 0
+    too_wide = []
+    for i in un:
+        w = W[i]
+        nz = (w != 0) & alive
+        var = np.flatnonzero(nz & ~fixed)
+        fx = np.flatnonzero(nz & fixed)
+        n = var.size
+        fan_in[i] = n
+        if n > max_fan_in:
+            too_wide.append((int(i), n))
+            continue
+        wv = w[var]
+        lo_c = np.where(wv >= 0, in_lower[var], in_upper[var])   # L'_i
+        up_c = np.where(wv >= 0, in_upper[var], in_lower[var])   # U'_i
+        const = float(bias[i] + w[fx] @ in_lower[fx])
+        masks = _subsets(n)
+        keep = np.ones(masks.shape[0], dtype=bool)
+        l_box = const + float(wv @ lo_c)
+        u_box = const + float(wv @ up_c)
+        keep[0] = u_box < upper[i] - 1e-9 * (1 + abs(upper[i]))          # I = {}
+        keep[-1] = l_box > lower[i] + 1e-9 * (1 + abs(lower[i]))         # I = supp(w)
+        rows = np.flatnonzero(keep)
+        if rows.size == 0:
+            continue
+        M = masks[rows]
+        wl = M @ (wv * lo_c)                      # sum_{i in I} w_i L'_i
+        wu = (~M) @ (wv * up_c)                   # sum_{i not in I} w_i U'_i
+        s_coef = -(const + wl + wu)
+        r_loc, c_loc = np.nonzero(M)
+        k = rows.size
+        ri += [m + np.arange(k), m + r_loc, m + np.arange(k)]
+        cj += [np.full(k, h[i]), prev[var][c_loc], np.full(k, s[i])]
+        vals += [np.ones(k), -wv[c_loc], s_coef]
+        rhs.append(-wl)
+        names += [f"{tag}_ideal{i}_{r}" for r in rows]
+        m += k
+        neurons += 1
+    if strict and too_wide:
+        i, n = max(too_wide, key=lambda t: t[1])
+        raise ValidationError(
+            f"relu='ideal' needs every unstable neuron's fan-in <= max_fan_in = {max_fan_in}; "
+            f"{len(too_wide)} neuron(s) of layer {tag} exceed it (widest: neuron {i}, fan-in "
+            f"{n}). Raise max_fan_in (2^n - 2 rows per neuron) or use relu='auto', which "
+            "keeps big-M for them.")
+    if m:
+        r, c, v = np.concatenate(ri), np.concatenate(cj), np.concatenate(vals)
+        nzv = v != 0.0
+        b.add_rows(r[nzv], c[nzv], v[nzv], -np.inf, np.concatenate(rhs), count=m, names=names)
+    return fan_in, neurons, m
+
+
 def add_network(b: ModelBuilder, net: Network, region: Region, lower: list[np.ndarray],
                 upper: list[np.ndarray], n_layers: int | None = None, relax: bool = False,
-                last_pre_activation: bool = False, eps_variable: bool = False) -> NetCols:
+                last_pre_activation: bool = False, eps_variable: bool = False,
+                relu: str = "bigm", max_fan_in: int | None = None) -> NetCols:
     """Input region plus layers ``0 .. n_layers-1`` (with their ReLUs). With
     ``last_pre_activation`` also the z columns of layer ``n_layers`` (all its neurons),
-    which is what bound tightening optimizes over."""
+    which is what bound tightening optimizes over. ``relu``, ``max_fan_in``: the ReLU
+    formulation of unstable neurons (module docstring; not with ``relax``)."""
+    k_max = check_relu_formulation(relu, max_fan_in)
+    check(not (relax and relu != "bigm"), "The 'relu' parameter", "'bigm' when relax=True "
+          "(the relaxation is the triangle, without binaries)", relu)
     L = len(net.layers)
     n_layers = L if n_layers is None else n_layers
     cols = add_input(b, region, eps_variable)
     prev = cols.x
+    in_lo, in_up = region.box()
     for k in range(n_layers):
         layer = net.layers[k]
         st = neuron_status(lower[k], upper[k], layer.relu)
@@ -288,10 +422,19 @@ def add_network(b: ModelBuilder, net: Network, region: Region, lower: list[np.nd
         need = st != 0 if not last else np.ones(layer.out_features, dtype=bool)
         z = add_affine(b, layer.W, layer.b, prev, need, lower[k], upper[k], f"L{k}")
         h, s = add_relu(b, z, lower[k], upper[k], st, relax, f"L{k}", force_cols=last)
+        if relu != "bigm":
+            fan, nn_, nr = add_ideal_relu(b, layer.W, layer.b, prev, in_lo, in_up, h, s,
+                                          lower[k], upper[k], k_max, relu == "ideal", f"L{k}")
+            cols.fan_in.append(fan)
+            cols.ideal_neurons += nn_
+            cols.ideal_rows += nr
         cols.z.append(z)
         cols.h.append(h)
         cols.s.append(s)
         prev = h
+        # the next layer's input box: [max(l, 0), max(u, 0)] after a ReLU, else [l, u]
+        in_lo, in_up = ((np.maximum(lower[k], 0.0), np.maximum(upper[k], 0.0)) if layer.relu
+                        else (lower[k], upper[k]))
     if last_pre_activation and n_layers < L:
         layer = net.layers[n_layers]
         need = np.ones(layer.out_features, dtype=bool)
@@ -313,6 +456,8 @@ class Encoding:
     cols: NetCols
     logit_cols: np.ndarray
     build_time_s: float
+    relu: str = "bigm"
+    max_fan_in: int | None = None
 
     def input_of(self, solution: np.ndarray) -> np.ndarray:
         return np.asarray(solution, dtype=np.float64)[self.cols.x]
@@ -339,19 +484,30 @@ class Encoding:
             "build_time_s": self.build_time_s,
             "bounds_time_s": self.bounds.time_s,
             "bounds_method": self.bounds.method,
+            "relu_formulation": self.relu,
+            "max_fan_in": self.max_fan_in,
+            "ideal_neurons": self.cols.ideal_neurons,
+            "ideal_rows": self.cols.ideal_rows,
         }
 
 
 def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
-           name: str = "attack") -> Encoding:
-    """The attack MIP of ``spec`` over ``region`` with the pre-activation ``bounds``."""
+           name: str = "attack", relu: str = "bigm", max_fan_in: int | None = None) -> Encoding:
+    """The attack MIP of ``spec`` over ``region`` with the pre-activation ``bounds``.
+
+    ``relu``: ``"bigm"`` (default), ``"ideal"`` (the ideal rows for every unstable neuron;
+    an error if one has fan-in > ``max_fan_in``) or ``"auto"`` (ideal rows where fan-in
+    <= ``max_fan_in``, big-M alone elsewhere); ``max_fan_in`` defaults to
+    ``DEFAULT_MAX_FAN_IN``. The choice is recorded in the metadata unless it is big-M.
+    """
     spec.validate(net.output_dim)
+    k_max = check_relu_formulation(relu, max_fan_in)
     t0 = time.perf_counter()
     obj = spec.objective
     sense = {"margin": "max", "min_distortion": "min", "decision": "min"}[obj]
     b = ModelBuilder(name=name, sense=sense)
     cols = add_network(b, net, region, bounds.lower, bounds.upper,
-                       eps_variable=obj == "min_distortion")
+                       eps_variable=obj == "min_distortion", relu=relu, max_fan_in=k_max)
     y = cols.h[-1]
     lo_out, up_out = bounds.output_range()
     t = int(spec.label)
@@ -389,7 +545,8 @@ def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
         if obj == "min_distortion":
             b.set_cost(np.array([cols.eps]), np.array([1.0]))
     model = b.build()
-    enc = Encoding(model, net, region, spec, bounds, cols, np.asarray(y), 0.0)
+    enc = Encoding(model, net, region, spec, bounds, cols, np.asarray(y), 0.0, relu,
+                   None if relu == "bigm" else k_max)
     enc.build_time_s = time.perf_counter() - t0
     model.metadata.update({
         "kind": "optprune.adversarial/1",
@@ -411,4 +568,8 @@ def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
         "x_columns": [int(cols.x[0]), int(cols.x[-1]) + 1],
         "logit_columns": [int(c) for c in y],
     })
+    if relu != "bigm":  # big-M sidecars stay byte-identical to those written before
+        model.metadata.update({"relu_formulation": relu, "max_fan_in": k_max,
+                               "ideal_neurons": cols.ideal_neurons,
+                               "ideal_rows": cols.ideal_rows})
     return enc

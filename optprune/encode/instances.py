@@ -32,7 +32,7 @@ from ..solve.model import write_json_atomic
 __all__ = ["SETS", "InstanceSet", "write_instance", "read_instance", "generate", "verify",
            "sha256_file", "load_manifest"]
 
-GENERATOR = "optprune.encode.instances/1"
+GENERATOR = "optprune.encode.instances/2"
 MANIFEST = "MANIFEST.json"
 
 

@@ -66,12 +66,59 @@ def test_bounds_hold_on_random_points(digits_mlp, norm, radius):
             assert np.all(z <= b.upper[k][None, :] + 1e-9), (m, k)
     # tighter methods never loosen (progressive ran under a total time limit here, so it
     # is compared with interval only; progressive within lp is checked on small nets below)
-    for tight in ("lp", "progressive"):
+    for loose, tight in (("interval", "symbolic"), ("symbolic", "lp"), ("interval", "progressive")):
         for k in range(len(net.layers)):
-            assert np.all(by_method[tight].lower[k] >= by_method["interval"].lower[k] - 1e-9)
-            assert np.all(by_method[tight].upper[k] <= by_method["interval"].upper[k] + 1e-9)
-    un = [by_method[m].unstable_count(net) for m in ("naive", "interval", "lp")]
-    assert un[0] >= un[1] >= un[2]
+            assert np.all(by_method[tight].lower[k] >= by_method[loose].lower[k] - 1e-9)
+            assert np.all(by_method[tight].upper[k] <= by_method[loose].upper[k] + 1e-9)
+    un = [by_method[m].unstable_count(net) for m in ("naive", "interval", "symbolic", "lp")]
+    assert un[0] >= un[1] >= un[2] >= un[3]
+    assert un[2] < un[1]  # back-substitution really tightens here
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_symbolic_concretization_is_exact(norm):
+    """The max of a linear function over the region (box, or L1 ball within the domain)
+    equals the LP optimum."""
+    from scipy.optimize import linprog
+
+    from optprune.encode.bounds import _max_linear
+    from optprune.encode.network import Layer, Network
+
+    rng = np.random.default_rng(11)
+    n = 12
+    net = Network([Layer(rng.normal(size=(3, n)), np.zeros(3), False)], (n,))
+    x0 = rng.random(n)
+    x0[:3] = [0.0, 1.0, 0.98]  # on and near the domain's faces
+    region = Region.make(net, x0, norm, 0.7)
+    A = rng.normal(size=(5, n))
+    got = _max_linear(A, region)
+    lo, hi = region.box()
+    for a, v in zip(A, got):
+        if norm == "linf":
+            r = linprog(-a, bounds=list(zip(lo, hi)), method="highs")
+        else:  # x = x0 + p - q, p, q >= 0, sum(p + q) <= r
+            c = np.r_[-a, a]
+            r = linprog(c, A_ub=np.ones((1, 2 * n)), b_ub=[0.7],
+                        bounds=[(0, hi[i] - x0[i]) for i in range(n)]
+                        + [(0, x0[i] - lo[i]) for i in range(n)], method="highs")
+            r.fun -= a @ x0
+        assert v == pytest.approx(-r.fun, abs=1e-9)
+
+
+def test_lp_bounds_time_limit_is_per_bound(digits_mlp):
+    """HiGHS's time_limit counts all run() calls of an instance; the limit must be
+    re-armed per bound, or every bound after the first lp_time_limit_s seconds is left
+    untightened. With a per-bound limit far above one LP's time, the bounds must not
+    depend on it."""
+    net_t, X, _ = digits_mlp
+    net = from_torch(net_t)
+    region = Region.make(net, X[3], "l1", 2.0)
+    ref = compute_bounds(net, region, "lp", lp_time_limit_s=60.0)
+    assert ref.lp_solves > 20
+    short = compute_bounds(net, region, "lp", lp_time_limit_s=ref.time_s / 8)
+    for k in range(len(net.layers)):
+        np.testing.assert_allclose(short.lower[k], ref.lower[k], atol=1e-7)
+        np.testing.assert_allclose(short.upper[k], ref.upper[k], atol=1e-7)
 
 
 def test_bounds_sound_on_random_sparse_networks(random_network):
