@@ -3,6 +3,9 @@
 * :mod:`.gates`: Compresso-style hard-concrete (L0) gates on heads, FFN channels and
   the hidden width of optprune's ViT, a Lagrangian sparsity target, LoRA (peft) on
   q and v; final masks by the method's own rounding or by exact allocation.
+* :mod:`.gates_bert`: the same gates on a BERT-family encoder (MiniLM): gate sites
+  for post-norm layers, hidden-width surgery, LoRA on query and value, and the exact
+  final allocation by enumerating counts.
 * :mod:`.progressive`: LoRAShear-style progressive pruning: groups from discovery,
   protected groups, the removal set chosen exactly, shrinking to exactly zero over
   a period, physical removal and recovery fine-tuning.
@@ -22,6 +25,9 @@ _MODULES = {
               "HardConcreteGate", "apply_gate_masks", "evaluate_masks", "exact_allocation",
               "own_rounding", "prune_hidden", "size_problem", "train_compresso",
               "vit_param_count"),
+    "gates_bert": ("BertGates", "ScatterHidden", "apply_bert_gate_masks", "bert_masks_params",
+                   "bert_param_count", "exact_allocation_by_counts", "prune_bert_hidden",
+                   "scoped_params", "train_compresso_bert"),
     "progressive": ("ProgressiveReport", "RemovalPlan", "add_lora", "fit", "max_reduction",
                     "merge_lora", "one_shot_prune", "plan_removal", "progressive_prune",
                     "progressive_shrink", "removal_masks", "shrink_factor"),
@@ -38,6 +44,9 @@ __all__ = ["BETA", "LIMIT_L", "LIMIT_R", "CompressoGates", "CompressoResult", "D
            "pretrained_digits_vit", "progressive_prune", "progressive_shrink", "prune_hidden",
            "removal_masks", "save_vit", "shrink_factor", "size_problem", "train_compresso",
            "vit_param_count", "vit_widths"]
+__all__ += ["BertGates", "ScatterHidden", "apply_bert_gate_masks", "bert_masks_params",
+            "bert_param_count", "exact_allocation_by_counts", "prune_bert_hidden",
+            "scoped_params", "train_compresso_bert"]
 assert set(__all__) == {*_LAZY, "TrainingDivergedError"}
 
 

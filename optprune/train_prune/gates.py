@@ -288,10 +288,24 @@ class CompressoGates(nn.Module):
         return {"hidden": eh, "heads": [g.prob_open().sum() for g in self.head],
                 "ffn": [g.prob_open().sum() for g in self.ffn]}
 
+    # The size model: a subclass for another architecture overrides these three.
+    def param_count(self, hidden: Any, heads: Any, ffn: Any) -> Any:
+        """N(H, h, f) for kept counts (numbers or tensors)."""
+        return vit_param_count(self.vit, hidden, heads, ffn)
+
+    def size_coefficients(self) -> dict[str, float]:
+        """The coefficients of N: const, hidden, head, ffn, hidden_head, hidden_ffn."""
+        return _size_coefficients(self.vit)
+
+    def slot_layers(self, b: int) -> tuple[str, str]:
+        """Layer names of block b's head and FFN slots (structure ids are
+        ``<layer>:head:<h>`` and ``<layer>:ffn:<j>``)."""
+        return f"blocks.{b}.attn", f"blocks.{b}.mlp.fc1"
+
     def expected_params(self) -> torch.Tensor:
         """E[N] of the module docstring (differentiable in every log_alpha)."""
         c = self.expected_counts()
-        return vit_param_count(self.vit, c["hidden"], c["heads"], c["ffn"])
+        return self.param_count(c["hidden"], c["heads"], c["ffn"])
 
     def dense_params(self) -> int:
         return int(sum(p.numel() for n, p in _base_named_params(self.vit)))
@@ -304,7 +318,7 @@ class CompressoGates(nn.Module):
         ``min_hidden`` hidden channels open."""
         dense = self.dense_params()
         h = min_hidden if self.use_hidden else self.hidden.n
-        least = vit_param_count(self.vit, float(h), [0] * len(self.head), [0] * len(self.ffn))
+        least = self.param_count(float(h), [0] * len(self.head), [0] * len(self.ffn))
         return 1.0 - float(least) / dense
 
     def fix(self, masks: GateMasks | None) -> None:
@@ -374,9 +388,8 @@ def size_problem(gates: CompressoGates, scores: dict[str, Any] | None = None,
     log P(z > 0) - log P(z = 0) (or ``scores``): the maximum over masks within the
     budget is then the most probable mask under the learned (independent) gates
     that meets the budget."""
-    vit = gates.vit
     s = scores or gates.scores()
-    c = _size_coefficients(vit)
+    c = gates.size_coefficients()
     ids, layers, kinds, sc, cost = [], [], [], [], []
     nh = gates.hidden.n
     ids += [f"hidden:{i}" for i in range(nh)]
@@ -384,27 +397,27 @@ def size_problem(gates: CompressoGates, scores: dict[str, Any] | None = None,
     kinds += ["hidden"] * nh
     sc += list(s["hidden"])
     cost += [c["hidden"]] * nh
-    for b, _blk in enumerate(vit.blocks):
+    for b in range(len(gates.head)):
+        attn, mlp = gates.slot_layers(b)
         hn = gates.head[b].n
-        ids += [f"blocks.{b}.attn:head:{h}" for h in range(hn)]
-        layers += [f"blocks.{b}.attn"] * hn
+        ids += [f"{attn}:head:{h}" for h in range(hn)]
+        layers += [attn] * hn
         kinds += ["head"] * hn
         sc += list(s["heads"][b])
         cost += [c["head"]] * hn
         fn = gates.ffn[b].n
-        ids += [f"blocks.{b}.mlp.fc1:ffn:{j}" for j in range(fn)]
-        layers += [f"blocks.{b}.mlp.fc1"] * fn
+        ids += [f"{mlp}:ffn:{j}" for j in range(fn)]
+        layers += [mlp] * fn
         kinds += ["ffn"] * fn
         sc += list(s["ffn"][b])
         cost += [c["ffn"]] * fn
     p = AllocationProblem(ids, layers, kinds, np.asarray(sc),
                           {"params": np.asarray(cost, dtype=np.float64)},
                           fixed_costs={"params": c["const"]}, name="compresso")
-    for b in range(len(vit.blocks)):
-        p.add_pair_cost("params", ("hidden", "hidden"), (f"blocks.{b}.attn", "head"),
-                        c["hidden_head"])
-        p.add_pair_cost("params", ("hidden", "hidden"), (f"blocks.{b}.mlp.fc1", "ffn"),
-                        c["hidden_ffn"])
+    for b in range(len(gates.head)):
+        attn, mlp = gates.slot_layers(b)
+        p.add_pair_cost("params", ("hidden", "hidden"), (attn, "head"), c["hidden_head"])
+        p.add_pair_cost("params", ("hidden", "hidden"), (mlp, "ffn"), c["hidden_ffn"])
     if gates.use_hidden:
         p.add_count_bounds("hidden", "hidden", min=min_hidden)
     else:
@@ -454,7 +467,7 @@ def exact_allocation(gates: CompressoGates, target: float, min_hidden: int = 1,
 def _check_target(gates: CompressoGates, target: float, min_hidden: int = 1) -> None:
     smax = gates.max_sparsity(min_hidden)
     check(isinstance(target, (int, float)) and math.isfinite(target) and 0 < target < smax,
-          "The sparsity 'target'", f"in (0, {smax:.4f}) (the most this ViT's gates can remove: "
+          "The sparsity 'target'", f"in (0, {smax:.4f}) (the most these gates can remove: "
           f"every head and FFN channel and all but {min_hidden} hidden channels)", target,
           "Lower the target.")
 
@@ -538,12 +551,16 @@ class CompressoResult:
     lambdas: tuple[float, float] = (0.0, 0.0)
     train_time_s: float = 0.0
 
+    def merged_model(self) -> nn.Module:
+        """A copy of the base model with the LoRA adapters merged in."""
+        model = copy.deepcopy(self.peft_model).merge_and_unload()
+        for p in model.parameters():  # the base was frozen for the gate training only
+            p.requires_grad_(True)
+        return model
+
     def merged_vit(self) -> ViT:
         """A copy of the ViT with the LoRA adapters merged into q and v."""
-        vit = copy.deepcopy(self.peft_model).merge_and_unload()
-        for p in vit.parameters():  # the base was frozen for the gate training only
-            p.requires_grad_(True)
-        return vit
+        return self.merged_model()
 
 
 def _snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -585,6 +602,33 @@ def train_compresso(vit: ViT, x: torch.Tensor, y: torch.Tensor, target: float, *
     pm = peft.get_peft_model(base, cfg)
     gates = CompressoGates(pm, init_log_alpha=init_log_alpha, seed=seed, hidden=hidden)
     _check_target(gates, target, min_hidden)
+    loss_fn = loss_fn or F.cross_entropy
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        out = pm(x[idx])
+        task = loss_fn(out, y[idx])
+        if teacher is not None and distill_weight > 0:
+            with torch.no_grad():
+                t_out = teacher(x[idx])
+            task = task + distill_weight * F.kl_div(
+                F.log_softmax(out, -1), F.log_softmax(t_out, -1), log_target=True,
+                reduction="batchmean")
+        return task
+
+    return lagrangian_train(pm, gates, batch_loss, x.shape[0], target, steps=steps,
+                            warmup_steps=warmup_steps, batch_size=batch_size, lr=lr,
+                            gate_lr=gate_lr, lambda_lr=lambda_lr, seed=seed,
+                            checkpoint_every=checkpoint_every, log_every=log_every)
+
+
+def lagrangian_train(pm: nn.Module, gates: CompressoGates, batch_loss: Callable, n: int,
+                     target: float, *, steps: int, warmup_steps: int, batch_size: int,
+                     lr: float, gate_lr: float, lambda_lr: float, seed: int = 0,
+                     checkpoint_every: int = 20, log_every: int = 10) -> CompressoResult:
+    """The training loop shared by every architecture's gates: AdamW on the trainable
+    parameters of ``pm`` (the LoRA adapters), the gates' log_alpha and the two
+    multipliers (gradient reversed), with ``batch_loss(idx)`` the task loss of the
+    rows ``idx`` of n training rows and the Lagrangian of the module docstring."""
     dense = gates.dense_params()
     lam = nn.Parameter(torch.zeros(2))
     lam.register_hook(lambda g: -g)  # gradient ascent on the multipliers
@@ -595,10 +639,9 @@ def train_compresso(vit: ViT, x: torch.Tensor, y: torch.Tensor, target: float, *
         {"params": [lam], "lr": lambda_lr, "weight_decay": 0.0},
     ])
     tracked = {f"lora.{i}": p for i, p in enumerate(lora_params)}
-    tracked.update({f"gate.{n}": p for n, p in gates.named_parameters()})
+    tracked.update({f"gate.{n_}": p for n_, p in gates.named_parameters()})
     tracked["lambda"] = lam
     good = _snapshot(tracked)
-    loss_fn = loss_fn or F.cross_entropy
     g = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     gates.attach()
@@ -607,15 +650,8 @@ def train_compresso(vit: ViT, x: torch.Tensor, y: torch.Tensor, target: float, *
     t0 = time.perf_counter()
     try:
         for step in range(steps):
-            idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
-            out = pm(x[idx])
-            task = loss_fn(out, y[idx])
-            if teacher is not None and distill_weight > 0:
-                with torch.no_grad():
-                    t_out = teacher(x[idx])
-                task = task + distill_weight * F.kl_div(
-                    F.log_softmax(out, -1), F.log_softmax(t_out, -1), log_target=True,
-                    reduction="batchmean")
+            idx = torch.randint(0, n, (batch_size,), generator=g)
+            task = batch_loss(idx)
             s = 1.0 - gates.expected_params() / dense
             t = target * min(1.0, (step + 1) / warmup_steps)
             lag = lam[0] * (s - t) + lam[1] * (s - t) ** 2
