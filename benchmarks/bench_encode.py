@@ -14,7 +14,7 @@ finished rows are skipped):
 
   (The OMLT comparison is benchmarks/bench_omlt.py.)
 
-  ablation: one network, bounds naive | interval | lp | progressive: binaries, stable
+  ablation: one network, bounds naive | interval | symbolic | lp | progressive: binaries, stable
       neurons, bound time, build time, solve time.
 
 Examples:
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", default="0,1,2")
     p.add_argument("--attacks", default="linf:0.05,l1:2")
     p.add_argument("--attack", default="l1:2", help="ablation: one attack")
-    p.add_argument("--methods", default="naive,interval,lp,progressive")
+    p.add_argument("--methods", default="naive,interval,symbolic,lp,progressive")
     p.add_argument("--objective", default="margin", choices=["margin", "decision"])
     p.add_argument("--keep", type=float, default=0.5)
     p.add_argument("--selections", default="layerwise",

@@ -11,15 +11,21 @@ minus true logit" margin attack; a targeted attack is used so that OMLT needs no
 max-encoding and both sides optimise the identical objective over the identical set.
 
 optprune: build = compute_bounds(method) + encode() (network -> LinearModel with its
-    bounds); solve = HiGHS run() (solve_encoding).
+    bounds) + passModel into HiGHS; solve = HiGHS run() (solve_encoding). --bounds takes
+    a list: "interval" builds on the same interval bounds OMLT computes (the like-for-like
+    build comparison), "lp" spends time on LP tightening to cut binaries.
 OMLT: build = NetworkDefinition from the same float64 weights + input bounds,
-    ReluBigMFormulation, OmltBlock + Pyomo ConcreteModel with the objective; the
-    Pyomo -> HiGHS translation (appsi set_instance) is reported separately; solve =
-    HiGHS run() on the translated model.
+    ReluBigMFormulation, OmltBlock + Pyomo ConcreteModel with the objective, + the
+    Pyomo -> HiGHS translation (appsi set_instance); solve = HiGHS run() on the
+    translated model.
+Build times are "network in, HiGHS holding the model" on both sides. --build-only skips
+the solves (for networks too large to solve, to measure the build ratio).
 Both: HiGHS default thread count (the pool is shared in one process; forcing threads=1
 after optprune's LP bounds made run() return an error), mip_rel_gap --gap, same time limit, seed 0.
 
-  python benchmarks/bench_omlt.py --archs 50x2,100x2 --images 0,1 --radius 0.05
+  python benchmarks/bench_omlt.py --archs 50x2,100x2 --images 0,1 --radius 0.05 \
+      --bounds interval,lp
+  python benchmarks/bench_omlt.py --archs 300x2,500x2,1000x2 --build-only --bounds interval
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ def gmean(v):
     return math.exp(sum(math.log(x) for x in v) / len(v))
 
 
-def run_optprune(net, x0, label, target, radius, method, gap, time_limit):
+def run_optprune(net, x0, label, target, radius, method, gap, time_limit, build_only=False):
     from optprune.encode import AttackSpec, Region, compute_bounds, encode, solve_encoding
     from optprune.solve import SolveOptions
+    from optprune.solve.backends.highs import new_highs, pass_model
 
     t0 = time.perf_counter()
     region = Region.make(net, x0, "linf", radius, (0.0, 1.0))
@@ -54,15 +61,23 @@ def run_optprune(net, x0, label, target, radius, method, gap, time_limit):
     b = compute_bounds(net, region, method)
     enc = encode(net, region, spec, b)
     build = time.perf_counter() - t0
+    st = enc.stats()
+    out = {"build": build, "bounds_time": b.time_s, "binaries": st["binaries"],
+           "unstable": st["unstable"], "solve": float("nan"), "obj": None, "bound": None,
+           "term": "not solved", "nodes": 0}
+    if build_only:
+        t1 = time.perf_counter()
+        pass_model(new_highs(), enc.model)
+        out["translate"] = time.perf_counter() - t1
+        return out
     opts = SolveOptions(time_limit_s=time_limit, seed=0, rel_gap=gap)
     r = solve_encoding(enc, "highs", opts)
-    st = enc.stats()
-    return {"build": build, "bounds_time": b.time_s, "solve": r.solve_time_s,
-            "obj": r.objective, "bound": r.bound, "term": r.termination,
-            "binaries": st["binaries"], "unstable": st["unstable"], "nodes": r.nodes}
+    out.update({"translate": r.build_time_s, "solve": r.solve_time_s, "obj": r.objective,
+                "bound": r.bound, "term": r.termination, "nodes": r.nodes})
+    return out
 
 
-def run_omlt(net, x0, label, target, radius, gap, time_limit):
+def run_omlt(net, x0, label, target, radius, gap, time_limit, build_only=False):
     import pyomo.environ as pyo
     from omlt import OmltBlock
     from omlt.neuralnet import NetworkDefinition, ReluBigMFormulation
@@ -93,6 +108,11 @@ def run_omlt(net, x0, label, target, radius, gap, time_limit):
     t1 = time.perf_counter()
     opt.set_instance(m)
     translate = time.perf_counter() - t1
+    nbin = sum(1 for v in m.component_data_objects(pyo.Var, descend_into=True)
+               if v.is_binary())
+    if build_only:
+        return {"build": build, "translate": translate, "solve": float("nan"), "obj": None,
+                "bound": None, "term": "not solved", "binaries": nbin, "nodes": 0}
     h = opt._solver_model  # the highspy.Highs object appsi built
     h.setOptionValue("output_flag", False)
     h.setOptionValue("random_seed", 0)
@@ -106,11 +126,13 @@ def run_omlt(net, x0, label, target, radius, gap, time_limit):
     status = h.modelStatusToString(h.getModelStatus())
     # appsi passes the objective with its own sense; read the value HiGHS reports
     obj = info.objective_function_value
-    nbin = sum(1 for v in m.component_data_objects(pyo.Var, descend_into=True)
-               if v.is_binary())
     return {"build": build, "translate": translate, "solve": solve, "obj": obj,
             "bound": info.mip_dual_bound, "term": status, "binaries": nbin,
             "nodes": int(info.mip_node_count)}
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or v != v else f"{v:.9g}"
 
 
 def main() -> None:
@@ -120,13 +142,17 @@ def main() -> None:
     p.add_argument("--images", default="0,1")
     p.add_argument("--radius", type=float, default=0.05)
     p.add_argument("--targets", default="runner-up", choices=["runner-up", "all"])
-    p.add_argument("--bounds", default="lp", help="optprune bounds method")
+    p.add_argument("--bounds", default="interval,lp", help="optprune bounds methods (list)")
     p.add_argument("--gap", type=float, default=1e-9, help="mip_rel_gap both sides")
     p.add_argument("--time-limit", type=float, default=300.0)
+    p.add_argument("--build-only", action="store_true", help="no solves: build times only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--json", default=None, help="write every record to this JSON file")
     args = p.parse_args()
 
+    import gc
+    import json
     import logging
 
     import torch
@@ -137,6 +163,7 @@ def main() -> None:
     from optprune.encode.prune import accuracy, digits_data, train_mlp
 
     torch.set_num_threads(1)
+    methods = args.bounds.split(",")
     data = digits_data(args.seed)
     Xte, yte = data[2], data[3]
     images = [int(i) for i in args.images.split(",")]
@@ -147,6 +174,8 @@ def main() -> None:
         acc = accuracy(model, Xte, yte)
         net = as_network(model, (64,))
         name = "64-" + "-".join(str(w) for w in arch) + "-10"
+        gc.collect()
+        gc.freeze()  # keep collector pauses out of the build timings (both sides)
         recs = []
         for i in images:
             x0, label = Xte[i].astype(np.float64), int(yte[i])
@@ -157,60 +186,76 @@ def main() -> None:
                 order = [c for c in np.argsort(-logits) if c != label]
                 targets = [int(order[0])]
             for c in targets:
-                op = run_optprune(net, x0, label, c, args.radius, args.bounds, args.gap,
-                                  args.time_limit)
-                om = run_omlt(net, x0, label, c, args.radius, args.gap, args.time_limit)
-                both_opt = op["term"] == "optimal" and om["term"] == "Optimal"
-                for d in (op, om):  # no incumbent (time limit): nan, not None
+                ops = {m: run_optprune(net, x0, label, c, args.radius, m, args.gap,
+                                       args.time_limit, args.build_only) for m in methods}
+                om = run_omlt(net, x0, label, c, args.radius, args.gap, args.time_limit,
+                              args.build_only)
+                for d in (*ops.values(), om):  # no incumbent (time limit): nan, not None
                     d["obj"] = float("nan") if d["obj"] is None else float(d["obj"])
                     d["bound"] = float("nan") if d["bound"] is None else float(d["bound"])
-                diff = abs(op["obj"] - om["obj"]) / max(1.0, abs(op["obj"]), abs(om["obj"]))
-                rec = {"arch": name, "image": i, "label": label, "target": c,
-                       "op": op, "om": om, "rel_diff": diff, "both_optimal": both_opt,
-                       "agree": both_opt and diff <= 1e-6}
+                rec = {"arch": name, "image": i, "label": label, "target": c, "om": om,
+                       "op": ops}
+                for m, op in ops.items():
+                    both = op["term"] == "optimal" and om["term"] == "Optimal"
+                    diff = abs(op["obj"] - om["obj"]) / max(1.0, abs(op["obj"]), abs(om["obj"]))
+                    rec[m] = {"both_optimal": both, "rel_diff": diff,
+                              "agree": both and diff <= 1e-6}
                 recs.append(rec)
-                print(f"{name} img {i} (label {label}) target {c}: "
-                      f"optprune build {op['build']:.3f}s (bounds {op['bounds_time']:.3f}s) "
-                      f"solve {op['solve']:.3f}s obj {op['obj']:.9g} bound {op['bound']:.9g} "
-                      f"[{op['term']}, "
-                      f"{op['binaries']} bin, {op['nodes']} nodes] | "
-                      f"OMLT build {om['build']:.3f}s + translate {om['translate']:.3f}s "
-                      f"solve {om['solve']:.3f}s obj {om['obj']:.9g} bound {om['bound']:.9g} "
-                      f"[{om['term']}, "
-                      f"{om['binaries']} bin, {om['nodes']} nodes] | rel diff {diff:.2e}",
-                      flush=True)
+                line = [f"{name} img {i} (label {label}) target {c}:"]
+                for m, op in ops.items():
+                    line.append(f"optprune[{m}] build {op['build']:.3f}s "
+                                f"(bounds {op['bounds_time']:.3f}s) +HiGHS "
+                                f"{op['translate']:.3f}s solve {op['solve']:.3f}s obj "
+                                f"{_fmt(op['obj'])} bound {_fmt(op['bound'])} [{op['term']}, "
+                                f"{op['binaries']} bin, {op['nodes']} nodes] |")
+                line.append(f"OMLT build {om['build']:.3f}s +HiGHS {om['translate']:.3f}s "
+                            f"solve {om['solve']:.3f}s obj {_fmt(om['obj'])} bound "
+                            f"{_fmt(om['bound'])} [{om['term']}, {om['binaries']} bin, "
+                            f"{om['nodes']} nodes]")
+                print(" ".join(line), flush=True)
+        gc.unfreeze()
         rows.append((name, acc, recs))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{"arch": n, "test_accuracy": acc, "records": r} for n, acc, r in rows],
+                      f, indent=1, default=float)
 
     print()
-    print(f"optprune.encode ({args.bounds} bounds) vs OMLT (ReluBigMFormulation, interval "
-          f"bounds), digits MLPs seed {args.seed}, images {images}, L-inf r={args.radius:g}, "
-          f"targeted margin max y_c - y_t (c = {args.targets}); HiGHS default threads, "
-          f"mip_rel_gap {args.gap:g}; geometric means over the {len(images)} images x targets")
-    print("| network | test acc | n | binaries optprune / OMLT | build optprune (s) | "
-          "build OMLT (s) [+ to HiGHS] | build ratio | solve optprune (s) | solve OMLT (s) | "
-          "solve ratio | optima agree (max rel diff) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"optprune.encode vs OMLT (ReluBigMFormulation, interval bounds), digits MLPs seed "
+          f"{args.seed}, images {images}, L-inf r={args.radius:g}, targeted margin "
+          f"max y_c - y_t (c = {args.targets}); HiGHS default threads, mip_rel_gap "
+          f"{args.gap:g}, limit {args.time_limit:g} s; build = network in, HiGHS holding the "
+          f"model; geometric means over the {len(images)} images x targets; ratios OMLT / "
+          f"optprune")
+    print("| network | test acc | n | optprune bounds | binaries optprune / OMLT | "
+          "build optprune (s) | build OMLT (s) | build ratio | solve optprune (s) | "
+          "solve OMLT (s) | solve ratio | optima agree (max rel diff) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, acc, recs in rows:
-        bo = gmean([r["op"]["build"] for r in recs])
-        bm = gmean([r["om"]["build"] for r in recs])
-        tm = gmean([r["om"]["translate"] for r in recs])
-        so = gmean([r["op"]["solve"] for r in recs])
-        sm = gmean([r["om"]["solve"] for r in recs])
-        nb = (np.mean([r["op"]["binaries"] for r in recs]),
-              np.mean([r["om"]["binaries"] for r in recs]))
-        agree = sum(r["agree"] for r in recs)
-        md = max(r["rel_diff"] for r in recs)
-        to_o = sum(r["op"]["term"] != "optimal" for r in recs)
+        bm = gmean([r["om"]["build"] + r["om"]["translate"] for r in recs])
+        sm = gmean([r["om"]["solve"] for r in recs]) if not args.build_only else None
         to_m = sum(r["om"]["term"] != "Optimal" for r in recs)
-        sto = f" ({to_o} time-outs)" if to_o else ""
-        stm = f" ({to_m} time-outs)" if to_m else ""
-        ratio = "n/a" if to_o == len(recs) and to_m == len(recs) else f"{sm / so:.1f}x"
-        nboth = sum(r["both_optimal"] for r in recs)
-        ag = (f"{agree}/{len(recs)} ({md:.1e})" if nboth else
-              f"0/{len(recs)}: not solved (incumbents differ by {md:.1e})")
-        print(f"| {name} | {acc:.4f} | {len(recs)} | {nb[0]:.0f} / {nb[1]:.0f} | {bo:.3f} | "
-              f"{bm:.3f} [+{tm:.3f}] | {bm / bo:.1f}x | {so:.3f}{sto} | {sm:.3f}{stm} | "
-              f"{ratio} | {ag} |")
+        for m in methods:
+            bo = gmean([r["op"][m]["build"] + r["op"][m]["translate"] for r in recs])
+            nb = (np.mean([r["op"][m]["binaries"] for r in recs]),
+                  np.mean([r["om"]["binaries"] for r in recs]))
+            if args.build_only:
+                solve_cols = "- | - | - | -"
+            else:
+                so = gmean([r["op"][m]["solve"] for r in recs])
+                to_o = sum(r["op"][m]["term"] != "optimal" for r in recs)
+                sto = f" ({to_o} time-outs)" if to_o else ""
+                stm = f" ({to_m} time-outs)" if to_m else ""
+                ratio = ("n/a" if to_o == len(recs) and to_m == len(recs)
+                         else f"{sm / so:.1f}x")
+                agree = sum(r[m]["agree"] for r in recs)
+                nboth = sum(r[m]["both_optimal"] for r in recs)
+                md = max((r[m]["rel_diff"] for r in recs if r[m]["both_optimal"]), default=0.0)
+                ag = (f"{agree}/{nboth} proven on both ({md:.1e})" if nboth else
+                      f"0/{len(recs)} proven on both")
+                solve_cols = f"{so:.3f}{sto} | {sm:.3f}{stm} | {ratio} | {ag}"
+            print(f"| {name} | {acc:.4f} | {len(recs)} | {m} | {nb[0]:.0f} / {nb[1]:.0f} | "
+                  f"{bo:.4f} | {bm:.3f} | {bm / bo:.1f}x | {solve_cols} |")
 
 
 if __name__ == "__main__":
