@@ -141,7 +141,8 @@ def _mlp_params(widths: Sequence[int]) -> int:
 
 
 def _exact_keep(model: Any, budget_params: int, importance: str, data: tuple | None,
-                time_limit_s: float | None) -> tuple[list[np.ndarray], dict]:
+                time_limit_s: float | None, min_keep: int | float = 1
+                ) -> tuple[list[np.ndarray], dict]:
     import torch
 
     from ..nn.pruning import build_problem
@@ -168,7 +169,7 @@ def _exact_keep(model: Any, budget_params: int, importance: str, data: tuple | N
         raise ValidationError(f"The 'importance' of the exact neuron selection must be "
                               f"'norm_product' or 'taylor', got {importance!r}.")
     frac = budget_params / structures.dense_params
-    p, _ = build_problem(structures, scores, frac, None, None, 1, False, None,
+    p, _ = build_problem(structures, scores, frac, None, None, min_keep, False, None,
                          name="encode-neurons")
     r = allocate(p, backend="highs", time_limit_s=time_limit_s, rel_gap=1e-9, baselines=False)
     if r.keep is None:
@@ -186,9 +187,14 @@ def _exact_keep(model: Any, budget_params: int, importance: str, data: tuple | N
 def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise", *,
                   budget_params: int | None = None, importance: str = "norm_product",
                   data: tuple | None = None, time_limit_s: float | None = 60.0,
-                  return_info: bool = False) -> Any:
+                  min_keep: int | float = 1, return_info: bool = False) -> Any:
     """A new, physically smaller ``nn.Sequential`` keeping the best neurons (module
-    docstring). ``return_info`` also returns the allocation's proof (exact only)."""
+    docstring). ``return_info`` also returns the allocation's proof (exact only).
+
+    ``min_keep`` (exact only): the fewest neurons any hidden layer keeps (an int, or a
+    float fraction of its width). The default 1 lets the solver make a layer as narrow as
+    the scores say, which with norm-product scores can mean a bottleneck of one neuron
+    (``benchmarks/BENCHMARKS.md``, dense vs pruned)."""
     import torch
     from torch import nn
 
@@ -203,7 +209,8 @@ def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise"
         if budget_params is None:
             widths = [len(k) for k in _layerwise_keep(model, keep_fraction)]
             budget_params = _mlp_params([lin[0].in_features, *widths, lin[-1].out_features])
-        keep_idx, info = _exact_keep(model, int(budget_params), importance, data, time_limit_s)
+        keep_idx, info = _exact_keep(model, int(budget_params), importance, data, time_limit_s,
+                                     min_keep)
     new: list[nn.Module] = []
     prev = None
     for k, L in enumerate(lin):

@@ -78,3 +78,11 @@ def test_bad_input(digits_mlp, kw, match):
 def test_not_an_mlp():
     with pytest.raises(OptpruneError, match="nn.Sequential"):
         prune_neurons(torch.nn.Linear(3, 2), 0.5)
+
+
+def test_exact_min_keep_bounds_every_layer(digits_mlp):
+    net, _, _ = digits_mlp
+    held, info = prune_neurons(net, 0.3, "exact", min_keep=0.25, return_info=True)
+    assert min(_widths(held)) >= 8  # ceil(0.25 * 30)
+    assert _params(held) <= _params(prune_neurons(net, 0.3))
+    assert info["status"] == "optimal"
