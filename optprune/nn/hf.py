@@ -94,6 +94,15 @@ def load_minilm() -> tuple[nn.Module, Any]:
 
 
 # ----------------------------------------------------------------- model access
+def base_model_hint(model: nn.Module) -> str:
+    """" Pass the base model instead: model.bert." when ``model`` wraps a BERT-family
+    base model (a task head such as BertForSequenceClassification), else ""."""
+    for attr in ("bert", "roberta", "base_model"):
+        if isinstance(getattr(getattr(model, attr, None), "encoder", None), nn.Module):
+            return f" Pass the base model instead: model.{attr}."
+    return ""
+
+
 def _layers(model: nn.Module) -> list[nn.Module]:
     """The encoder layers of a BERT-family base model, checked up front; every
     problem of every layer is reported at once."""
@@ -102,14 +111,9 @@ def _layers(model: nn.Module) -> list[nn.Module]:
     enc = getattr(model, "encoder", None)
     layers = getattr(enc, "layer", None)
     if not isinstance(layers, nn.ModuleList):
-        hint = ""
-        for attr in ("bert", "roberta", "base_model"):
-            if isinstance(getattr(getattr(model, attr, None), "encoder", None), nn.Module):
-                hint = f" Pass the base model instead: model.{attr}."
-                break
         raise UnsupportedModuleError(
             f"{type(model).__name__} has no 'encoder.layer' ModuleList, so it is not a "
-            f"BERT-family base model.{hint}")
+            f"BERT-family base model.{base_model_hint(model)}")
     problems = []
     for i, layer in enumerate(layers):
         att = getattr(layer, "attention", None)

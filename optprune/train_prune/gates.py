@@ -199,14 +199,22 @@ class CompressoGates(nn.Module):
                  hidden: bool = True) -> None:
         super().__init__()
         vit = _vit_blocks(model)
+        self._init_gates(vit, vit.blocks[0].attn.head_dim, vit.patch_embed.out_channels,
+                         [b.attn.num_heads for b in vit.blocks],
+                         [b.mlp.fc1.out_features for b in vit.blocks], init_log_alpha, seed,
+                         hidden)
+
+    def _init_gates(self, model: nn.Module, head_dim: int, dim: int, heads: list[int],
+                    ffn: list[int], init_log_alpha: float, seed: int, hidden: bool) -> None:
+        """The gate vectors of any model family: one per layer for its heads and for its
+        FFN channels, one for the hidden width (fixed open unless ``hidden``)."""
         gen = torch.Generator().manual_seed(seed)
-        self._vit = [vit]  # a list keeps the ViT out of this module's parameters
-        self.head_dim = vit.blocks[0].attn.head_dim
-        self.head = nn.ModuleList([HardConcreteGate(b.attn.num_heads, init_log_alpha,
-                                                    generator=gen) for b in vit.blocks])
-        self.ffn = nn.ModuleList([HardConcreteGate(b.mlp.fc1.out_features, init_log_alpha,
-                                                   generator=gen) for b in vit.blocks])
-        dim = vit.patch_embed.out_channels
+        self._vit = [model]  # a list keeps the model out of this module's parameters
+        self.head_dim = int(head_dim)
+        self.head = nn.ModuleList([HardConcreteGate(h, init_log_alpha, generator=gen)
+                                   for h in heads])
+        self.ffn = nn.ModuleList([HardConcreteGate(f, init_log_alpha, generator=gen)
+                                  for f in ffn])
         self.use_hidden = hidden
         self.hidden = HardConcreteGate(dim, init_log_alpha, generator=gen)
         if not hidden:

@@ -77,8 +77,9 @@ from torch import nn
 
 from .._extras import require
 from ..errors import InfeasibleProblemError, UnsupportedModuleError, check
-from .gates import (CompressoGates, CompressoResult, GateMasks, HardConcreteGate,
-                    _base_named_params, _check_target, lagrangian_train, size_problem)
+from ..nn.hf import base_model_hint
+from .gates import (CompressoGates, CompressoResult, GateMasks, _base_named_params,
+                    _check_target, lagrangian_train, size_problem)
 
 __all__ = ["BERT_SCOPES", "BertGates", "ScatterHidden", "apply_bert_gate_masks",
            "bert_masks_params", "bert_param_count", "exact_allocation_by_counts",
@@ -106,15 +107,10 @@ def _bert_model(model: nn.Module, gates: bool = False) -> nn.Module:
     layers = getattr(getattr(bert, "encoder", None), "layer", None)
     if not isinstance(layers, nn.ModuleList) or not isinstance(
             getattr(bert, "embeddings", None), nn.Module):
-        hint = ""
-        for attr in ("bert", "roberta", "base_model"):
-            if isinstance(getattr(getattr(bert, attr, None), "encoder", None), nn.Module):
-                hint = f" Pass the base model instead: model.{attr}."
-                break
         raise UnsupportedModuleError(
             f"BERT gates attach to a BERT-family base model (transformers.BertModel: "
             f"'embeddings' and an 'encoder.layer' ModuleList); got {type(model).__name__}."
-            f"{hint}")
+            f"{base_model_hint(bert)}")
     problems: list[str] = []
 
     def need(path: str, mod: Any, kind: type, bias: bool = True) -> None:
@@ -244,22 +240,10 @@ class BertGates(CompressoGates):
         nn.Module.__init__(self)
         _check_scope(scope)
         bert = _bert_model(model, gates=True)
-        gen = torch.Generator().manual_seed(seed)
-        self._vit = [bert]  # a list keeps the model out of this module's parameters
         self.scope = scope
-        self.head_dim = int(bert.encoder.layer[0].attention.self.attention_head_size)
         dim, heads, ffn = _widths(bert)
-        self.head = nn.ModuleList([HardConcreteGate(h, init_log_alpha, generator=gen)
-                                   for h in heads])
-        self.ffn = nn.ModuleList([HardConcreteGate(f, init_log_alpha, generator=gen)
-                                  for f in ffn])
-        self.use_hidden = hidden
-        self.hidden = HardConcreteGate(dim, init_log_alpha, generator=gen)
-        if not hidden:
-            self.hidden.fix(np.ones(dim))
-        self._handles: list[Any] = []
-        self._z: dict[str, Any] = {}
-        self.generator = torch.Generator().manual_seed(seed)
+        self._init_gates(bert, bert.encoder.layer[0].attention.self.attention_head_size, dim,
+                         heads, ffn, init_log_alpha, seed, hidden)
         self._coef = _size_coefficients(bert, scope)
         dense, formula = self.dense_params(), _count(self._coef, dim, heads, ffn)
         if abs(formula - dense) > 0.5:
