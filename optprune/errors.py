@@ -32,6 +32,11 @@ class SolverError(OptpruneError, RuntimeError):
     """A solver failed in a way that is not a limit, infeasibility or unboundedness."""
 
 
+class SolutionMismatchError(OptpruneError, RuntimeError):
+    """A solver's answer, checked against the problem it was meant to solve, breaks a
+    constraint or is worth other than the solver reported. Never returned as a result."""
+
+
 class TrainingDivergedError(OptpruneError, RuntimeError):
     """A loss (or gradient, or parameter) became NaN or infinite. The model was reset to
     its last good checkpoint, which the error carries: ``checkpoint`` (name -> tensor),

@@ -10,8 +10,14 @@
 * ``uniform``: one keep ratio for every slot (top structures of each slot by
   score), the largest ratio whose rounded widths fit every budget.
 
-Each baseline reports its retained importance, its usage and every constraint it
-breaks; none of them is guaranteed feasible (that is the point of comparing).
+No rule keeps a structure of negative score (keeping it lowers the importance
+and only costs). A slot with slot values ranks its members by the marginal value of
+its curve (``values`` interpolated over the forbidden widths) and keeps the first k of
+its order, k lowered to the allowed width of highest value at most k.
+
+Each baseline reports its retained importance (with the slot values), its usage and
+every constraint it breaks; none of them is guaranteed feasible (that is the point
+of comparing).
 """
 
 from __future__ import annotations
@@ -128,6 +134,47 @@ def _walk(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bool) -
     return keep
 
 
+def effective_scores(p: AllocationProblem) -> np.ndarray:
+    """Per structure, the score the rules rank by: its own score, or in a slot with
+    values the marginal value of its position along the slot's order (the curve
+    interpolated linearly over forbidden widths, held flat beyond the allowed ones)."""
+    eff = p.score.copy()
+    for s in p.slot_values:
+        curve = p.slot_curve(s)
+        ks = np.arange(curve.size)
+        ok = np.isfinite(curve)
+        filled = np.interp(ks, ks[ok], curve[ok])
+        eff[p.slot_order(s)] = np.diff(filled)
+    return eff
+
+
+def _best_width(p: AllocationProblem, s, k: int) -> int:
+    """The width of highest value at most ``k`` among multiples of the slot's
+    multiple (and widths its values allow); ties go to the smaller width. ``k``
+    rounded down to the multiple when no width qualifies."""
+    _, _, m, _ = p.slot_count_range(s)
+    curve = p.slot_curve(s)
+    ks = np.arange(0, k + 1, m)
+    ks = ks[np.isfinite(curve[ks])]
+    if ks.size == 0:
+        return (k // m) * m
+    return int(ks[np.argmax(curve[ks])])
+
+
+def _finish_valued(p: AllocationProblem, keep: np.ndarray) -> np.ndarray:
+    """A slot with values keeps the first k of its order, k its best width at
+    most the count the rule chose."""
+    if not p.slot_values:
+        return keep
+    keep = keep.copy()
+    for s in p.slot_values:
+        idx = p.slot_order(s)
+        k = _best_width(p, s, int(keep[idx].sum()))
+        keep[idx] = False
+        keep[idx[:k]] = True
+    return keep
+
+
 def _round_down(p: AllocationProblem, keep: np.ndarray) -> np.ndarray:
     """Per slot, keep the top ``floor(count / m) * m`` of the kept structures."""
     out = np.zeros_like(keep)
@@ -137,43 +184,49 @@ def _round_down(p: AllocationProblem, keep: np.ndarray) -> np.ndarray:
         k = (kept.size // m) * m
         kept = kept[np.lexsort((kept, -p.score[kept]))][:k]
         out[kept] = True
-    return out
+    return _finish_valued(p, out)
 
 
-def _by_score(p: AllocationProblem) -> np.ndarray:
-    return np.lexsort((np.arange(p.n), -p.score))
+def _by_score(eff: np.ndarray) -> np.ndarray:
+    """Structures of non-negative score by decreasing score (ties by index)."""
+    order = np.lexsort((np.arange(eff.size), -eff))
+    return order[eff[order] >= 0]
 
 
 def topk_rounded(p: AllocationProblem) -> np.ndarray:
-    return _round_down(p, _walk(p, _by_score(p), stop_at_first_misfit=True))
+    return _round_down(p, _walk(p, _by_score(effective_scores(p)), stop_at_first_misfit=True))
 
 
 def score_fill(p: AllocationProblem) -> np.ndarray:
-    return _walk(p, _by_score(p), stop_at_first_misfit=False)
+    keep = _walk(p, _by_score(effective_scores(p)), stop_at_first_misfit=False)
+    return _finish_valued(p, keep)
 
 
 def density_greedy(p: AllocationProblem) -> np.ndarray:
+    eff = effective_scores(p)
     limits = [r for r, _, hi in p.budget_limits() if math.isfinite(hi)]
     if limits:
         cost = p.costs[limits[0]]
         with np.errstate(divide="ignore", invalid="ignore"):
-            dens = np.where(cost > 0, p.score / np.where(cost > 0, cost, 1.0), np.inf)
+            dens = np.where(cost > 0, eff / np.where(cost > 0, cost, 1.0),
+                            np.where(eff >= 0, np.inf, -np.inf))
         order = np.lexsort((np.arange(p.n), -dens))
+        order = order[eff[order] >= 0]
     else:
-        order = _by_score(p)
+        order = _by_score(eff)
     return _round_down(p, _walk(p, order, stop_at_first_misfit=False))
 
 
 def uniform(p: AllocationProblem) -> np.ndarray:
-    slots = p.slots()
-    ranked = {s: idx[np.lexsort((idx, -p.score[idx]))] for s, idx in slots.items()}
-    mult = {s: p.slot_count_range(s)[2] for s in slots}
+    """Per slot, the first floor(ratio * width) of its order, lowered to the best
+    allowed multiple (never a negative tail)."""
+    ranked = {s: p.slot_order(s) for s in p.slots()}
 
     def keep_at(ratio: float) -> np.ndarray:
         keep = np.zeros(p.n, dtype=bool)
         for s, order in ranked.items():
             k = int(math.floor(ratio * order.size + 1e-9))
-            keep[order[:(k // mult[s]) * mult[s]]] = True
+            keep[order[:_best_width(p, s, k)]] = True
         return keep
 
     def fits(keep: np.ndarray) -> bool:

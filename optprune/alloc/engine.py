@@ -6,14 +6,15 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InfeasibleProblemError, ValidationError
+from ..errors import InfeasibleProblemError, SolutionMismatchError, ValidationError
 from ..solve import SolveOptions, SolveResult, get_backend
-from ..solve.result import Termination
+from ..solve.result import Termination, relative_gap
 from .baselines import BaselineResult, run_baselines
 from .formulate import Formulation, formulate
 from .problem import AllocationProblem
@@ -125,38 +126,129 @@ def allocate(
     baselines: compute the baseline rules on the same instance (True, False or
         a list of names); the best feasible one also warm-starts the solver.
     A time limit without a solution returns a result with ``keep=None``; an
-    infeasible problem raises InfeasibleProblemError naming the conflict.
+    infeasible problem raises InfeasibleProblemError naming the conflict. The
+    returned keep set is checked against the problem (every constraint, and the
+    objective the solver reported); a mismatch raises SolutionMismatchError.
     """
-    t_start = time.perf_counter()
-    if objective is not None:
-        problem = copy.copy(problem)
-        if objective == "max_importance":
-            problem.set_objective("max_importance")
-        elif isinstance(objective, tuple) and len(objective) == 2 and objective[0] == "min":
-            problem.set_objective("min_resource", objective[1], importance_floor, relative=True)
-        else:
-            raise ValidationError(
-                f"The 'objective' must be 'max_importance' or ('min', RESOURCE); got {objective!r}."
-            )
-    be = get_backend(backend)
-    problem.diagnose()
-    base: dict[str, BaselineResult] = {}
-    if baselines and problem.objective.kind == "max_importance":
-        base = run_baselines(problem, None if baselines is True else list(baselines))
-    t0 = time.perf_counter()
-    form = formulate(problem, formulation, integer_pairs=backend == "cpsat")
-    build = time.perf_counter() - t0
-    start = None
-    if warm_start and be.supports_warm_start and base:
-        feas = [b for b in base.values() if b.feasible]
-        if feas:
-            best = max(feas, key=lambda b: b.objective)
-            start = form.encode(best.keep, problem)
-    res = _solve_phased(be, form, backend, time_limit_s, rel_gap, threads, seed, log, start)
-    res = _with_build_time(res, build)
-    if res.termination in (Termination.INFEASIBLE, Termination.INFEASIBLE_OR_UNBOUNDED):
-        raise InfeasibleProblemError(explain_infeasible(problem, backend))
-    return _result(problem, form, res, base, time.perf_counter() - t_start)
+    run = _Run(problem, backend, time_limit_s, rel_gap, threads, seed, log, formulation,
+               objective, importance_floor, baselines, warm_start)
+    return run.next()
+
+
+def allocate_k_best(problem: AllocationProblem, k: int, **allocate_kwargs: Any
+                    ) -> list[AllocationResult]:
+    """The ``k`` best distinct keep masks, best first.
+
+    The i-th is optimal (within ``rel_gap``) among the masks other than the first
+    i - 1: after each solve, a no-good cut on the model's selection binaries (one per
+    structure, or the chosen width of a width-mode slot) removes exactly that mask,
+    and the model is solved again. Fewer than ``k`` feasible masks: all of them are
+    returned, with a warning saying how many exist. A solve that stops at the time
+    limit (which covers the whole call) ends the list with its unproven result.
+    ``allocate_kwargs`` are those of :func:`allocate`.
+
+    The width formulation represents only the best k-subset of each width, which is
+    enough for the optimum but not for the runners-up (the second best mask may
+    swap one member of a slot), so every slot without slot values gets one binary
+    per structure here (``formulation`` "auto" or "structure"; "width" is refused).
+    A slot with values is defined by its width, so its masks are exactly its widths.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValidationError(f"The 'k' of allocate_k_best must be a positive integer; got {k!r}.")
+    if allocate_kwargs.get("formulation", "auto") not in ("auto", "structure"):
+        raise ValidationError(
+            "allocate_k_best ranks keep masks, which the width formulation cannot all "
+            f"represent; use formulation='auto' or 'structure' (got "
+            f"{allocate_kwargs['formulation']!r}).")
+    run = _Run(problem, **{**allocate_kwargs, "formulation": "structure"})
+    out: list[AllocationResult] = []
+    for i in range(int(k)):
+        try:
+            r = run.next()
+        except InfeasibleProblemError:
+            if i == 0:
+                raise
+            warnings.warn(f"Only {i} distinct keep masks satisfy every constraint; "
+                          f"allocate_k_best returns those {i} of the {k} asked for.",
+                          UserWarning, stacklevel=2)
+            break
+        out.append(r)
+        if r.keep is None or not r.solve.is_optimal:
+            if i + 1 < k:
+                warnings.warn(f"allocate_k_best stopped after {i + 1} of {k} masks: solve "
+                              f"{i + 1} ended '{r.termination.value}' without a proof.",
+                              UserWarning, stacklevel=2)
+            break
+        run.exclude(r)
+    return out
+
+
+class _Run:
+    """One formulated problem, solved once or repeatedly with masks excluded."""
+
+    def __init__(self, problem: AllocationProblem, backend: str = "highs",
+                 time_limit_s: float | None = None, rel_gap: float = 1e-6,
+                 threads: int | None = None, seed: int = 0, log: bool = False,
+                 formulation: str = "auto", objective: str | tuple[str, str] | None = None,
+                 importance_floor: float | None = None,
+                 baselines: bool | Sequence[str] = True, warm_start: bool = True) -> None:
+        self.t_start = time.perf_counter()
+        if objective is not None:
+            problem = copy.copy(problem)
+            if objective == "max_importance":
+                problem.set_objective("max_importance")
+            elif isinstance(objective, tuple) and len(objective) == 2 and objective[0] == "min":
+                problem.set_objective("min_resource", objective[1], importance_floor,
+                                      relative=True)
+            else:
+                raise ValidationError(
+                    "The 'objective' must be 'max_importance' or ('min', RESOURCE); got "
+                    f"{objective!r}.")
+        self.problem = problem
+        self.backend = backend
+        self.be = get_backend(backend)
+        self.time_limit_s = time_limit_s
+        self.rel_gap, self.threads, self.seed, self.log = rel_gap, threads, seed, log
+        problem.diagnose()
+        self.base: dict[str, BaselineResult] = {}
+        if baselines and problem.objective.kind == "max_importance":
+            self.base = run_baselines(problem, None if baselines is True else list(baselines))
+        t0 = time.perf_counter()
+        self.form = formulate(problem, formulation, integer_pairs=backend == "cpsat")
+        self.build_s = time.perf_counter() - t0
+        self.warm_start = warm_start and self.be.supports_warm_start
+        self.solved = 0
+
+    def _start(self) -> np.ndarray | None:
+        if not self.warm_start:
+            return None
+        feas = sorted((b for b in self.base.values() if b.feasible),
+                      key=lambda b: b.objective, reverse=True)
+        for b in feas:  # the best baseline the no-good cuts have not excluded
+            x = self.form.encode(b.keep, self.problem)
+            if x is not None:
+                return x
+        return None
+
+    def next(self) -> AllocationResult:
+        t0 = time.perf_counter()
+        limit = self.time_limit_s
+        if limit is not None:
+            limit = max(limit - (t0 - self.t_start), 1e-3)
+        res = _solve_phased(self.be, self.form, self.backend, limit, self.rel_gap, self.threads,
+                            self.seed, self.log, self._start())
+        if self.solved == 0:
+            res = _with_build_time(res, self.build_s)
+        self.solved += 1
+        if res.termination in (Termination.INFEASIBLE, Termination.INFEASIBLE_OR_UNBOUNDED):
+            if self.solved > 1:
+                raise InfeasibleProblemError("Every feasible keep mask is excluded.")
+            raise InfeasibleProblemError(explain_infeasible(self.problem, self.backend))
+        return _result(self.problem, self.form, res, self.base,
+                       time.perf_counter() - (self.t_start if self.solved == 1 else t0))
+
+    def exclude(self, r: AllocationResult) -> None:
+        self.form.exclude(self.form.selection(r.solve.x))
 
 
 def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, threads, seed,
@@ -209,9 +301,38 @@ def _with_build_time(res: SolveResult, formulate_s: float) -> SolveResult:
     return dataclasses.replace(res, build_time_s=res.build_time_s + formulate_s)
 
 
+def verify(problem: AllocationProblem, form: Formulation, res: SolveResult
+           ) -> tuple[np.ndarray | None, SolveResult]:
+    """The keep mask of ``res`` checked against ``problem``: it must break no
+    constraint and be worth what the solver reported (relative 1e-6). The result
+    then carries the problem's own evaluation of the mask as its objective."""
+    if res.x is None:
+        return None, res
+    keep = form.decode(res.x)
+    viol = problem.violations(keep)
+    if viol:
+        raise SolutionMismatchError(
+            f"The {res.backend} solution ({res.termination.value}) breaks the problem's "
+            f"constraints when checked: {viol[0]}"
+            + (f" (and {len(viol) - 1} more)" if len(viol) > 1 else "") + ".")
+    true = problem.objective_of(keep)
+    claimed = res.objective
+    tol = 1e-6 * max(1.0, abs(true), abs(claimed) if claimed is not None else 0.0)
+    if claimed is None or not abs(true - claimed) <= tol:
+        raise SolutionMismatchError(
+            f"The {res.backend} solver reported objective {claimed!r} ({res.termination.value}) "
+            f"but its keep set is worth {true!r} when evaluated on the problem.")
+    bound = res.bound
+    if bound is not None and math.isfinite(bound):
+        # Rounding noise below the tolerance must not put the bound on the wrong side.
+        bound = max(bound, true) if form.model.sense == "max" else min(bound, true)
+    return keep, dataclasses.replace(res, objective=true, bound=bound,
+                                     gap=relative_gap(true, bound))
+
+
 def _result(problem: AllocationProblem, form: Formulation, res: SolveResult,
             base: dict[str, BaselineResult], total: float) -> AllocationResult:
-    keep = form.decode(res.x) if res.x is not None else None
+    keep, res = verify(problem, form, res)
     dense = problem.usage(np.ones(problem.n, dtype=bool))
     counts = {}
     if keep is not None:
@@ -225,7 +346,7 @@ def _result(problem: AllocationProblem, form: Formulation, res: SolveResult,
         model_stats=form.model.stats(),
         objective_kind=problem.objective.kind,
         retained_importance=problem.retained(keep) if keep is not None else None,
-        total_importance=float(problem.score.sum()),
+        total_importance=problem.total_importance(),
         usage=problem.usage(keep) if keep is not None else {},
         dense_usage=dense,
         slot_counts=counts,

@@ -54,6 +54,32 @@ class Formulation:
                 keep[sv.members[:k]] = True
         return keep
 
+    def selection(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The selection binaries of a solution, (columns at 1, columns at 0): one
+        per structure of a structure-mode slot, and the chosen width binary of each
+        width-mode slot. They determine the keep mask and the mask determines them."""
+        ones, zeros = [], []
+        for sv in self.slots.values():
+            v = x[sv.cols] > 0.5
+            if sv.mode == "structure":
+                ones.append(sv.cols[v])
+                zeros.append(sv.cols[~v])
+            else:
+                ones.append(sv.cols[v])
+        empty = np.zeros(0, np.int64)
+        return (np.concatenate(ones) if ones else empty,
+                np.concatenate(zeros) if zeros else empty)
+
+    def exclude(self, selection: tuple[np.ndarray, np.ndarray]) -> None:
+        """Add the no-good cut sum_{j in ones} x_j - sum_{j in zeros} x_j <= |ones| - 1,
+        which removes exactly the keep mask of ``selection`` (width binaries are
+        one-hot, so the chosen one at 1 fixes the slot's width)."""
+        ones, zeros = selection
+        cols = np.concatenate([ones, zeros])
+        vals = np.concatenate([np.ones(ones.size), -np.ones(zeros.size)])
+        self.model.add_row(cols, vals, -np.inf, ones.size - 1.0,
+                           name=f"nogood{self.model.num_rows}")
+
     def encode(self, keep: np.ndarray, problem: AllocationProblem) -> np.ndarray | None:
         """A solution vector for ``keep`` (for warm starts); None if ``keep`` is not
         representable (a width-mode slot not kept as a top-k prefix of an option)."""
@@ -105,6 +131,8 @@ def width_exact_slots(problem: AllocationProblem) -> dict[Slot, bool]:
     for s, idx in problem.slots().items():
         same = all(np.ptp(problem.costs[r][idx]) == 0 for r in problem.costs)
         out[s] = bool(same and not touched[idx].any())
+        if s in problem.slot_values and not out[s]:
+            problem._check_width_slot(s, "slot values")  # raises, naming the reason
     return out
 
 
@@ -142,13 +170,14 @@ def formulate(problem: AllocationProblem, formulation: str = "auto",
     const: dict[str, float] = {"score": 0.0, "latency": 0.0, **{r: 0.0 for r in resources}}
 
     for s, idx in problem.slots().items():
-        use_width = exact[s] if formulation != "structure" else False
+        # A slot with values is defined by its width: width mode in every formulation.
+        use_width = exact[s] if formulation != "structure" else s in problem.slot_values
         lo, hi, m, allow_zero = problem.slot_count_range(s)
         table = problem.latency_tables.get(s)
         if use_width:
-            order = idx[np.lexsort((idx, -problem.score[idx]))]
+            order = problem.slot_order(s)
             opts = problem.allowed_counts(s)
-            prefix = np.concatenate([[0.0], np.cumsum(problem.score[order])])
+            prefix = problem.slot_curve(s)
             cols = b.add_columns(opts.size, 0.0, 1.0, 0.0, True,
                                  names=[f"w[{s[0]}|{s[1]}|{k}]" for k in opts])
             b.add_rows(np.zeros(opts.size), cols, np.ones(opts.size), 1.0, 1.0, count=1,

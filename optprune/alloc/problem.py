@@ -18,9 +18,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import InfeasibleProblemError, ValidationError, check
+from .schema import validate_document
 
 FORMAT = "optprune.allocation/1"
-SCHEMA_PATH = Path(__file__).with_name("problem.schema.json")
 
 Slot = tuple[str, str]
 
@@ -55,6 +55,19 @@ class LatencyTable:
     layer: str
     kind: str
     table: np.ndarray  # table[k] = latency with k structures of the slot kept
+
+
+@dataclass(frozen=True)
+class SlotValues:
+    """The objective contribution of a slot by its kept count: ``values[k]`` for
+    k = 0..width (``-inf``: width k not allowed), the first k members of ``order``
+    being the ones kept at width k. ``order`` holds positions within the slot
+    (None: by score, descending)."""
+
+    layer: str
+    kind: str
+    values: np.ndarray
+    order: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -164,9 +177,11 @@ class AllocationProblem:
         self.latency_tables: dict[Slot, LatencyTable] = {}
         self.latency_cap: float | None = None
         self.pair_costs: list[PairCost] = []
+        self.slot_values: dict[Slot, SlotValues] = {}
         self.objective = Objective()
         self._index: dict[str, int] | None = None
         self._slots: dict[Slot, np.ndarray] | None = None
+        self._valued: np.ndarray | None = None
 
     # ------------------------------------------------------------- structure
     @property
@@ -270,13 +285,23 @@ class AllocationProblem:
         check(len(ids) >= 2, "A group", "at least two structure ids", len(ids))
         for s in ids:
             self.index(s)
+        self._refuse_valued([self.index(s) for s in ids], "a group")
         self.groups.append(ids)
         return self
 
+    def _refuse_valued(self, members: list[int], what: str) -> None:
+        if not self.slot_values:
+            return
+        hit = self._valued_mask()[members]
+        if hit.any():
+            i = members[int(np.argmax(hit))]
+            raise ValidationError(
+                f"Structure {self.ids[i]!r} belongs to a slot with slot values, which is solved "
+                f"by its width alone; {what} cannot involve it. Drop the slot values or {what}.")
+
     def add_implication(self, if_kept: str, then_kept: str) -> "AllocationProblem":
         """Keep ``if_kept`` only if ``then_kept`` is kept."""
-        self.index(if_kept)
-        self.index(then_kept)
+        self._refuse_valued([self.index(if_kept), self.index(then_kept)], "an implication")
         self.implications.append((if_kept, then_kept))
         return self
 
@@ -332,6 +357,119 @@ class AllocationProblem:
     def dense_latency(self) -> float:
         return float(sum(t.table[-1] for t in self.latency_tables.values()))
 
+    def set_slot_values(self, layer: str, kind: str, values: Sequence[float] | np.ndarray,
+                        order: Sequence[str] | Sequence[int] | np.ndarray | None = None
+                        ) -> "AllocationProblem":
+        """The slot contributes ``values[k]`` to the importance when it keeps k
+        structures (k = 0..width) instead of the sum of their scores.
+
+        values: width + 1 floats, finite or ``-inf`` (width k not allowed);
+            negative values are allowed.
+        order: the keep order of the slot's members, as structure ids or as
+            positions within the slot; the first k are kept at width k. Default: by
+            score, descending (ties by index), as the width formulation orders.
+        The slot is solved in width mode, so its members must cost the same in every
+        resource and no group or implication may touch them.
+        """
+        slot = (layer, kind)
+        if slot not in self.slots():
+            raise ValidationError(f"Unknown slot ({layer!r}, {kind!r}) for slot values; known "
+                                  f"slots include {list(self.slots())[:5]}.")
+        idx = self.slots()[slot]
+        w = idx.size
+        v = np.asarray(values, dtype=np.float64).ravel()
+        check(v.size == w + 1, f"The slot values of ({layer!r}, {kind!r})",
+              f"of length width + 1 = {w + 1} (values[k] for k = 0..{w})", v.size)
+        bad = np.flatnonzero(np.isnan(v) | (v == np.inf))
+        if bad.size:
+            raise ValidationError(
+                f"The slot values of ({layer!r}, {kind!r}) must be finite or -inf (width not "
+                f"allowed); values[{bad[0]}] is {v[bad[0]]}.")
+        check(bool(np.isfinite(v).any()), f"The slot values of ({layer!r}, {kind!r})",
+              "finite for at least one width", "-inf everywhere")
+        pos = None
+        if order is not None:
+            pos = self._order_positions(slot, order)
+        self._check_width_slot(slot, "slot values")
+        self.slot_values[slot] = SlotValues(layer, kind, v, pos)
+        self._valued = None
+        return self
+
+    def _order_positions(self, slot: Slot, order: Any) -> np.ndarray:
+        idx = self.slots()[slot]
+        items = list(order)
+        where = f"The 'order' of the slot values of ({slot[0]!r}, {slot[1]!r})"
+        check(len(items) == idx.size, where, f"a permutation of the slot's {idx.size} members",
+              f"{len(items)} entries")
+        if all(isinstance(o, str) for o in items):
+            at = {int(g): t for t, g in enumerate(idx)}
+            pos = []
+            for o in items:
+                g = self.index(o)
+                if g not in at:
+                    raise ValidationError(f"{where} names {o!r}, which is not in that slot.")
+                pos.append(at[g])
+            out = np.asarray(pos, dtype=np.int64)
+        elif all(isinstance(o, (int, np.integer)) and not isinstance(o, bool) for o in items):
+            out = np.asarray(items, dtype=np.int64)
+        else:
+            raise ValidationError(f"{where} must list structure ids (strings) or positions "
+                                  "within the slot (integers), not a mix or other types.")
+        if not np.array_equal(np.sort(out), np.arange(idx.size)):
+            raise ValidationError(f"{where} must be a permutation of the slot's members "
+                                  f"(positions 0..{idx.size - 1}, each once).")
+        return out
+
+    def _check_width_slot(self, slot: Slot, why: str) -> None:
+        """A slot with values is solved in width mode: equal member costs, no
+        group or implication touching it."""
+        idx = self.slots()[slot]
+        unequal = [r for r in self.costs if np.ptp(self.costs[r][idx]) != 0]
+        if unequal:
+            raise ValidationError(
+                f"The slot ({slot[0]!r}, {slot[1]!r}) has {why}, so it is solved by its width "
+                f"alone; its members must cost the same, but their {unequal[0]!r} costs differ. "
+                "Give its members equal costs or drop the slot values.")
+        members = set(idx.tolist())
+        touching = [" = ".join(g) for g in self.groups if members & {self.index(x) for x in g}]
+        touching += [f"{a} -> {b}" for a, b in self.implications
+                     if self.index(a) in members or self.index(b) in members]
+        if touching:
+            raise ValidationError(
+                f"The slot ({slot[0]!r}, {slot[1]!r}) has {why}, so it is solved by its width "
+                f"alone; no group or implication may touch its members, but "
+                f"{touching[0]!r} does. Drop that constraint or the slot values.")
+
+    def slot_order(self, slot: Slot) -> np.ndarray:
+        """The slot's members (structure indices) in keep order: the first k are
+        kept at width k in width mode. Slot values' own order, else by score
+        descending (ties by index)."""
+        idx = self.slots()[slot]
+        sv = self.slot_values.get(slot)
+        if sv is not None and sv.order is not None:
+            return idx[sv.order]
+        return idx[np.lexsort((idx, -self.score[idx]))]
+
+    def slot_curve(self, slot: Slot) -> np.ndarray:
+        """Importance of the slot by kept count k = 0..width along ``slot_order``:
+        its slot values, else the prefix sums of its members' sorted scores."""
+        sv = self.slot_values.get(slot)
+        if sv is not None:
+            return sv.values
+        return np.concatenate([[0.0], np.cumsum(self.score[self.slot_order(slot)])])
+
+    def _valued_mask(self) -> np.ndarray:
+        if self._valued is None:
+            m = np.zeros(self.n, dtype=bool)
+            for s in self.slot_values:
+                m[self.slots()[s]] = True
+            self._valued = m
+        return self._valued
+
+    def total_importance(self) -> float:
+        """The importance of the dense model (every structure kept)."""
+        return self.retained(np.ones(self.n, dtype=bool))
+
     def set_objective(self, kind: str = "max_importance", resource: str | None = None,
                       importance_floor: float | None = None, relative: bool = True
                       ) -> "AllocationProblem":
@@ -372,6 +510,9 @@ class AllocationProblem:
         ks = ks[ks >= lo]
         if not allow_zero:
             ks = ks[ks > 0]
+        sv = self.slot_values.get(slot)
+        if sv is not None:
+            ks = ks[np.isfinite(sv.values[ks])]
         return ks
 
     def budget_limits(self) -> list[tuple[str, float, float]]:
@@ -389,7 +530,15 @@ class AllocationProblem:
         o = self.objective
         if o.kind != "min_resource":
             return None
-        return float(o.importance_floor * self.score.sum()) if o.relative else o.importance_floor
+        if not o.relative:
+            return o.importance_floor
+        total = self.total_importance()
+        if not math.isfinite(total):
+            raise ValidationError(
+                "A relative importance floor is a fraction of the dense model's importance, "
+                "which is -inf here (a slot's values forbid its full width); give an absolute "
+                "floor (relative: false) instead.")
+        return float(o.importance_floor * total)
 
     # ------------------------------------------------------------- checking
     def usage(self, keep: np.ndarray) -> dict[str, float]:
@@ -409,7 +558,16 @@ class AllocationProblem:
         return float(sum(t.table[int(keep[sl[s]].sum())] for s, t in self.latency_tables.items()))
 
     def retained(self, keep: np.ndarray) -> float:
-        return float(self.score[np.asarray(keep, dtype=bool)].sum())
+        """Kept importance: the scores of kept structures outside valued slots plus
+        ``values[k]`` of each valued slot keeping k."""
+        keep = np.asarray(keep, dtype=bool)
+        if not self.slot_values:
+            return float(self.score[keep].sum())
+        total = float(self.score[keep & ~self._valued_mask()].sum())
+        sl = self.slots()
+        for s, sv in self.slot_values.items():
+            total += float(sv.values[int(keep[sl[s]].sum())])
+        return total
 
     def violations(self, keep: np.ndarray, tol: float = 1e-6) -> list[str]:
         """Every constraint ``keep`` breaks, in words (empty when feasible)."""
@@ -431,6 +589,13 @@ class AllocationProblem:
                 out.append(f"count {s[0]}/{s[1]}: {k} not in [{lo}, {hi}]")
             if k % m or (k == 0 and not allow_zero):
                 out.append(f"multiple {s[0]}/{s[1]}: {k} not an allowed multiple of {m}")
+        for s, sv in self.slot_values.items():
+            k = counts[s]
+            if not math.isfinite(sv.values[k]):
+                out.append(f"slot values {s[0]}/{s[1]}: width {k} not allowed (value -inf)")
+            if not keep[self.slot_order(s)[:k]].all():
+                out.append(f"slot values {s[0]}/{s[1]}: the kept set is not the first {k} of "
+                           "the slot's order")
         for g in self.groups:
             vals = {bool(keep[self.index(s)]) for s in g}
             if len(vals) > 1:
@@ -469,7 +634,9 @@ class AllocationProblem:
                 raise InfeasibleProblemError(
                     f"No width is allowed for {s[0]}/{s[1]} (width {slots[s].size}): count "
                     f"bounds [{lo}, {hi}] and multiple {m}"
-                    f"{'' if allow_zero else ' (zero not allowed)'} leave no option."
+                    f"{'' if allow_zero else ' (zero not allowed)'}"
+                    f"{' and the widths its slot values allow' if s in self.slot_values else ''}"
+                    " leave no option."
                 )
             mins[s] = int(ks[0])
         for (r, lo, hi), _b in zip(self.budget_limits(), self.budgets):
@@ -505,7 +672,9 @@ class AllocationProblem:
                 )
         floor = self.importance_floor_abs()
         if floor is not None:
-            best = float(np.clip(self.score, 0, None).sum())
+            best = float(np.clip(self.score[~self._valued_mask()], 0, None).sum())
+            best += sum(float(np.max(sv.values[self.allowed_counts(s)]))
+                        for s, sv in self.slot_values.items() if self.allowed_counts(s).size)
             if floor > best + 1e-9 * max(1.0, abs(best)):
                 raise InfeasibleProblemError(
                     f"The importance floor {floor:.6g} exceeds the most any selection can "
@@ -550,6 +719,8 @@ class AllocationProblem:
             "fixed_costs": self.fixed_costs,
             "constraints": c,
             "objective": _drop_none(self.objective.__dict__),
+            **({"slot_values": [_slot_values_doc(sv) for sv in self.slot_values.values()]}
+               if self.slot_values else {}),
         }
 
     @classmethod
@@ -581,6 +752,10 @@ class AllocationProblem:
                 p.add_latency_table(t["layer"], t["kind"], t["table"])
             if lat.get("cap") is not None:
                 p.add_latency_cap(lat["cap"], relative=lat.get("relative", False))
+        for sv in d.get("slot_values", []):
+            p.set_slot_values(sv["layer"], sv["kind"],
+                              [-math.inf if v is None else v for v in sv["values"]],
+                              sv.get("order"))
         o = d.get("objective", {"kind": "max_importance"})
         p.set_objective(o.get("kind", "max_importance"), o.get("resource"),
                         o.get("importance_floor"), o.get("relative", True))
@@ -603,72 +778,6 @@ class AllocationProblem:
         return cls.from_dict(d)
 
 
-def validate_document(d: Any) -> None:
-    """Check a problem document against ``problem.schema.json``; the error names
-    the path of the first violation.
-
-    The per-structure arrays can hold millions of entries, which a JSON Schema
-    validator walks one Python object at a time; the schema therefore sees each
-    array cut to its first entries, and the arrays are checked whole with numpy
-    (types, lengths, finiteness, signs) here.
-    """
-    import jsonschema
-
-    schema = _schema()
-    skeleton = d
-    if isinstance(d, dict) and isinstance(d.get("structures"), dict):
-        s = d["structures"]
-        skeleton = dict(d)
-        skel = {k: (v[:3] if isinstance(v, list) else v) for k, v in s.items()}
-        if isinstance(s.get("costs"), dict):
-            skel["costs"] = {r: (v[:3] if isinstance(v, list) else v)
-                             for r, v in s["costs"].items()}
-        skeleton["structures"] = skel
-    lat = d.get("constraints", {}).get("latency") if isinstance(d, dict) else None
-    if isinstance(lat, dict) and isinstance(lat.get("tables"), list):
-        skeleton = dict(skeleton)
-        skeleton["constraints"] = dict(d["constraints"])
-        skeleton["constraints"]["latency"] = dict(lat, tables=[
-            dict(t, table=t["table"][:3]) if isinstance(t, dict) and isinstance(t.get("table"), list)
-            else t for t in lat["tables"]])
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(skeleton), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        more = f" ({len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ValidationError(f"The problem document is invalid at {where}: {e.message}{more}")
-    s = d["structures"]
-    for key in ("ids", "layer", "kind"):
-        if key in s and not all(isinstance(v, str) for v in s[key]):
-            raise ValidationError(f"The problem document is invalid at structures/{key}: "
-                                  "every entry must be a string.")
-    arrays = {"structures/score": s["score"],
-              **{f"structures/costs/{r}": v for r, v in s["costs"].items()}}
-    if isinstance(lat, dict):
-        for i, t in enumerate(lat.get("tables", [])):
-            arrays[f"constraints/latency/tables/{i}/table"] = t["table"]
-    for key, v in arrays.items():
-        try:
-            a = np.asarray(v, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"The problem document is invalid at {key}: "
-                                  "every entry must be a number.") from exc
-        if a.ndim != 1:
-            raise ValidationError(f"The problem document is invalid at {key}: "
-                                  "expected a flat list of numbers.")
-
-
-_SCHEMA: dict[str, Any] | None = None
-
-
-def _schema() -> dict[str, Any]:
-    global _SCHEMA
-    if _SCHEMA is None:
-        _SCHEMA = json.loads(SCHEMA_PATH.read_text())
-    return _SCHEMA
-
-
 def _matches(layer: str | None, kind: str | None, slot: Slot) -> bool:
     return (layer is None or slot[0] == layer) and (kind is None or slot[1] == kind)
 
@@ -683,6 +792,14 @@ def _default_ids(layer: np.ndarray, kind: np.ndarray) -> list[str]:
     return out
 
 
+def _slot_values_doc(sv: SlotValues) -> dict[str, Any]:
+    d: dict[str, Any] = {"layer": sv.layer, "kind": sv.kind,
+                         "values": [float(v) if math.isfinite(v) else None for v in sv.values]}
+    if sv.order is not None:
+        d["order"] = sv.order.tolist()
+    return d
+
+
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
@@ -694,4 +811,4 @@ def _compact(a: np.ndarray) -> list[float] | list[int]:
 
 
 __all__ = ["AllocationProblem", "Budget", "CountBound", "Multiple", "LatencyTable", "Objective",
-           "validate_document", "FORMAT"]
+           "SlotValues", "validate_document", "FORMAT"]

@@ -113,6 +113,19 @@ class LinearModel:
             v.append(float(np.max(np.abs(xi - np.round(xi)))))
         return max(v)
 
+    def add_row(self, cols: np.ndarray, vals: np.ndarray, lower: float, upper: float,
+                name: str | None = None) -> int:
+        """Append the row ``lower <= sum vals * x[cols] <= upper``; its index."""
+        cols = np.asarray(cols, dtype=np.int64)
+        row = sp.csc_matrix((np.asarray(vals, dtype=np.float64), (np.zeros(cols.size, np.int64),
+                             cols)), shape=(1, self.num_cols))
+        self.A = sp.vstack([self.A, row], format="csc")
+        self.row_lower = np.append(self.row_lower, float(lower))
+        self.row_upper = np.append(self.row_upper, float(upper))
+        if self.row_names is not None:
+            self.row_names.append(name or f"r{self.num_rows - 1}")
+        return self.num_rows - 1
+
     def stats(self) -> dict[str, int]:
         return {
             "columns": self.num_cols,

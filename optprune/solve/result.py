@@ -48,7 +48,8 @@ class SolveOptions:
 
     time_limit_s: wall-clock limit, None for none.
     rel_gap: relative gap at which a MIP counts as solved (HiGHS's default
-        is 1e-4; optprune's is 1e-6 so that "optimal" means what it says).
+        is 1e-4; optprune's is 1e-6 so that "optimal" means what it says). No
+        absolute gap ends a solve early (HiGHS's default 1e-6 is turned off).
     threads: solver threads, None for the solver's default.
     seed: random seed for reproducible runs.
     log: print the solver's log.

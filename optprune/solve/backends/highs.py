@@ -3,6 +3,7 @@ call (6-30x faster to build than any expression API here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import warnings
@@ -107,6 +108,9 @@ def apply_options(h: Any, options: SolveOptions, is_mip: bool) -> None:
     if options.time_limit_s is not None:
         h.setOptionValue("time_limit", float(options.time_limit_s))
     h.setOptionValue("mip_rel_gap", float(options.rel_gap))
+    # HiGHS also stops at an absolute gap of 1e-6 by default, which on objectives of
+    # that size is no proof at all; the relative gap alone decides here.
+    h.setOptionValue("mip_abs_gap", 0.0)
     h.setOptionValue("random_seed", int(options.seed))
     global _POOL_THREADS
     # HiGHS starts one thread pool per process; a later run() with another "threads"
@@ -162,7 +166,23 @@ class HighsBackend(Backend):
         t1 = time.perf_counter()
         h.run()
         solve_time = time.perf_counter() - t1
-        return read_result(h, model, options, build, solve_time, self.version())
+        res = read_result(h, model, options, build, solve_time, self.version())
+        if res.details.get("objective_mismatch") and options.warm_start is not None:
+            # HiGHS 1.16 maps a MIP start into the presolved space; when presolve has
+            # fixed a column the start sets otherwise (a dominated column: negative
+            # score, positive cost), the start is valued there without that column,
+            # kept as the incumbent with that value, and returned untransformed at
+            # "optimal". The answer is unusable; solve again without the start.
+            rest = None
+            if options.time_limit_s is not None:
+                rest = max(options.time_limit_s - (time.perf_counter() - t0), 1e-3)
+            again = self.solve(model, dataclasses.replace(options, warm_start=None,
+                                                          time_limit_s=rest))
+            return dataclasses.replace(
+                again, build_time_s=again.build_time_s + build,
+                solve_time_s=again.solve_time_s + solve_time,
+                details={**again.details, "warm_start_dropped": res.details["objective_mismatch"]})
+        return res
 
 
 _STATUS_MAP = {
@@ -194,6 +214,14 @@ def read_result(
     if model.num_cols == 0:
         has_solution, x = True, np.zeros(0)
     objective = float(info.objective_function_value) if has_solution else None
+    details: dict[str, Any] = {}
+    if has_solution and x is not None and model.num_cols:
+        # The reported objective must be the value of the returned point.
+        true = model.objective_value(x)
+        if abs(true - objective) > 1e-6 * max(1.0, abs(true), abs(objective)):
+            details["objective_mismatch"] = (f"HiGHS reported objective {objective!r} for a "
+                                             f"point worth {true!r}")
+        objective = true
     if model.is_mip:
         bound = float(info.mip_dual_bound)
         if abs(bound) >= highspy.kHighsInf:
@@ -218,4 +246,5 @@ def read_result(
         backend_version=version,
         x=x,
         message=sname,
+        details=details,
     )

@@ -160,7 +160,7 @@ def solve_pyomo(
         raise ValidationError(f"Pyomo knows no solver called {solver!r}.")
     kw: dict[str, Any] = dict(
         tee=bool(options.log), load_solutions=False, raise_exception_on_nonoptimal_result=False,
-        rel_gap=float(options.rel_gap),
+        rel_gap=float(options.rel_gap), abs_gap=0.0,
     )
     if options.time_limit_s is not None:
         kw["time_limit"] = float(options.time_limit_s)
