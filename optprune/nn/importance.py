@@ -50,8 +50,8 @@ def register_importance(name: str) -> Callable[[ImportanceFn], ImportanceFn]:
 
 
 def _load_extras() -> None:
-    try:  # another module registers Bonsai, SNIP, GraSP, SynFlow, GOHSP when present
-        from . import importance_extra  # noqa: F401
+    try:  # other modules register Bonsai, SNIP, GraSP, SynFlow, GOHSP and Fisher
+        from . import fisher, importance_extra  # noqa: F401
     except ImportError:
         pass
 

@@ -14,6 +14,8 @@ baselines on the same instance.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ from ..alloc.baselines import RULES, run_baselines
 from ..errors import ValidationError, check
 from .bridge import problem_from_structures
 from .importance import score
+from .pipeline import CalibrationOptions, calibrated_selection, run_fisher
+from .reconstruct import reconstruct as reconstruct_layers
 from .structures import StructureSet, count_flops, discover
 from .surgery import apply_mask
 
@@ -51,6 +55,10 @@ class PruneReport:
     baselines: dict[str, Any]
     times_s: dict[str, float]
     violations: list[str] = field(default_factory=list)
+    # What each stage measured (default pipeline: Fisher, curves, candidates with
+    # predicted / masked / reconstructed calibration loss, reconstruction per layer).
+    stages: dict[str, Any] = field(default_factory=dict, repr=False)
+    reconstructed: bool = False
 
     @property
     def params_ratio(self) -> float:
@@ -109,6 +117,12 @@ def build_problem(structures: StructureSet, scores: np.ndarray, budget: float | 
     return p, budgets
 
 
+def _baselines_of(p: AllocationProblem) -> dict[str, Any]:
+    """The baseline rules on the score problem (Fisher saliency), for the report."""
+    p.diagnose()
+    return {k: v.to_dict() for k, v in run_baselines(p).items()}
+
+
 def _infer_shape(data: Any) -> tuple[int, ...] | None:
     x = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
     if isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim >= 2:
@@ -116,7 +130,7 @@ def _infer_shape(data: Any) -> tuple[int, ...] | None:
     return None
 
 
-def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude",
+def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrated",
           budget: float | dict | None = 0.5, *, input_shape: Sequence[int] | None = None,
           data: Any = None, flops: float | None = None,
           multiples: int | dict[str, int] | None = None, min_keep: int | float = 1,
@@ -125,12 +139,24 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
           selection: str = "exact", backend: str = "highs", time_limit_s: float | None = None,
           rel_gap: float = 1e-6, baselines: bool = True, exclude: Sequence[str] = (),
           structures: StructureSet | None = None, bias_compensation: bool = False,
+          reconstruct: bool | None = None, calibration: CalibrationOptions | None = None,
           reinit: bool = False, inplace: bool = False,
           importance_kw: dict[str, Any] | None = None,
           strict: bool = True) -> tuple[nn.Module, PruneReport]:
     """Prune ``model`` to ``budget`` (kept fraction of the dense parameters, or
-    {"params": f, "flops": g}) keeping the structures ``importance`` values most.
+    {"params": f, "flops": g}).
 
+    importance: "calibrated" (the default pipeline, needs ``data``: loss-unit Fisher
+        saliency, measured per-slot loss curves, the exact search over them with the
+        ``calibration.k_best`` best allocations measured after reconstruction; see
+        optprune.nn.pipeline), or any registered score by name ("magnitude", "taylor",
+        "wanda", "flap", "fisher", ...), a callable or an array (one per group); those
+        maximize the summed score.
+    reconstruct: refit every consumer of a pruned layer by ridge least squares toward
+        the dense outputs on ``data`` (optprune.nn.reconstruct); default True for
+        "calibrated", False otherwise (give it to any rule to compare selections on equal
+        terms).
+    calibration: CalibrationOptions of the default pipeline.
     flops: cap on kept MACs per sample (fraction of dense).
     multiples: width multiple for every slot (int) or per kind ({"head": 2, "ffn": 16}).
     min_keep: least structures kept per (layer, kind) (int, or a fraction of its width);
@@ -140,7 +166,7 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
     selection: "exact" (the solver) or a baseline rule: topk_rounded, score_fill,
         density_greedy, uniform (the mask is checked; a rule that breaks a constraint
         raises with the violations, or with ``strict=False`` is applied anyway and its
-        violations are reported).
+        violations are reported). With "calibrated" a rule ranks by the Fisher saliency.
     """
     check(isinstance(model, nn.Module), "The 'model' of prune", "a torch.nn.Module",
           type(model).__name__)
@@ -156,15 +182,42 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
     check(len(structures.groups) > 0, "The number of prunable groups", "positive", 0,
           f"Nothing in {type(model).__name__} is prunable: {structures.frozen}")
     t1 = time.perf_counter()
-    s = score(structures, importance, data, **(importance_kw or {}))
+    calibrated = isinstance(importance, str) and importance == "calibrated"
+    do_rec = calibrated if reconstruct is None else bool(reconstruct)
+    if calibrated or do_rec:
+        check(data is not None, "The 'data' of prune", "calibration data (X, or (X, y))",
+              None, "The default pipeline and reconstruction measure the model on it; for a "
+              "data-free selection pass importance='magnitude' and reconstruct=False.")
+    if do_rec and bias_compensation:
+        raise ValidationError("Pass either reconstruct=True or bias_compensation=True: the "
+                              "reconstruction contains the bias compensation as a special case.")
+    opts = calibration or CalibrationOptions()
+    fisher = None
+    if calibrated:
+        fisher = run_fisher(structures, data, opts)
+        s = fisher.saliency
+        name = "calibrated"
+    else:
+        s = score(structures, importance, data, **(importance_kw or {}))
+        name = importance if isinstance(importance, str) else getattr(importance, "__name__",
+                                                                      "custom")
     t2 = time.perf_counter()
-    name = importance if isinstance(importance, str) else getattr(importance, "__name__", "custom")
     p, budgets = build_problem(structures, s, budget, flops, multiples, min_keep,
                                allow_empty_layers, constraints, name=type(model).__name__)
     alloc_dict = None
     violations: list[str] = []
     base: dict[str, Any] = {}
-    if selection == "exact":
+    stages: dict[str, Any] = {}
+    work: StructureSet | None = None
+    if selection == "exact" and calibrated:
+        base = _baselines_of(p) if baselines else {}
+        sel = calibrated_selection(structures, p, data, opts, backend=backend,
+                                   time_limit_s=time_limit_s, rel_gap=rel_gap, refit=do_rec,
+                                   fisher=fisher)
+        keep, work, alloc_dict = sel.keep, sel.structures, sel.allocation
+        alloc_dict.pop("baselines", None)
+        stages = sel.to_dict()
+    elif selection == "exact":
         r = allocate(p, backend=backend, time_limit_s=time_limit_s, rel_gap=rel_gap,
                      baselines=baselines)
         if r.keep is None:
@@ -183,10 +236,23 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
                                   + "; ".join(res.violations[:5]))
         keep = res.keep
         base = {selection: res.to_dict()}
+    if do_rec and work is None:
+        work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
+        rec = reconstruct_layers(work, keep, data, alphas=opts.alphas,
+                                 batch_size=opts.batch_size)
+        stages["reconstruction"] = rec.to_dict()
     t3 = time.perf_counter()
     predicted = structures.predict(keep)
-    pruned = apply_mask(structures, keep, inplace=inplace, bias_compensation=bias_compensation,
-                        data=data, reinit=reinit, allow_empty=allow_empty_layers)
+    if work is not None:
+        if inplace:
+            structures.model.load_state_dict(work.model.state_dict())
+            work = structures
+        pruned = apply_mask(work, keep, inplace=True, reinit=reinit,
+                            allow_empty=allow_empty_layers)
+    else:
+        pruned = apply_mask(structures, keep, inplace=inplace,
+                            bias_compensation=bias_compensation, data=data, reinit=reinit,
+                            allow_empty=allow_empty_layers)
     t4 = time.perf_counter()
     after = {"params": sum(q.numel() for q in pruned.parameters()),
              "flops": count_flops(pruned, structures.input_shape)}
@@ -196,7 +262,7 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
         kept_ids=[g.id for g, k in zip(structures.groups, keep) if k],
         n_groups=len(structures.groups), n_kept=int(keep.sum()), before=before,
         predicted=predicted, after=after, budgets=budgets, allocation=alloc_dict,
-        baselines=base, violations=violations,
+        baselines=base, violations=violations, stages=stages, reconstructed=do_rec,
         times_s={"discover": t1 - t0, "score": t2 - t1, "select": t3 - t2, "surgery": t4 - t3,
                  "total": t4 - t0},
     )

@@ -1,0 +1,195 @@
+"""The default pruning pipeline: loss-calibrated objective, exact search, measured
+choice, reconstruction (formulations/reconstruction.md).
+
+1. **Fisher** (``fisher.mask_fisher``): the Gauss-Newton matrix of the loss against
+   the dense model in the structures' masks; its per-slot blocks give each slot's
+   keep order (``sensitivity.slot_orders``).
+2. **Curves** (``sensitivity.measure_curves``): delta_s(k), the measured calibration
+   loss with only slot s pruned to width k and its consumers refit.
+3. **Exact search**: the allocation problem (exact parameter/MAC costs and every
+   constraint the caller set) with slot s worth -delta_s(k_s)
+   (``AllocationProblem.set_slot_values``), solved for its ``k_best`` best
+   allocations, each proven (``alloc.allocate_k_best``).
+4. **Measured choice**: every candidate is reconstructed layer by layer
+   (``reconstruct.reconstruct``) and its calibration loss measured; the lowest wins.
+   The per-slot losses are not additive (pruning several slots compounds), so the
+   proven optimum of their sum is a proposal, and the measurement decides.
+
+``k_best = 1`` skips the choice (the proven optimum of the curves' objective).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..alloc import AllocationProblem
+from ..errors import ValidationError, check
+from .fisher import FisherResult, mask_fisher
+from .reconstruct import DEFAULT_ALPHAS, ReconstructionReport, reconstruct
+from .sensitivity import Evaluator, SlotCurve, additivity, measure_curves, slot_orders
+from .structures import StructureSet
+
+__all__ = ["CalibrationOptions", "CalibratedSelection", "calibrated_selection",
+           "calibrated_problem", "run_fisher"]
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """Settings of the default pipeline (each stage's knob, with the default used by
+    ``optprune.prune``).
+
+    k_best: allocations proposed by the solver and measured after reconstruction.
+    max_widths: widths measured per slot (more are interpolated).
+    order: keep order within a slot, "block" (Gauss-Newton block greedy) or "diag".
+    fisher_labels: "model" (labels drawn from the model: the Gauss-Newton matrix of the
+        KL to the dense model) or "data" (the data's labels: empirical Fisher).
+    curve_alpha: relative ridge of the single-layer refit inside the curves.
+    alphas: relative ridges tried by the final reconstruction (chosen on held-out
+        calibration batches; inf = keep the weights, refit the bias).
+    additivity_samples: random allocations measured to report how additive the
+        per-slot losses are (0: skip; costs one calibration pass each).
+    """
+
+    k_best: int = 4
+    max_widths: int = 24
+    order: str = "block"
+    fisher_labels: str = "model"
+    fisher_draws: int = 1
+    curve_alpha: float = 0.1
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    additivity_samples: int = 0
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.k_best, int) and self.k_best >= 1, "The 'k_best' of "
+              "CalibrationOptions", "an int >= 1", self.k_best)
+        check(self.order in ("block", "diag"), "The 'order' of CalibrationOptions",
+              "'block' or 'diag'", self.order)
+        check(isinstance(self.curve_alpha, (int, float)) and self.curve_alpha >= 0,
+              "The 'curve_alpha' of CalibrationOptions", "a number >= 0", self.curve_alpha)
+
+
+@dataclass
+class CalibratedSelection:
+    """What the pipeline chose and what each stage measured. ``model`` is the
+    reconstructed (still dense-shaped, masked) copy for ``keep``; surgery comes next."""
+
+    keep: np.ndarray = field(repr=False)
+    structures: StructureSet = field(repr=False)
+    fisher: FisherResult = field(repr=False)
+    curves: dict = field(repr=False)
+    candidates: list[dict[str, Any]]
+    chosen: int
+    reconstruction: ReconstructionReport | None = field(repr=False)
+    additivity: dict[str, Any] | None
+    times_s: dict[str, float]
+    allocation: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chosen": self.chosen, "candidates": self.candidates,
+            "curves": [c.to_dict() for c in self.curves.values()],
+            "reconstruction": None if self.reconstruction is None else self.reconstruction.to_dict(),
+            "additivity": self.additivity, "times_s": self.times_s,
+            "fisher": {"samples": self.fisher.n_samples, "kind": self.fisher.kind,
+                       "draws": self.fisher.draws},
+        }
+
+
+def run_fisher(structures: StructureSet, data: Any, opts: CalibrationOptions) -> FisherResult:
+    """Stage 1 with the options' settings."""
+    return mask_fisher(structures, data, labels=opts.fisher_labels, draws=opts.fisher_draws,
+                       seed=opts.seed, batch_size=opts.batch_size, blocks=opts.order == "block")
+
+
+def calibrated_problem(problem: AllocationProblem, structures: StructureSet,
+                       curves: dict[tuple[str, str], SlotCurve]) -> AllocationProblem:
+    """A copy of ``problem`` whose slot s is worth -delta_s(k) at width k, with the
+    slot's keep order from its curve."""
+    q = copy.deepcopy(problem)
+    ids = structures.ids
+    for (layer, kind), c in curves.items():
+        q.set_slot_values(layer, kind, c.values(), order=[ids[i] for i in c.order])
+    return q
+
+
+def calibrated_selection(structures: StructureSet, problem: AllocationProblem, data: Any,
+                         options: CalibrationOptions | None = None, *, backend: str = "highs",
+                         time_limit_s: float | None = None, rel_gap: float = 1e-6,
+                         refit: bool = True, fisher: FisherResult | None = None
+                         ) -> CalibratedSelection:
+    """Run the pipeline on ``structures`` (whose groups are ``problem``'s structures,
+    in order) with calibration ``data``; ``fisher``: stage 1's result if already
+    computed. ``structures.model`` is not changed."""
+    from ..alloc import allocate_k_best
+
+    opts = options or CalibrationOptions()
+    check(problem.n == len(structures.groups), "The problem of calibrated_selection",
+          f"built from these structures ({len(structures.groups)} groups)", problem.n)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    fr = fisher or run_fisher(structures, data, opts)
+    times["fisher"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit,
+                   alpha=opts.curve_alpha)
+    curves = measure_curves(ev, problem, slot_orders(structures, fr, opts.order),
+                            max_widths=opts.max_widths, refit=refit)
+    times["curves"] = time.perf_counter() - t
+    t = time.perf_counter()
+    q = calibrated_problem(problem, structures, curves)
+    results = allocate_k_best(q, opts.k_best, backend=backend, time_limit_s=time_limit_s,
+                              rel_gap=rel_gap, baselines=False)
+    times["search"] = time.perf_counter() - t
+    if not results or results[0].keep is None:
+        raise ValidationError(
+            "The solver stopped without any allocation; raise time_limit_s.")
+    unproven = [i for i, r in enumerate(results) if r.solve.termination.value != "optimal"]
+    if unproven:
+        warnings.warn(
+            f"{len(unproven)} of {len(results)} proposed allocations are not proven optimal "
+            f"(gaps {[results[i].solve.gap for i in unproven]}); the measured choice still "
+            "applies, but raise time_limit_s for a proof.", stacklevel=3)
+    t = time.perf_counter()
+    candidates = []
+    best = (math.inf, -1, None, None)
+    for i, r in enumerate(results):
+        if r.keep is None:
+            continue
+        keep = r.keep
+        work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
+        row = {"rank": i, "objective": r.solve.objective, "bound": r.solve.bound,
+               "gap": r.solve.gap, "termination": r.solve.termination.value,
+               "predicted_loss": -float(r.solve.objective) if r.solve.objective is not None else None,
+               "loss_masked": ev.loss(keep, refit=False),
+               "usage": r.usage}
+        rec = None
+        if refit:
+            rec = reconstruct(work, keep, data, alphas=opts.alphas, batch_size=opts.batch_size)
+            row["loss_reconstructed"] = ev.loss(keep, on=work)
+        measured = row.get("loss_reconstructed", row["loss_masked"])
+        candidates.append(row)
+        if measured < best[0]:
+            best = (measured, i, work, rec)
+    times["choice"] = time.perf_counter() - t
+    add = None
+    if opts.additivity_samples > 0:
+        t = time.perf_counter()
+        add = additivity(ev, problem, curves, opts.additivity_samples, opts.seed, refit=refit,
+                         extra={"fisher": fr.saliency})
+        times["additivity"] = time.perf_counter() - t
+    _, chosen, work, rec = best
+    keep = results[chosen].keep
+    return CalibratedSelection(keep=keep, structures=work, fisher=fr, curves=curves,
+                               candidates=candidates, chosen=chosen, reconstruction=rec,
+                               additivity=add, times_s=times,
+                               allocation=results[chosen].to_dict())

@@ -1,0 +1,365 @@
+"""Reconstruction after removal: refit each consumer's kept weights by ridge least
+squares so that its output matches the dense model's (math in
+formulations/reconstruction.md).
+
+For a consumer c (a Linear, or a Conv2d with groups=1 on unfolded patches) whose
+input columns S survive, with X_p the inputs it receives in the *pruned* model
+(dropped columns zeroed; all upstream layers already pruned and refit) and Y the
+dense model's outputs of c on the same samples, the kept weights and bias
+Theta = [W_S^T; b^T] solve
+
+    min_Theta || [X_p,S 1] Theta - Y ||_F^2 + lam || W_S' - W_S ||_F^2
+
+a ridge *toward the dense weights* (lam -> inf keeps them; lam = 0 is the plain
+refit; fixing W_S and refitting only b is FLAP's bias compensation, which this
+contains as a candidate). Closed form, from float64 sufficient statistics
+G = Xa^T Xa, C = Xa^T Y (Xa = [X_p,S 1]):
+
+    Theta = (G + Lambda)^{-1} (C + Lambda Theta_0),  Lambda = diag(lam, ..., lam, eps).
+
+lam = alpha * mean(diag(G_x)) is chosen per consumer from ``alphas`` by the output
+error on held-out calibration batches (every ``holdout_every``-th batch), then refit
+on all batches. Consumers are processed in the order the forward pass reaches them,
+each with the inputs of the model already refit before it ("layer by layer, in
+order, using the already-pruned model's inputs").
+
+Everything happens on the *masked* model (``StructureSet.masked(keep)``: dropped
+consumer inputs are zero), so the refit writes W[:, kept] and b in place and the
+usual surgery then removes the dropped columns; the pruned model equals the masked
+refit model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ValidationError, check
+from .calib import batches, model_device, param_dtype, run_model
+from .structures import StructureSet
+
+__all__ = ["DEFAULT_ALPHAS", "LayerRefit", "ReconstructionReport", "consumer_order",
+           "reconstruct", "refit_from_stats", "unfold_rows"]
+
+# Relative ridge strengths (times the mean diagonal of the inputs' Gram matrix).
+# inf = keep the dense weights (refit the bias only, FLAP's compensation).
+DEFAULT_ALPHAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, math.inf)
+
+
+@dataclass(frozen=True)
+class LayerRefit:
+    """One consumer's refit: the ridge chosen and the relative output errors
+    ||Y_hat - Y||^2 / ||Y - mean(Y)||^2 on the held-out batches (or on all batches when
+    there is no holdout) without refit (dropped inputs simply zero) and with it."""
+
+    consumer: str
+    alpha: float
+    rows: int
+    kept_inputs: int
+    inputs: int
+    error_before: float
+    error_after: float
+    errors_by_alpha: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["alpha"] = None if math.isinf(self.alpha) else self.alpha
+        return d
+
+
+@dataclass(frozen=True)
+class ReconstructionReport:
+    layers: list[LayerRefit]
+    holdout_batches: int
+    fit_batches: int
+    time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [r.to_dict() for r in self.layers],
+                "holdout_batches": self.holdout_batches, "fit_batches": self.fit_batches,
+                "time_s": self.time_s}
+
+
+class _Stop(Exception):
+    """Raised by a capture hook once it has what it needs (skip the rest of the forward)."""
+
+
+def _is_refittable(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.Linear):
+        return True
+    return isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
+
+
+def unfold_rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The rows a consumer's weight multiplies: (samples*positions, in_features) for a
+    Linear, unfolded patches (samples*positions, C_in*kh*kw) for a Conv2d."""
+    if isinstance(mod, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    cols = F.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=mod.padding,
+                    stride=mod.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _output_rows(mod: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    if isinstance(mod, nn.Linear):
+        return y.reshape(-1, y.shape[-1])
+    return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+
+
+def _weight2d(mod: nn.Module) -> torch.Tensor:
+    return mod.weight.reshape(mod.weight.shape[0], -1)
+
+
+def _taps(mod: nn.Module) -> int:
+    return int(np.prod(mod.kernel_size)) if isinstance(mod, nn.Conv2d) else 1
+
+
+def consumer_order(structures: StructureSet, data: Any, names: Iterable[str]) -> list[str]:
+    """``names`` in the order one forward pass reaches them (first call each)."""
+    wanted = set(names)
+    named = dict(structures.model.named_modules())
+    seen: list[str] = []
+    handles = [named[n].register_forward_pre_hook(
+        lambda _m, _a, n=n: seen.append(n) if n not in seen else None) for n in wanted]
+    model = structures.model
+    x = next(iter(batches(data, structures.input_shape, 2, "reconstruction",
+                          dtype=param_dtype(model), device=model_device(model))))[0]
+    try:
+        with torch.no_grad():
+            run_model(model, x, "reconstruction")
+    finally:
+        for h in handles:
+            h.remove()
+    return seen + sorted(wanted - set(seen))
+
+
+def refit_from_stats(g: np.ndarray, c: np.ndarray, theta0: np.ndarray, lam: float,
+                     has_bias: bool) -> np.ndarray:
+    """Theta = (G + Lambda)^{-1} (C + Lambda Theta_0) with Lambda = lam on the weight
+    rows and a tiny jitter on the bias row; lam = inf returns Theta_0 with the bias
+    refit (the least-squares bias for fixed weights)."""
+    d = g.shape[0] - (1 if has_bias else 0)
+    scale = max(float(np.mean(np.diag(g)[:d])) if d else 1.0, 1e-300)
+    if math.isinf(lam):
+        if not has_bias:
+            return theta0.copy()
+        th = theta0.copy()
+        n = g[d, d]
+        # b = (C_1 - G_{1,x} W^T) / n: the mean residual of the fixed weights.
+        th[d] = (c[d] - g[d, :d] @ theta0[:d]) / max(n, 1e-300)
+        return th
+    reg = np.full(g.shape[0], lam)
+    if has_bias:
+        reg[d] = 1e-12 * scale
+    a = g + np.diag(reg + 1e-12 * scale)
+    rhs = c + reg[:, None] * theta0
+    try:
+        return np.linalg.solve(a, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, rhs, rcond=None)[0]
+
+
+def _sq_error(g: np.ndarray, c: np.ndarray, yy: float, theta: np.ndarray) -> float:
+    """||Xa Theta - Y||^2 from the statistics G = Xa^T Xa, C = Xa^T Y, yy = ||Y||^2."""
+    return float(np.sum(theta * (g @ theta)) - 2.0 * np.sum(theta * c) + yy)
+
+
+class _Acc:
+    """Streaming float64 statistics of (Xa, Y) for one consumer, split fit / holdout."""
+
+    def __init__(self) -> None:
+        self.g = [None, None]
+        self.c = [None, None]
+        self.yy = [0.0, 0.0]
+        self.ysum = [None, None]
+        self.n = [0, 0]
+
+    def add(self, part: int, xa: torch.Tensor, y: torch.Tensor) -> None:
+        xa, y = xa.to(torch.float64), y.to(torch.float64)
+        g, c = (xa.T @ xa).cpu().numpy(), (xa.T @ y).cpu().numpy()
+        self.g[part] = g if self.g[part] is None else self.g[part] + g
+        self.c[part] = c if self.c[part] is None else self.c[part] + c
+        self.yy[part] += float((y * y).sum())
+        ys = y.sum(0).cpu().numpy()
+        self.ysum[part] = ys if self.ysum[part] is None else self.ysum[part] + ys
+        self.n[part] += int(y.shape[0])
+
+    def total(self) -> tuple[np.ndarray, np.ndarray, float]:
+        parts = [i for i in (0, 1) if self.g[i] is not None]
+        return (sum(self.g[i] for i in parts), sum(self.c[i] for i in parts),
+                sum(self.yy[i] for i in parts))
+
+    def variance(self, part: int) -> float:
+        n = max(self.n[part], 1)
+        return max(self.yy[part] - float(np.sum(self.ysum[part] ** 2)) / n, 1e-300)
+
+
+def _kept_layout(structures: StructureSet, keep: np.ndarray, name: str, mod: nn.Module
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(kept input columns of the 2-D weight, kept output rows) of consumer ``name``."""
+    mask = structures.consumer_masks(keep).get(name)
+    taps = _taps(mod)
+    n_in = _weight2d(mod).shape[1] // taps
+    chans = np.arange(n_in) if mask is None else np.flatnonzero(mask.numpy() > 0.5)
+    cols = (chans[:, None] * taps + np.arange(taps)[None, :]).ravel()
+    removed = structures.removed_indices(keep).get(f"{name}.weight", {}).get(0)
+    rows = np.arange(mod.weight.shape[0])
+    if removed is not None:
+        rows = np.setdiff1d(rows, removed)
+    return cols, rows
+
+
+def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
+                consumers: Sequence[str] | None = None,
+                alphas: Sequence[float] = DEFAULT_ALPHAS, holdout_every: int = 4,
+                default_alpha: float = 0.1, batch_size: int = 128,
+                min_rows_per_input: float = 1.0) -> ReconstructionReport:
+    """Refit, in place on ``structures.model``, every consumer whose inputs lose
+    columns under ``keep`` (or the named ``consumers``), in forward order, so that its
+    outputs on ``data`` under ``structures.masked(keep)`` match those of the model as
+    it was before the call. The model's dropped columns keep their old values (they
+    are multiplied by zero under the mask and removed by surgery).
+
+    Raises ValidationError when a consumer has fewer calibration rows than
+    ``min_rows_per_input`` times its kept inputs and no ridge is allowed (every
+    alpha is 0): the plain least squares would be underdetermined. With fewer than
+    ``holdout_every`` calibration batches nothing is held out and ``default_alpha`` is
+    used (or the alpha of ``alphas`` closest to it).
+    """
+    import copy
+    import time
+
+    t0 = time.perf_counter()
+    keep = structures.check_keep(keep)
+    check(len(alphas) > 0 and all(isinstance(a, (int, float)) and a >= 0 for a in alphas),
+          "The 'alphas' of reconstruct", "a non-empty list of ridge strengths >= 0 (inf allowed)",
+          list(alphas))
+    check(isinstance(holdout_every, int) and holdout_every >= 2, "The 'holdout_every' of "
+          "reconstruct", "an int >= 2 (every k-th calibration batch is held out)", holdout_every)
+    model = structures.model
+    named = dict(model.named_modules())
+    if consumers is None:
+        masks = structures.consumer_masks(keep)
+        consumers = [c for c, m in masks.items() if bool((m < 0.5).any())]
+    bad = [c for c in consumers if not _is_refittable(named[c])]
+    consumers = [c for c in consumers if c not in bad]
+    dense = copy.deepcopy(model)
+    dense.eval()
+    dense_named = dict(dense.named_modules())
+    dtype = param_dtype(model)
+    data_batches = list(batches(data, structures.input_shape, batch_size, "reconstruction",
+                                dtype=dtype, device=model_device(model)))
+    nb = len(data_batches)
+    hold = [i % holdout_every == holdout_every - 1 for i in range(nb)] if nb >= holdout_every \
+        else [False] * nb
+    order = consumer_order(structures, data, consumers)
+    was = model.training
+    model.eval()
+    layers: list[LayerRefit] = []
+    try:
+        for name in order:
+            mod, dmod = named[name], dense_named[name]
+            cols, rows = _kept_layout(structures, keep, name, mod)
+            has_bias = mod.bias is not None
+            acc = _Acc()
+            got: dict[str, torch.Tensor] = {}
+
+            def cap_in(_m, args, got=got, mod=mod):
+                got["x"] = unfold_rows(mod, args[0].detach())
+                raise _Stop
+
+            def cap_out(_m, _a, out, got=got, mod=dmod):
+                got["y"] = _output_rows(mod, out.detach())
+                raise _Stop
+
+            for i, (x, _) in enumerate(data_batches):
+                hd = dmod.register_forward_hook(cap_out)
+                try:
+                    with torch.no_grad():
+                        run_model(dense, x)
+                except _Stop:
+                    pass
+                finally:
+                    hd.remove()
+                with structures.masked(keep):
+                    hm = mod.register_forward_pre_hook(cap_in)
+                    try:
+                        with torch.no_grad():
+                            run_model(model, x)
+                    except _Stop:
+                        pass
+                    finally:
+                        hm.remove()
+                xs = got["x"][:, torch.as_tensor(cols, dtype=torch.long, device=got["x"].device)]
+                if has_bias:
+                    xs = torch.cat([xs, xs.new_ones(xs.shape[0], 1)], 1)
+                y = got["y"]
+                acc.add(1 if hold[i] else 0, xs,
+                        y[:, torch.as_tensor(rows, dtype=torch.long, device=y.device)])
+            w2 = _weight2d(mod).detach().to(torch.float64)
+            theta0 = w2.cpu().numpy()[rows][:, cols].T
+            if has_bias:
+                b0 = mod.bias.detach().to(torch.float64).cpu().numpy()
+                theta0 = np.vstack([theta0, b0[rows][None]])
+            layers.append(_refit_one(name, mod, acc, theta0, cols, rows, has_bias, alphas,
+                                     default_alpha, min_rows_per_input))
+    finally:
+        model.train(was)
+    return ReconstructionReport(layers, sum(hold), nb - sum(hold), time.perf_counter() - t0)
+
+
+def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: np.ndarray,
+               rows: np.ndarray, has_bias: bool, alphas: Sequence[float],
+               default_alpha: float, min_rows_per_input: float) -> LayerRefit:
+    n_rows = acc.n[0] + acc.n[1]
+    if all(a == 0 for a in alphas) and n_rows < min_rows_per_input * cols.size:
+        raise ValidationError(
+            f"Reconstruction of {name!r} has {n_rows} calibration rows for {cols.size} kept "
+            "inputs: the plain least squares is underdetermined. Pass more calibration data "
+            "or allow a ridge term (alphas > 0, e.g. the default).")
+    d = cols.size
+    g_fit, c_fit = acc.g[0], acc.c[0]
+    holdout = acc.g[1] is not None and g_fit is not None
+    errors: dict[str, float] = {}
+    if holdout:
+        scale = float(np.mean(np.diag(g_fit)[:d])) if d else 1.0
+        var = acc.variance(1)
+        for a in alphas:
+            th = refit_from_stats(g_fit, c_fit, theta0, a * scale, has_bias)
+            errors[str(a)] = _sq_error(acc.g[1], acc.c[1], acc.yy[1], th) / var
+        best = min(alphas, key=lambda a: (errors[str(a)], -a))
+        err_before = _sq_error(acc.g[1], acc.c[1], acc.yy[1], theta0) / var
+    else:
+        best = min(alphas, key=lambda a: abs(math.log((a + 1e-300) / default_alpha))
+                   if math.isfinite(a) else math.inf)
+        err_before = float("nan")
+    g, c, yy = acc.total()
+    scale = float(np.mean(np.diag(g)[:d])) if d else 1.0
+    theta = refit_from_stats(g, c, theta0, best * scale, has_bias)
+    part = 1 if holdout else 0
+    var = acc.variance(part) if acc.g[part] is not None else 1.0
+    err_after = errors.get(str(best), _sq_error(g, c, yy, theta) / max(var, 1e-300))
+    if not holdout:
+        err_before = _sq_error(g, c, yy, theta0) / max(var, 1e-300)
+    _write(mod, theta, cols, rows, has_bias)
+    return LayerRefit(name, float(best), n_rows, int(d), int(_weight2d(mod).shape[1]),
+                      float(err_before), float(err_after), errors)
+
+
+def _write(mod: nn.Module, theta: np.ndarray, cols: np.ndarray, rows: np.ndarray,
+           has_bias: bool) -> None:
+    d = cols.size
+    w = torch.as_tensor(theta[:d].T, dtype=mod.weight.dtype, device=mod.weight.device)
+    with torch.no_grad():
+        w2 = mod.weight.view(mod.weight.shape[0], -1)
+        r = torch.as_tensor(rows, dtype=torch.long, device=w2.device)
+        c = torch.as_tensor(cols, dtype=torch.long, device=w2.device)
+        w2[r[:, None], c[None, :]] = w
+        if has_bias:
+            mod.bias[r] = torch.as_tensor(theta[d], dtype=mod.bias.dtype, device=mod.bias.device)

@@ -1,0 +1,325 @@
+"""Fisher saliency, reconstruction, sensitivity curves: relations that cannot be faked."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from optprune.errors import ValidationError
+from optprune.nn import apply_mask, discover
+from optprune.nn.fisher import divergence, mask_fisher
+from optprune.nn.models import MLP, SmallCNN
+from optprune.nn.reconstruct import reconstruct, unfold_rows
+from optprune.nn.sensitivity import Evaluator, greedy_quadratic_order, measure_curves
+
+torch.set_num_threads(1)
+
+
+def _mlp(seed: int = 0, hidden=(12, 10)) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    m = MLP(6, list(hidden), 4).double()
+    x = torch.randn(400, 6, dtype=torch.float64)
+    y = torch.randint(0, 4, (400,))
+    return m, x, y
+
+
+def _work(ss):
+    return dataclasses.replace(ss, model=copy.deepcopy(ss.model))
+
+
+def _capture(model: nn.Module, name: str, x: torch.Tensor, pre: bool) -> torch.Tensor:
+    got = {}
+    mod = dict(model.named_modules())[name]
+    if pre:
+        h = mod.register_forward_pre_hook(lambda _m, a: got.__setitem__("v", a[0].detach()))
+    else:
+        h = mod.register_forward_hook(lambda _m, _a, o: got.__setitem__("v", o.detach()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    return got["v"]
+
+
+def test_plain_refit_is_least_squares_on_the_pruned_inputs():
+    m, x, _ = _mlp()
+    ss = discover(m, (6,))
+    keep = np.ones(len(ss.groups), dtype=bool)
+    keep[[0, 3, 5, 7, 13, 15]] = False  # neurons of both hidden layers
+    work = _work(ss)
+    rep = reconstruct(work, keep, x, alphas=(0.0,), holdout_every=1000)
+    assert [r.consumer for r in rep.layers] == ["2", "4"]  # forward order
+    # The last consumer: its refit equals lstsq of the dense output on the inputs it
+    # now receives (already-refit upstream layers, dropped columns zero).
+    with work.masked(keep):
+        xin = _capture(work.model, "4", x, pre=True)
+    y = _capture(m, "4", x, pre=False)
+    cols = np.flatnonzero(ss.consumer_masks(keep)["4"].numpy() > 0.5)
+    a = np.hstack([xin.numpy()[:, cols], np.ones((x.shape[0], 1))])
+    theta = np.linalg.lstsq(a, y.numpy(), rcond=None)[0]
+    w = work.model[4].weight.detach().numpy()
+    np.testing.assert_allclose(w[:, cols], theta[:-1].T, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(work.model[4].bias.detach().numpy(), theta[-1], rtol=1e-6, atol=1e-8)
+    for r in rep.layers:
+        assert r.error_after <= r.error_before + 1e-12
+    # Surgery after the refit: the small model computes what the masked refit one does.
+    pruned = apply_mask(work, keep)
+    xt = torch.randn(50, 6, dtype=torch.float64)
+    with work.masked(keep), torch.no_grad():
+        np.testing.assert_allclose(pruned(xt).numpy(), work.model(xt).numpy(), atol=1e-10)
+    # The original model is untouched.
+    for (n1, p1), (_, p2) in zip(m.named_parameters(), ss.model.named_parameters()):
+        assert torch.equal(p1, p2), n1
+
+
+def test_bias_only_refit_is_flaps_bias_compensation():
+    m, x, _ = _mlp(1)
+    ss = discover(m, (6,))
+    keep = np.ones(len(ss.groups), dtype=bool)
+    keep[[1, 2, 9]] = False  # first hidden layer only: its consumer sees dense inputs
+    work = _work(ss)
+    reconstruct(work, keep, x, alphas=(float("inf"),), holdout_every=1000)
+    ours = apply_mask(work, keep)
+    flap = apply_mask(ss, keep, bias_compensation=True, data=x)
+    xt = torch.randn(30, 6, dtype=torch.float64)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours(xt).numpy(), flap(xt).numpy(), atol=1e-9)
+
+
+def test_conv_consumer_refit_on_unfolded_patches():
+    torch.manual_seed(0)
+    m = SmallCNN(1, 6, n_blocks=1, n_classes=3).double().eval()
+    x = torch.rand(64, 1, 8, 8, dtype=torch.float64)
+    ss = discover(m, (1, 8, 8))
+    slot = ss.layer_kind_index()[("blocks.0.conv1", "channel")]
+    keep = np.ones(len(ss.groups), dtype=bool)
+    keep[slot[[0, 2, 3]]] = False
+    work = _work(ss)
+    rep = reconstruct(work, keep, x, alphas=(0.0,), consumers=["blocks.0.conv2"],
+                      holdout_every=1000)
+    assert rep.layers[0].consumer == "blocks.0.conv2"
+    conv = dict(work.model.named_modules())["blocks.0.conv2"]
+    with work.masked(keep):
+        xin = _capture(work.model, "blocks.0.conv2", x, pre=True)
+    y = _capture(m, "blocks.0.conv2", x, pre=False)
+    rows = unfold_rows(conv, xin).numpy()
+    chans = [1, 4, 5]
+    cols = np.concatenate([np.arange(c * 9, (c + 1) * 9) for c in chans])
+    a = np.hstack([rows[:, cols], np.ones((rows.shape[0], 1))])
+    target = y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]).numpy()
+    theta = np.linalg.lstsq(a, target, rcond=None)[0]
+    w = conv.weight.detach().reshape(conv.weight.shape[0], -1).numpy()
+    np.testing.assert_allclose(w[:, cols], theta[:-1].T, rtol=1e-5, atol=1e-8)
+
+
+def test_reconstruction_refuses_an_underdetermined_plain_refit():
+    m, x, _ = _mlp(2, hidden=(40, 10))
+    ss = discover(m, (6,))
+    keep = np.ones(len(ss.groups), dtype=bool)
+    keep[0] = False
+    work = _work(ss)
+    before = {k: v.clone() for k, v in work.model.state_dict().items()}
+    with pytest.raises(ValidationError, match="underdetermined"):
+        reconstruct(work, keep, x[:20], alphas=(0.0,))
+    for k, v in work.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_reconstruction_chooses_the_ridge_on_held_out_batches():
+    m, x, _ = _mlp(3)
+    ss = discover(m, (6,))
+    keep = np.ones(len(ss.groups), dtype=bool)
+    keep[[0, 1, 2, 3, 4, 5]] = False
+    rep = reconstruct(_work(ss), keep, x, batch_size=50, holdout_every=4)
+    assert rep.holdout_batches == 2 and rep.fit_batches == 6
+    for r in rep.layers:
+        errs = {float(a): e for a, e in r.errors_by_alpha.items()}
+        assert r.alpha == min(errs, key=lambda a: (errs[a], -a))
+
+
+def _exact_ggn_diag_hidden(model, ss, x):
+    """E_x ||d out / d m_g||^2 / positions by explicit Jacobians (MSE kind)."""
+    named = dict(model.named_modules())
+    diag = np.zeros(len(ss.groups))
+    for i in range(x.shape[0]):
+        m = {c: torch.ones(named[c].in_features, dtype=x.dtype, requires_grad=True)
+             for c in {c for g in ss.groups for c, _ in g.consumers}}
+        hs = [named[c].register_forward_pre_hook(lambda _m, a, mc=m[c]: (a[0] * mc,))
+              for c in m]
+        out = model(x[i:i + 1]).reshape(-1)
+        for h in hs:
+            h.remove()
+        for j in range(out.shape[0]):
+            grads = torch.autograd.grad(out[j], list(m.values()), retain_graph=True)
+            gm = dict(zip(m, grads))
+            for gi, g in enumerate(ss.groups):
+                v = sum(float(gm[c][list(ch)].sum()) for c, ch in g.consumers)
+                diag[gi] += v * v
+    return diag / x.shape[0]
+
+
+def test_fisher_diagonal_is_the_gauss_newton_diagonal():
+    m, x, _ = _mlp(4, hidden=(5, 4))
+    ss = discover(m, (6,))
+    ss.model.output = "hidden"  # compare outputs by squared error: GGN = J^T J
+    fr = mask_fisher(ss, x[:40], draws=400, seed=1, batch_size=40)
+    exact = _exact_ggn_diag_hidden(m, ss, x[:40])
+    np.testing.assert_allclose(fr.diag, exact, rtol=0.2)
+    # Blocks hold the diagonal on their diagonal.
+    for s, ix in ss.layer_kind_index().items():
+        np.testing.assert_allclose(np.diag(fr.blocks[s]), fr.diag[ix], rtol=1e-12)
+
+
+def test_fisher_of_logits_predicts_the_kl_of_small_removals():
+    # Second order: KL(dense || pruned) for scaling group g's mask to 1 - e is
+    # 1/2 e^2 H_gg + O(e^3).
+    m, x, _ = _mlp(5, hidden=(6, 5))
+    ss = discover(m, (6,))
+    fr = mask_fisher(ss, x[:200], draws=200, seed=0, batch_size=200)
+    eps = 0.05
+    named = dict(m.named_modules())
+    with torch.no_grad():
+        ref = m(x[:200])
+    for gi in (0, 3, 7):
+        g = ss.groups[gi]
+        hooks = []
+        for c, ch in g.consumers:
+            mask = torch.ones(named[c].in_features, dtype=torch.float64)
+            mask[list(ch)] = 1 - eps
+            hooks.append(named[c].register_forward_pre_hook(lambda _m, a, mk=mask: (a[0] * mk,)))
+        with torch.no_grad():
+            kl = float(divergence(m(x[:200]), ref, "logits").mean())
+        for h in hooks:
+            h.remove()
+        assert kl == pytest.approx(0.5 * eps ** 2 * fr.diag[gi], rel=0.25)
+
+
+def test_greedy_quadratic_order_is_greedy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(7, 7))
+    h = a @ a.T
+    order = greedy_quadratic_order(h)
+    assert sorted(order) == list(range(7))
+    removed = list(order[::-1])
+    for t in range(7):
+        r = removed[:t]
+        cost = [float(h[j, j] + 2 * h[j, r].sum()) if j not in r else np.inf for j in range(7)]
+        assert removed[t] == int(np.argmin(cost))
+
+
+def test_curves_measure_what_the_evaluator_measures_and_leave_weights_alone():
+    from optprune.nn.bridge import problem_from_structures
+
+    m, x, _ = _mlp(6)
+    ss = discover(m, (6,))
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    fr = mask_fisher(ss, x, seed=0)
+    ev = Evaluator(ss, x)
+    p = problem_from_structures(ss, fr.saliency)
+    p.add_count_bounds(None, None, min=1)
+    orders = {s: ix[np.argsort(-fr.diag[ix], kind="stable")] for s, ix in ss.layer_kind_index().items()}
+    curves = measure_curves(ev, p, orders, max_widths=5)
+    for s, c in curves.items():
+        width = orders[s].size
+        assert c.delta[width] == 0.0 and c.measured[-1] == width
+        assert c.measured.size == 5
+        k = int(c.measured[1])
+        keep = np.ones(len(ss.groups), dtype=bool)
+        keep[orders[s][k:]] = False
+        assert c.delta[k] == pytest.approx(ev.loss(keep))
+        # interpolation between measured widths
+        k0, k1 = int(c.measured[0]), int(c.measured[1])
+        if k1 - k0 > 1:
+            mid = (k0 + k1) // 2
+            lam = (mid - k0) / (k1 - k0)
+            assert c.delta[mid] == pytest.approx((1 - lam) * c.delta[k0] + lam * c.delta[k1])
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def _tiny_vit(seed: int = 0):
+    from optprune.nn.models import ViT
+
+    torch.manual_seed(seed)
+    m = ViT(image_size=4, patch=2, dim=8, heads=(2, 2), head_dim=4, ffn=8, n_classes=3).eval()
+    x = torch.randn(96, 1, 4, 4)
+    y = torch.randint(0, 3, (96,))
+    return m, x, y
+
+
+def test_pipeline_proposals_are_proven_distinct_and_the_measured_best_is_chosen():
+    from optprune.nn.pipeline import CalibrationOptions, calibrated_selection
+    from optprune.nn.pruning import build_problem
+
+    m, x, y = _tiny_vit()
+    ss = discover(m, (1, 4, 4))
+    p, _ = build_problem(ss, np.ones(len(ss.groups)), 0.6)
+    sel = calibrated_selection(ss, p, (x, y), CalibrationOptions(k_best=3, batch_size=32))
+    cands = sel.candidates
+    assert len(cands) == 3
+    objs = [c["objective"] for c in cands]
+    assert objs == sorted(objs, reverse=True)
+    assert all(c["termination"] == "optimal" for c in cands)
+    # Each proposal's objective is minus the sum of its slots' measured losses.
+    measured = [c["loss_reconstructed"] for c in cands]
+    assert sel.chosen == int(np.argmin(measured))
+    keep = sel.keep
+    tot = 0.0
+    for s, ix in ss.layer_kind_index().items():
+        tot += sel.curves[s].delta[int(keep[ix].sum())]
+    assert cands[sel.chosen]["objective"] == pytest.approx(-tot, abs=1e-9)
+    assert ss.predict(keep)["params"] <= 0.6 * ss.dense_params
+    # The chosen model is the reconstructed one, measured as reported.
+    ev = Evaluator(ss, (x, y), batch_size=32)
+    assert ev.loss(keep, on=sel.structures) == pytest.approx(measured[sel.chosen], rel=1e-6)
+
+
+def test_default_prune_is_the_pipeline_and_leaves_the_model_alone():
+    import optprune
+    from optprune.nn.pipeline import CalibrationOptions
+
+    m, x, y = _tiny_vit(1)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    pruned, rep = optprune.prune(m, data=(x, y), budget=0.6,
+                                 calibration=CalibrationOptions(k_best=2, batch_size=32))
+    assert rep.importance == "calibrated" and rep.reconstructed
+    assert rep.after["params"] == rep.predicted["params"] <= 0.6 * rep.before["params"]
+    assert {"fisher", "curves", "search", "choice"} <= set(rep.stages["times_s"])
+    assert len(rep.stages["candidates"]) == 2
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    # The pruned model computes the measured (reconstructed) variant: its loss is the
+    # chosen candidate's.
+    from optprune.nn.fisher import divergence
+
+    with torch.no_grad():
+        loss = float(divergence(pruned(x), m(x), "logits").mean())
+    chosen = rep.stages["candidates"][rep.stages["chosen"]]
+    assert loss == pytest.approx(chosen["loss_reconstructed"], rel=1e-4)
+
+
+def test_default_pipeline_bad_input_is_a_clear_error_and_the_model_is_unchanged():
+    import optprune
+    from optprune.nn.pipeline import CalibrationOptions
+
+    m, x, y = _tiny_vit(2)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValidationError, match="calibration data"):
+        optprune.prune(m, budget=0.6, input_shape=(1, 4, 4))
+    with pytest.raises(ValidationError, match="shape"):
+        optprune.prune(m, data=(torch.randn(10, 1, 5, 5), torch.zeros(10, dtype=torch.long)),
+                       budget=0.6, input_shape=(1, 4, 4))
+    bad = x.clone()
+    bad[3, 0, 1, 1] = float("nan")
+    with pytest.raises(ValidationError, match="NaN|finite"):
+        optprune.prune(m, data=(bad, y), budget=0.6)
+    with pytest.raises(ValidationError, match="k_best"):
+        CalibrationOptions(k_best=0)
+    with pytest.raises(ValidationError, match="reconstruct"):
+        optprune.prune(m, data=(x, y), budget=0.6, bias_compensation=True)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k
