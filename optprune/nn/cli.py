@@ -6,10 +6,12 @@ import argparse
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job: exact pruning of digits models vs baselines",
+    p = sub.add_parser("demo", help="the main job: optprune's default pipeline vs the usual rules",
                        description="Train an MLP and a small ViT on scikit-learn's digits, "
-                       "prune them exactly under a parameter budget, a FLOPs cap and width "
-                       "multiples, fine-tune, and compare with the baseline rules.")
+                       "prune them with optprune.prune's default pipeline (loss-calibrated "
+                       "objective, exact search, reconstruction) and with the usual rules under "
+                       "a parameter budget, a MACs cap and width multiples, fine-tune each "
+                       "identically, and compare.")
     p.add_argument("--out", default="optprune-demo", help="output folder (report.json, plot)")
     p.add_argument("--budget", type=float, default=0.5, help="kept fraction of parameters")
     p.add_argument("--flops", type=float, default=0.6, help="kept fraction of MACs (cap)")

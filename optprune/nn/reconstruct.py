@@ -259,12 +259,13 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     hold = [i % holdout_every == holdout_every - 1 for i in range(nb)] if nb >= holdout_every \
         else [False] * nb
     order = consumer_order(structures, data, consumers)
+    dense_out = _dense_outputs(dense, dense_named, order, data_batches)
     was = model.training
     model.eval()
     layers: list[LayerRefit] = []
     try:
         for name in order:
-            mod, dmod = named[name], dense_named[name]
+            mod = named[name]
             cols, rows = _kept_layout(structures, keep, name, mod)
             has_bias = mod.bias is not None
             acc = _Acc()
@@ -274,19 +275,7 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
                 got["x"] = unfold_rows(mod, args[0].detach())
                 raise _Stop
 
-            def cap_out(_m, _a, out, got=got, mod=dmod):
-                got["y"] = _output_rows(mod, out.detach())
-                raise _Stop
-
             for i, (x, _) in enumerate(data_batches):
-                hd = dmod.register_forward_hook(cap_out)
-                try:
-                    with torch.no_grad():
-                        run_model(dense, x)
-                except _Stop:
-                    pass
-                finally:
-                    hd.remove()
                 with structures.masked(keep):
                     hm = mod.register_forward_pre_hook(cap_in)
                     try:
@@ -299,7 +288,7 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
                 xs = got["x"][:, torch.as_tensor(cols, dtype=torch.long, device=got["x"].device)]
                 if has_bias:
                     xs = torch.cat([xs, xs.new_ones(xs.shape[0], 1)], 1)
-                y = got["y"]
+                y = dense_out[name][i]
                 acc.add(1 if hold[i] else 0, xs,
                         y[:, torch.as_tensor(rows, dtype=torch.long, device=y.device)])
             w2 = _weight2d(mod).detach().to(torch.float64)
@@ -312,6 +301,27 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     finally:
         model.train(was)
     return ReconstructionReport(layers, sum(hold), nb - sum(hold), time.perf_counter() - t0)
+
+
+def _dense_outputs(dense: nn.Module, named: dict[str, nn.Module], order: Sequence[str],
+                   data_batches: list) -> dict[str, list[torch.Tensor]]:
+    """The dense model's output rows of every consumer on every batch (one pass)."""
+    out: dict[str, list[torch.Tensor]] = {c: [] for c in order}
+    hs = [named[c].register_forward_hook(
+        lambda _m, _a, o, c=c: out[c].append(_output_rows(named[c], o.detach()))) for c in order]
+    try:
+        with torch.no_grad():
+            for x, _ in data_batches:
+                run_model(dense, x)
+    finally:
+        for h in hs:
+            h.remove()
+    many = [c for c, v in out.items() if len(v) != len(data_batches)]
+    if many:
+        raise ValidationError(
+            f"Reconstruction needs each consumer to run once per forward pass; {many[:3]} ran "
+            f"a different number of times. Exclude them from pruning or pass reconstruct=False.")
+    return out
 
 
 def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: np.ndarray,

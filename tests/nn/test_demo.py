@@ -19,5 +19,13 @@ def test_demo_tiny(tmp_path, capsys):
         assert r["params"] <= 0.5 * dense[r["model"]]["params"]
         assert r["flops"] <= 0.6 * dense[r["model"]]["flops"]
         assert 0.0 <= r["acc_finetuned"] <= 1.0
+    # The default pipeline leads, and a rule that breaks a constraint is marked so.
+    vit = [r for r in rows if r["model"] == "vit"]
+    assert [r["method"] for r in vit[:2]] == ["dense", "optprune default"]
+    for r in rows:
+        if r["params"] is not None and r["method"] != "dense":
+            assert r["feasible"] == (r["params"] <= 0.5 * dense[r["model"]]["params"]
+                                     and r["flops"] <= 0.6 * dense[r["model"]]["flops"]
+                                     and not r["violations"])
     out = capsys.readouterr().out
-    assert "optimal" in out and "uniform" in out
+    assert "optimal" in out and "uniform" in out and "optprune default" in out
