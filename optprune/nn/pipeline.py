@@ -52,10 +52,13 @@ class CalibrationOptions:
     fisher_labels: "model" (labels drawn from the model: the Gauss-Newton matrix of the
         KL to the dense model) or "data" (the data's labels: empirical Fisher).
     curve_alpha: relative ridge of the single-layer refit inside the curves.
-    alphas: relative ridges tried by the final reconstruction (chosen on held-out
-        calibration batches; inf = keep the weights, refit the bias).
+    alphas: relative ridges tried by the reconstruction (one whole refit each, the one
+        whose model output is closest to the dense one on held-out calibration batches
+        wins; chosen on the best proposal, reused for the others).
     additivity_samples: random allocations measured to report how additive the
         per-slot losses are (0: skip; costs one calibration pass each).
+    curve_samples: calibration samples the curves (and the measured choice) use: the
+        first ones of ``data`` (None: all). The Fisher and the reconstruction use all.
     """
 
     k_best: int = 4
@@ -66,6 +69,7 @@ class CalibrationOptions:
     curve_alpha: float = 0.1
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     additivity_samples: int = 0
+    curve_samples: int | None = 512
     batch_size: int = 128
     seed: int = 0
 
@@ -141,7 +145,7 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
     times["fisher"] = time.perf_counter() - t
     t = time.perf_counter()
     ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit,
-                   alpha=opts.curve_alpha)
+                   alpha=opts.curve_alpha, max_samples=opts.curve_samples)
     curves = measure_curves(ev, problem, slot_orders(structures, fr, opts.order),
                             max_widths=opts.max_widths, refit=refit)
     times["curves"] = time.perf_counter() - t
@@ -162,6 +166,7 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
     t = time.perf_counter()
     candidates = []
     best = (math.inf, -1, None, None)
+    alpha: float | None = None
     for i, r in enumerate(results):
         if r.keep is None:
             continue
@@ -174,7 +179,12 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
                "usage": r.usage}
         rec = None
         if refit:
-            rec = reconstruct(work, keep, data, alphas=opts.alphas, batch_size=opts.batch_size)
+            # The ridge is chosen once, on the solver's best proposal (a whole refit per
+            # alpha); the other proposals are refit with it.
+            rec = reconstruct(work, keep, data, batch_size=opts.batch_size,
+                              alphas=opts.alphas if alpha is None else (alpha,))
+            alpha = rec.alpha if alpha is None else alpha
+            row["alpha"] = rec.alpha
             row["loss_reconstructed"] = ev.loss(keep, on=work)
         measured = row.get("loss_reconstructed", row["loss_masked"])
         candidates.append(row)

@@ -17,10 +17,12 @@ G = Xa^T Xa, C = Xa^T Y (Xa = [X_p,S 1]):
 
     Theta = (G + Lambda)^{-1} (C + Lambda Theta_0),  Lambda = diag(lam, ..., lam, eps).
 
-lam = alpha * mean(diag(G_x)) is chosen per consumer from ``alphas`` by the output
-error on held-out calibration batches (every ``holdout_every``-th batch), then refit
-on all batches. Consumers are processed in the order the forward pass reaches them,
-each with the inputs of the model already refit before it ("layer by layer, in
+lam = alpha * mean(diag(G_x)). alpha is chosen from ``alphas`` on held-out calibration
+batches (every ``holdout_every``-th batch): by default the whole layer-by-layer refit runs
+once per alpha on the other batches and the alpha whose *model* output is closest to the
+dense one on the held-out batches wins ("global"); then everything is refit on all
+batches. Consumers are processed in the order the forward pass reaches them, each with
+the inputs of the model already refit before it ("layer by layer, in
 order, using the already-pruned model's inputs").
 
 Everything happens on the *masked* model (``StructureSet.masked(keep)``: dropped
@@ -47,9 +49,10 @@ from .structures import StructureSet
 __all__ = ["DEFAULT_ALPHAS", "LayerRefit", "ReconstructionReport", "consumer_order",
            "reconstruct", "refit_from_stats", "unfold_rows"]
 
-# Relative ridge strengths (times the mean diagonal of the inputs' Gram matrix).
-# inf = keep the dense weights (refit the bias only, FLAP's compensation).
-DEFAULT_ALPHAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, math.inf)
+# Relative ridge strengths (times the mean diagonal of the inputs' Gram matrix), tried
+# by the "global" selection (one whole refit each). inf = keep the dense weights
+# (refit the bias only, FLAP's compensation).
+DEFAULT_ALPHAS: tuple[float, ...] = (0.1, 1.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -75,15 +78,27 @@ class LayerRefit:
 
 @dataclass(frozen=True)
 class ReconstructionReport:
+    """Per consumer refit; ``select`` and, for "global", the held-out divergence of the
+    whole model per alpha tried."""
+
     layers: list[LayerRefit]
     holdout_batches: int
     fit_batches: int
     time_s: float
+    select: str = "layer"
+    global_errors: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def alpha(self) -> float | None:
+        """The one alpha of a "global" selection (None when layers differ)."""
+        a = {r.alpha for r in self.layers}
+        return a.pop() if len(a) == 1 else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [r.to_dict() for r in self.layers],
                 "holdout_batches": self.holdout_batches, "fit_batches": self.fit_batches,
-                "time_s": self.time_s}
+                "time_s": self.time_s, "select": self.select,
+                "global_errors": self.global_errors}
 
 
 class _Stop(Exception):
@@ -217,8 +232,8 @@ def _kept_layout(structures: StructureSet, keep: np.ndarray, name: str, mod: nn.
 
 def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
                 consumers: Sequence[str] | None = None,
-                alphas: Sequence[float] = DEFAULT_ALPHAS, holdout_every: int = 4,
-                default_alpha: float = 0.1, batch_size: int = 128,
+                alphas: Sequence[float] = DEFAULT_ALPHAS, select: str = "global",
+                holdout_every: int = 4, default_alpha: float = 1.0, batch_size: int = 128,
                 min_rows_per_input: float = 1.0) -> ReconstructionReport:
     """Refit, in place on ``structures.model``, every consumer whose inputs lose
     columns under ``keep`` (or the named ``consumers``), in forward order, so that its
@@ -226,11 +241,19 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     it was before the call. The model's dropped columns keep their old values (they
     are multiplied by zero under the mask and removed by surgery).
 
+    select: how the ridge is chosen from ``alphas`` on held-out calibration batches
+        (every ``holdout_every``-th): "global" runs the whole layer-by-layer refit once
+        per alpha on the other batches and keeps the alpha whose *model* output is
+        closest to the dense one on the held-out batches (then refits on all batches);
+        "layer" picks per consumer the alpha with the smallest held-out error of that
+        consumer's own output (cheaper, but myopic: a layer can fit its calibration
+        outputs better and generalize worse downstream). With fewer than
+        ``holdout_every`` batches nothing is held out and ``default_alpha`` (or the
+        alpha of ``alphas`` closest to it) is used.
+
     Raises ValidationError when a consumer has fewer calibration rows than
     ``min_rows_per_input`` times its kept inputs and no ridge is allowed (every
-    alpha is 0): the plain least squares would be underdetermined. With fewer than
-    ``holdout_every`` calibration batches nothing is held out and ``default_alpha`` is
-    used (or the alpha of ``alphas`` closest to it).
+    alpha is 0): the plain least squares would be underdetermined.
     """
     import copy
     import time
@@ -240,6 +263,8 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     check(len(alphas) > 0 and all(isinstance(a, (int, float)) and a >= 0 for a in alphas),
           "The 'alphas' of reconstruct", "a non-empty list of ridge strengths >= 0 (inf allowed)",
           list(alphas))
+    check(select in ("global", "layer"), "The 'select' of reconstruct", "'global' or 'layer'",
+          select)
     check(isinstance(holdout_every, int) and holdout_every >= 2, "The 'holdout_every' of "
           "reconstruct", "an int >= 2 (every k-th calibration batch is held out)", holdout_every)
     model = structures.model
@@ -247,26 +272,106 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     if consumers is None:
         masks = structures.consumer_masks(keep)
         consumers = [c for c, m in masks.items() if bool((m < 0.5).any())]
-    bad = [c for c in consumers if not _is_refittable(named[c])]
-    consumers = [c for c in consumers if c not in bad]
+    consumers = [c for c in consumers if _is_refittable(named[c])]
     dense = copy.deepcopy(model)
     dense.eval()
-    dense_named = dict(dense.named_modules())
-    dtype = param_dtype(model)
     data_batches = list(batches(data, structures.input_shape, batch_size, "reconstruction",
-                                dtype=dtype, device=model_device(model)))
+                                dtype=param_dtype(model), device=model_device(model)))
     nb = len(data_batches)
     hold = [i % holdout_every == holdout_every - 1 for i in range(nb)] if nb >= holdout_every \
         else [False] * nb
     order = consumer_order(structures, data, consumers)
-    dense_out = _dense_outputs(dense, dense_named, order, data_batches)
+    dense_out = _dense_outputs(dense, dict(dense.named_modules()), order, data_batches)
+    loop = _LayerLoop(structures, keep, order, data_batches, dense_out, min_rows_per_input)
     was = model.training
     model.eval()
-    layers: list[LayerRefit] = []
+    global_errors: dict[str, float] = {}
     try:
-        for name in order:
-            mod = named[name]
-            cols, rows = _kept_layout(structures, keep, name, mod)
+        if select == "global" and any(hold) and len(alphas) > 1:
+            saved = {c: _weights_of(named[c]) for c in order}
+            ref = [(x, _final_output(dense, x)) for (x, _), h in zip(data_batches, hold) if h]
+            kind = _kind(structures)
+            for a in alphas:
+                loop.run([not h for h in hold], [False] * nb, (a,), a)
+                global_errors[str(a)] = _end_to_end(structures, keep, ref, kind)
+                for c, w in saved.items():
+                    _set_weights(named[c], w)
+            best = min(alphas, key=lambda a: (global_errors[str(a)], -a))
+            layers = loop.run([True] * nb, hold, (best,), best)
+        elif select == "global":
+            layers = loop.run([True] * nb, hold, (_closest(alphas, default_alpha),),
+                              default_alpha)
+        else:
+            layers = loop.run([True] * nb, hold, alphas, default_alpha)
+    finally:
+        model.train(was)
+    return ReconstructionReport(layers, sum(hold), nb - sum(hold), time.perf_counter() - t0,
+                                select, global_errors)
+
+
+def _closest(alphas: Sequence[float], target: float) -> float:
+    return min(alphas, key=lambda a: abs(math.log((a + 1e-300) / target))
+               if math.isfinite(a) else math.inf)
+
+
+def _weights_of(mod: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return mod.weight.detach().clone(), None if mod.bias is None else mod.bias.detach().clone()
+
+
+def _set_weights(mod: nn.Module, w: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    with torch.no_grad():
+        mod.weight.copy_(w[0])
+        if w[1] is not None:
+            mod.bias.copy_(w[1])
+
+
+def _kind(structures: StructureSet) -> str:
+    from .fisher import output_kind
+
+    return output_kind(structures)
+
+
+def _final_output(model: nn.Module, x: Any) -> torch.Tensor:
+    from .calib import model_output
+
+    with torch.no_grad():
+        return model_output(run_model(model, x)).detach()
+
+
+def _end_to_end(structures: StructureSet, keep: np.ndarray, ref: list, kind: str) -> float:
+    """Mean divergence of the masked model from the dense outputs ``ref`` = [(x, y)]."""
+    from .fisher import divergence
+
+    tot, n = 0.0, 0
+    with structures.masked(keep):
+        for x, y in ref:
+            d = divergence(_final_output(structures.model, x), y, kind)
+            tot += float(d.sum())
+            n += d.shape[0]
+    return tot / max(n, 1)
+
+
+class _LayerLoop:
+    """The layer-by-layer refit: for each consumer in forward order, statistics of the
+    masked model's inputs (already refit upstream) against the dense outputs, then the
+    ridge solve written in place."""
+
+    def __init__(self, structures: StructureSet, keep: np.ndarray, order: Sequence[str],
+                 data_batches: list, dense_out: dict[str, list[torch.Tensor]],
+                 min_rows_per_input: float) -> None:
+        self.ss, self.keep, self.order = structures, keep, list(order)
+        self.batches, self.dense_out = data_batches, dense_out
+        self.named = dict(structures.model.named_modules())
+        self.min_rows = min_rows_per_input
+
+    def run(self, use: list[bool], hold: list[bool], alphas: Sequence[float],
+            default_alpha: float) -> list[LayerRefit]:
+        """Refit on the batches with ``use``; those also in ``hold`` are held out."""
+        model = self.ss.model
+        layers = []
+        for name in self.order:
+            mod = self.named[name]
+            cols, rows = _kept_layout(self.ss, self.keep, name, mod)
             has_bias = mod.bias is not None
             acc = _Acc()
             got: dict[str, torch.Tensor] = {}
@@ -275,8 +380,10 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
                 got["x"] = unfold_rows(mod, args[0].detach())
                 raise _Stop
 
-            for i, (x, _) in enumerate(data_batches):
-                with structures.masked(keep):
+            for i, (x, _) in enumerate(self.batches):
+                if not use[i]:
+                    continue
+                with self.ss.masked(self.keep):
                     hm = mod.register_forward_pre_hook(cap_in)
                     try:
                         with torch.no_grad():
@@ -288,19 +395,16 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
                 xs = got["x"][:, torch.as_tensor(cols, dtype=torch.long, device=got["x"].device)]
                 if has_bias:
                     xs = torch.cat([xs, xs.new_ones(xs.shape[0], 1)], 1)
-                y = dense_out[name][i]
+                y = self.dense_out[name][i]
                 acc.add(1 if hold[i] else 0, xs,
                         y[:, torch.as_tensor(rows, dtype=torch.long, device=y.device)])
-            w2 = _weight2d(mod).detach().to(torch.float64)
-            theta0 = w2.cpu().numpy()[rows][:, cols].T
+            theta0 = _weight2d(mod).detach().to(torch.float64).cpu().numpy()[rows][:, cols].T
             if has_bias:
                 b0 = mod.bias.detach().to(torch.float64).cpu().numpy()
                 theta0 = np.vstack([theta0, b0[rows][None]])
             layers.append(_refit_one(name, mod, acc, theta0, cols, rows, has_bias, alphas,
-                                     default_alpha, min_rows_per_input))
-    finally:
-        model.train(was)
-    return ReconstructionReport(layers, sum(hold), nb - sum(hold), time.perf_counter() - t0)
+                                     default_alpha, self.min_rows))
+        return layers
 
 
 def _dense_outputs(dense: nn.Module, named: dict[str, nn.Module], order: Sequence[str],

@@ -29,7 +29,8 @@ import torch
 
 from ..alloc import AllocationProblem
 from ..errors import ValidationError, check
-from .calib import batches, model_device, model_output, param_dtype, run_model
+from .calib import (batches, model_device, model_output, n_samples, param_dtype, run_model,
+                    sample_input)
 from .fisher import FisherResult, divergence, output_kind
 from .reconstruct import _is_refittable, _taps, refit_from_stats, unfold_rows
 from .structures import StructureSet
@@ -99,14 +100,25 @@ class Evaluator:
     computed from the dense input statistics."""
 
     def __init__(self, structures: StructureSet, data: Any, *, batch_size: int = 128,
-                 refit: bool = True, alpha: float = 0.1, kind: str | None = None) -> None:
+                 refit: bool = True, alpha: float = 0.1, kind: str | None = None,
+                 max_samples: int | None = None) -> None:
+        check(max_samples is None or (isinstance(max_samples, int) and max_samples >= 1),
+              "The 'max_samples' of the evaluator", "None or a positive int", max_samples)
         self.ss = structures
         self.model = structures.model
         self.named = dict(self.model.named_modules())
         self.kind = kind or output_kind(structures)
-        self.batches = [x for x, _ in batches(
-            data, structures.input_shape, batch_size, "the sensitivity curves",
-            dtype=param_dtype(self.model), device=model_device(self.model))]
+        self.batches = []
+        n = 0
+        for x, _ in batches(data, structures.input_shape, batch_size, "the sensitivity curves",
+                            dtype=param_dtype(self.model), device=model_device(self.model)):
+            if max_samples is not None and n + n_samples(x) > max_samples:
+                x = sample_input(x, max_samples - n)
+            self.batches.append(x)
+            n += n_samples(x)
+            if max_samples is not None and n >= max_samples:
+                break
+        self.n_samples = n
         self.alpha = alpha
         was = self.model.training
         self.model.eval()

@@ -130,15 +130,32 @@ def test_reconstruction_refuses_an_underdetermined_plain_refit():
 
 
 def test_reconstruction_chooses_the_ridge_on_held_out_batches():
+    from optprune.nn.fisher import divergence
+
     m, x, _ = _mlp(3)
     ss = discover(m, (6,))
     keep = np.ones(len(ss.groups), dtype=bool)
     keep[[0, 1, 2, 3, 4, 5]] = False
-    rep = reconstruct(_work(ss), keep, x, batch_size=50, holdout_every=4)
+    rep = reconstruct(_work(ss), keep, x, batch_size=50, holdout_every=4, select="layer",
+                      alphas=(1e-3, 1e-1, 10.0, float("inf")))
     assert rep.holdout_batches == 2 and rep.fit_batches == 6
     for r in rep.layers:
         errs = {float(a): e for a, e in r.errors_by_alpha.items()}
         assert r.alpha == min(errs, key=lambda a: (errs[a], -a))
+    # "global": one alpha for the model, the one whose refit on the other batches gives
+    # the held-out model output closest to the dense one (checked by refitting by hand).
+    alphas = (1e-3, 1e-1, 10.0)
+    rep = reconstruct(_work(ss), keep, x, batch_size=50, holdout_every=4, alphas=alphas)
+    assert rep.select == "global" and rep.alpha == min(
+        alphas, key=lambda a: rep.global_errors[str(a)])
+    fit = torch.cat([x[i * 50:(i + 1) * 50] for i in range(8) if i % 4 != 3])
+    held = torch.cat([x[i * 50:(i + 1) * 50] for i in range(8) if i % 4 == 3])
+    for a in alphas:
+        w = _work(ss)
+        reconstruct(w, keep, fit, alphas=(a,), holdout_every=1000, batch_size=50)
+        with w.masked(keep), torch.no_grad():
+            d = float(divergence(w.model(held), m(held), "logits").mean())
+        assert d == pytest.approx(rep.global_errors[str(a)], rel=1e-6)
 
 
 def _exact_ggn_diag_hidden(model, ss, x):

@@ -1,0 +1,161 @@
+"""The default pipeline on all-MiniLM-L6-v2 (real pretrained weights, offline) against
+the usual rules, on two held-out domains.
+
+Calibration: packed token sequences of standard-library docstrings (the scoring half of
+``optprune.nn.corpus``). Quality: mean cosine between the pruned and the dense sentence
+embeddings of (a) held-out docstrings and (b) everyday English sentences written for the
+project (``optprune.nn.everyday``, never used for calibration), and (c) whether each
+everyday sentence's nearest neighbour keeps its topic. Budgets: a fraction r of the
+prunable parameters (heads and FFN channels) removed, the same cap for every rule.
+
+Contenders (heads and FFN channels):
+
+* ``top-k`` / ``uniform`` / ``exact-flap``: FLAP's fluctuation summed over a group's
+  channels (the best of the project's earlier scores on this model), selected by a global
+  threshold, by one ratio per layer, or by maximizing its sum exactly;
+* ``kwon``: Kwon et al.'s mask search on the mask-gradient Fisher (for every global head
+  count, the best heads, then the best FFN channels that fit);
+* ``calibrated``: the default pipeline (``optprune.nn.pipeline``), reconstruction included.
+
+Every selection is measured as it is and with the same reconstruction.
+
+    .venv/bin/python benchmarks/bench_calibrated_minilm.py --reductions 0.3 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from optprune.alloc import AllocationProblem, allocate  # noqa: E402
+from optprune.nn import importance as imp  # noqa: E402
+from optprune.nn.bridge import problem_from_structures  # noqa: E402
+from optprune.nn.corpus import load_corpus, mean_cosine, pack_token_ids, sentence_embeddings  # noqa: E402
+from optprune.nn.everyday import everyday_sentences, topic_neighbour_accuracy  # noqa: E402
+from optprune.nn.fisher import mask_fisher  # noqa: E402
+from optprune.nn.hf import bert_structures, load_minilm, prune_bert  # noqa: E402
+from optprune.nn.pipeline import CalibrationOptions, calibrated_selection  # noqa: E402
+from optprune.nn.reconstruct import reconstruct  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_calibrated import kwon_select  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--n-calib", type=int, default=128, help="packed calibration sequences")
+    ap.add_argument("--n-eval", type=int, default=512, help="held-out docstrings")
+    ap.add_argument("--reductions", type=float, nargs="+", default=[0.3, 0.5])
+    ap.add_argument("--k-best", type=int, default=4)
+    ap.add_argument("--out", default="benchmarks/out/calibrated_minilm.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    model, tok = load_minilm()
+    corpus = load_corpus()
+    held = list(corpus.eval[: args.n_eval])
+    every, topics = everyday_sentences()
+    calib = pack_token_ids(tok, corpus.score, args.seq_len, args.n_calib).float()
+    ss = bert_structures(model, seq_len=args.seq_len)
+    costs = ss.costs()["params"]
+    prunable, fixed = float(costs.sum()), float(ss.fixed_params)
+    dense_h = sentence_embeddings(model, tok, held)
+    dense_e = sentence_embeddings(model, tok, every)
+    dense_topic = topic_neighbour_accuracy(dense_e.numpy(), topics)
+    print(f"MiniLM: {ss.dense_params:,} params, {prunable:,.0f} prunable; calibration "
+          f"{calib.shape[0]} x {args.seq_len} docstring tokens; held out {len(held)} docstrings, "
+          f"{len(every)} everyday sentences (dense topic-neighbour accuracy {dense_topic:.3f})",
+          flush=True)
+
+    def quality(bert) -> dict[str, float]:
+        e = sentence_embeddings(bert, tok, every)
+        return {"cos_doc": mean_cosine(dense_h, sentence_embeddings(bert, tok, held)),
+                "cos_every": mean_cosine(dense_e, e),
+                "topic": topic_neighbour_accuracy(e.numpy(), topics)}
+
+    def physical(work_ss, keep) -> dict[str, float]:
+        bert = prune_bert(copy.deepcopy(work_ss.model.__dict__["wrapped"]), keep, ss)
+        q = quality(bert)
+        q["params"] = sum(p.numel() for p in bert.parameters())
+        assert q["params"] == ss.predict(keep)["params"]
+        return q
+
+    t = time.perf_counter()
+    flap = imp.score(ss, "flap", calib, aggregate="sum")
+    t_flap = time.perf_counter() - t
+    t = time.perf_counter()
+    fr_kwon = mask_fisher(ss, calib, batch_size=32, blocks=False)
+    t_kwon = time.perf_counter() - t
+    rows = []
+    for r in args.reductions:
+        cap = fixed + (1.0 - r) * prunable
+        p = AllocationProblem(ss.ids, ss.layers, ss.kinds, flap, {"params": costs},
+                              fixed_costs={"params": fixed}, name=f"minilm-flap-{r}")
+        p.add_budget("params", max=cap)
+        res = allocate(p, baselines=["topk_rounded", "uniform"], rel_gap=1e-4, time_limit_s=60)
+        sel = {"top-k": res.baselines["topk_rounded"].keep, "uniform": res.baselines["uniform"].keep,
+               "exact-flap": res.keep}
+        pk = problem_from_structures(ss, fr_kwon.saliency)
+        pk.add_budget("params", max=cap)
+        sel["kwon"] = kwon_select(ss, pk, fr_kwon.saliency)
+        times = {"top-k": t_flap, "uniform": t_flap, "exact-flap": t_flap + res.total_time_s,
+                 "kwon": t_kwon}
+        # The pipeline: same cap, measured end to end (calibration passes included).
+        t = time.perf_counter()
+        q = problem_from_structures(ss, np.zeros(len(ss.groups)))
+        q.add_budget("params", max=min(cap, min(ss.predict(k)["params"] for k in sel.values())))
+        cs = calibrated_selection(ss, q, calib, CalibrationOptions(k_best=args.k_best,
+                                                                   batch_size=32))
+        t_ours = time.perf_counter() - t
+        sel["calibrated"] = cs.keep
+        times["calibrated"] = t_ours
+        for label, keep in sel.items():
+            row = {"reduction": r, "method": label, "time_s": times[label],
+                   "prunable_removed": 1.0 - (ss.predict(keep)["params"] - fixed) / prunable}
+            if label == "calibrated":
+                row.update({f"rec_{k}": v for k, v in physical(cs.structures, keep).items()})
+                row.update(physical(ss, keep))
+                row["candidates"] = cs.candidates
+                row["stage_times_s"] = cs.times_s
+            else:
+                row.update(physical(ss, keep))
+                work = dataclasses.replace(ss, model=copy.deepcopy(ss.model))
+                t = time.perf_counter()
+                reconstruct(work, keep, calib, batch_size=32)
+                row["rec_time_s"] = time.perf_counter() - t
+                row.update({f"rec_{k}": v for k, v in physical(work, keep).items()})
+            rows.append(row)
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                              for k, v in row.items() if k != "candidates"}), flush=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump({"rows": rows, "dense_topic": dense_topic}, fh, indent=1)
+    print(table(rows, dense_topic))
+    return 0
+
+
+def table(rows, dense_topic: float) -> str:
+    out = [f"dense topic-neighbour accuracy {dense_topic:.3f}", "",
+           "| removed | method | cos doc | +recon | cos everyday | +recon | topic | +recon | time s |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['prunable_removed']:.3f} | {r['method']} | {r['cos_doc']:.3f} | "
+                   f"{r['rec_cos_doc']:.3f} | {r['cos_every']:.3f} | {r['rec_cos_every']:.3f} | "
+                   f"{r['topic']:.3f} | {r['rec_topic']:.3f} | {r['time_s']:.1f} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
