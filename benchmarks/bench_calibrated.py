@@ -156,6 +156,10 @@ def keep_from_pruned(ss: StructureSet, pruned: torch.nn.Module) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- Kwon et al.
+def kwon_label(ss: StructureSet) -> str:
+    return "kwon" if "head" in set(ss.kinds) else "fisher-greedy"
+
+
 def kwon_select(ss: StructureSet, problem, saliency: np.ndarray) -> np.ndarray:
     """Kwon et al.'s mask search under the parameter budget: heads and FFN channels
     each cost the same everywhere, so for every global head count n_h keep the n_h
@@ -224,6 +228,7 @@ def run_family(name: str, seed: int, args) -> list[dict[str, Any]]:
                                    "params": ss.dense_params, "train_s": t_train,
                                    "acc": accuracy(model, d.x_test, d.y_test),
                                    "acc_shift": accuracy(model, xshift, d.y_test)}]
+    print(json.dumps(rows[0]), flush=True)
     selections: dict[str, np.ndarray] = {}
     times: dict[str, float] = {}
     for imp in ("magnitude", "taylor"):
@@ -237,6 +242,7 @@ def run_family(name: str, seed: int, args) -> list[dict[str, Any]]:
             diff = float((pruned(d.x_test[:64]) - tp_model(d.x_test[:64])).abs().max())
         assert diff < 1e-4, diff
         selections[f"tp-{imp}"] = keep
+    # The comparison's budget: the smaller of Torch-Pruning's two counts.
     budget = min(ss.predict(k)["params"] for k in selections.values()) / ss.dense_params
     fr = mask_fisher(ss, calib, labels="data", blocks=False)
     rules = {
@@ -254,38 +260,49 @@ def run_family(name: str, seed: int, args) -> list[dict[str, Any]]:
         selections[label] = np.isin(ss.ids, rep.kept_ids)
     t = time.perf_counter()
     p, _ = pruning.build_problem(ss, fr.saliency, budget, None, None)
-    selections["kwon"] = kwon_select(ss, p, fr.saliency)
-    times["kwon"] = time.perf_counter() - t
-    # The pipeline gets the smallest count any contender reached.
-    budget = min(ss.predict(k)["params"] for k in selections.values()) / ss.dense_params
+    selections[kwon_label(ss)] = kwon_select(ss, p, fr.saliency)
+    times[kwon_label(ss)] = time.perf_counter() - t
+    opts = CalibrationOptions(k_best=args.k_best, seed=seed,
+                              additivity_samples=args.additivity)
+    runs = {}
     t = time.perf_counter()
-    opts = CalibrationOptions(k_best=args.k_best, seed=seed)
-    ours, rep = pruning.prune(model, data=calib, budget=budget, structures=ss,
-                              multiples=fam.multiples, baselines=False, calibration=opts)
+    runs["calibrated"] = pruning.prune(model, data=calib, budget=budget, structures=ss,
+                                       multiples=fam.multiples, baselines=False,
+                                       calibration=opts)
     times["calibrated"] = time.perf_counter() - t
-    selections["calibrated"] = np.isin(ss.ids, rep.kept_ids)
-    stages = rep.stages
+    # A rule whose granularity lands below that budget gets a second comparison, with
+    # the pipeline at the smallest count any contender reached.
+    low = min(ss.predict(k)["params"] for k in selections.values())
+    if low < runs["calibrated"][1].after["params"]:
+        t = time.perf_counter()
+        runs["calibrated@min"] = pruning.prune(model, data=calib, budget=low / ss.dense_params,
+                                               structures=ss, multiples=fam.multiples,
+                                               baselines=False, calibration=opts)
+        times["calibrated@min"] = time.perf_counter() - t
+    for label, (_, rep) in runs.items():
+        selections[label] = np.isin(ss.ids, rep.kept_ids)
     for label, keep in selections.items():
         row = {"family": name, "seed": seed, "method": label,
                "params": ss.predict(keep)["params"], "time_s": times[label]}
-        if label == "calibrated":
+        if label in runs:
+            ours, rep = runs[label]
             row.update({f"rec_{k}": v for k, v in evaluate(ours, d, xshift, args.ft_epochs,
                                                           seed).items()})
-            plain = apply_mask(ss, keep)
-            row.update(evaluate(plain, d, xshift, args.ft_epochs, seed))
-            row["candidates"] = stages.get("candidates")
-            row["chosen"] = stages.get("chosen")
-            row["additivity"] = stages.get("additivity")
+            row.update(evaluate(apply_mask(ss, keep), d, xshift, args.ft_epochs, seed))
+            for k in ("candidates", "chosen", "additivity", "times_s"):
+                row[k] = rep.stages.get(k)
         else:
             row.update(evaluate(apply_mask(ss, keep), d, xshift, args.ft_epochs, seed))
             work = dataclasses.replace(ss, model=copy.deepcopy(model))
-            reconstruct(work, keep, calib)
-            rec = apply_mask(work, keep, inplace=True)
-            row.update({f"rec_{k}": v for k, v in evaluate(rec, d, xshift, args.ft_epochs,
+            t = time.perf_counter()
+            rec = reconstruct(work, keep, calib)
+            row["rec_time_s"], row["rec_alpha"] = time.perf_counter() - t, rec.alpha
+            rec_model = apply_mask(work, keep, inplace=True)
+            row.update({f"rec_{k}": v for k, v in evaluate(rec_model, d, xshift, args.ft_epochs,
                                                           seed).items()})
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k not in ("candidates", "additivity")}),
-              flush=True)
+        print(json.dumps({k: v for k, v in row.items()
+                          if k not in ("candidates", "additivity", "times_s")}), flush=True)
     return rows
 
 
@@ -319,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-calib", type=int, default=1024)
     ap.add_argument("--ft-epochs", type=int, default=5)
     ap.add_argument("--k-best", type=int, default=4)
+    ap.add_argument("--additivity", type=int, default=16,
+                    help="random allocations measured for the additivity check")
     ap.add_argument("--out", default="benchmarks/out/calibrated.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

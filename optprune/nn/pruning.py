@@ -1,15 +1,19 @@
 """One call from a model to a physically pruned model:
 
-    pruned, report = optprune.prune(model, importance="flap", budget=0.5, data=(X, y),
-                                    flops=0.6, multiples={"head": 2, "neuron": 8})
+    pruned, report = optprune.prune(model, budget=0.5, data=(X, y))
 
-The steps (each available on its own): ``discover`` the coupled groups and their exact
-costs -> ``score`` them -> ``problem_from_structures`` (exact costs, including the
-bilinear cost of weights pruned on both sides) -> add the budgets and constraints ->
-``allocate`` exactly (or a baseline rule, for comparison) -> ``apply_mask``.
-The report carries the solver's proof (objective, bound, gap), the costs before and
-after (predicted by the cost model and measured on the pruned model) and the
-baselines on the same instance.
+The default (``importance="calibrated"``) is the loss-calibrated pipeline of
+``optprune.nn.pipeline``: Fisher saliency, measured per-slot loss curves as the
+objective of the exact search, the k best proven allocations measured after
+reconstruction. Any registered score (``importance="flap"``, ...) instead maximizes
+its sum exactly. The steps (each available on its own): ``discover`` the coupled
+groups and their exact costs -> score them -> ``problem_from_structures`` (exact
+costs, including the bilinear cost of weights pruned on both sides) -> add the
+budgets and constraints -> ``allocate`` exactly (or a baseline rule, for comparison)
+-> reconstruct (optional) -> ``apply_mask``. The report carries the solver's proof
+(objective, bound, gap), the costs before and after (predicted by the cost model and
+measured on the pruned model), the baselines on the same instance and what each
+stage of the pipeline measured.
 """
 
 from __future__ import annotations
