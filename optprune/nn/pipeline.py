@@ -151,12 +151,19 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
     times["curves"] = time.perf_counter() - t
     t = time.perf_counter()
     q = calibrated_problem(problem, structures, curves)
-    results = allocate_k_best(q, opts.k_best, backend=backend, time_limit_s=time_limit_s,
-                              rel_gap=rel_gap, baselines=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fewer masks: said below, as an error
+        results = allocate_k_best(q, opts.k_best, backend=backend, time_limit_s=time_limit_s,
+                                  rel_gap=rel_gap, baselines=False)
     times["search"] = time.perf_counter() - t
     if not results or results[0].keep is None:
         raise ValidationError(
             "The solver stopped without any allocation; raise time_limit_s.")
+    if len(results) < opts.k_best and all(r.solve.is_optimal for r in results):
+        raise ValidationError(
+            f"The 'k_best' of the pipeline must be at most the number of distinct allocations "
+            f"that satisfy the constraints ({len(results)}); got {opts.k_best}. Pass "
+            f"CalibrationOptions(k_best={len(results)}) or loosen the constraints.")
     unproven = [i for i, r in enumerate(results) if r.solve.termination.value != "optimal"]
     if unproven:
         warnings.warn(

@@ -336,6 +336,11 @@ def test_default_pipeline_bad_input_is_a_clear_error_and_the_model_is_unchanged(
         optprune.prune(m, data=(bad, y), budget=0.6)
     with pytest.raises(ValidationError, match="k_best"):
         CalibrationOptions(k_best=0)
+    # Two head slots (widths 1, 2) and two FFN slots (widths 4, 8): at most 16 allocations
+    # exist; asking for more is an error that says how many fit.
+    with pytest.raises(ValidationError, match="distinct allocations"):
+        optprune.prune(m, data=(x, y), budget=0.8, multiples={"ffn": 4},
+                       calibration=CalibrationOptions(k_best=500, batch_size=32))
     with pytest.raises(ValidationError, match="reconstruct"):
         optprune.prune(m, data=(x, y), budget=0.6, bias_compensation=True)
     for k, v in m.state_dict().items():
