@@ -167,7 +167,7 @@ def kwon_select(ss: StructureSet, problem, saliency: np.ndarray) -> np.ndarray:
     fit; the n_h with the largest kept saliency wins. Without heads: global top-k."""
     kinds = np.asarray(ss.kinds)
     cost = problem.costs["params"]
-    cap = problem.budget_limits()[0][2] - problem.fixed_costs.get("params", 0.0)
+    cap = problem.budget_limits()[0][2]  # on the structures' part (fixed costs removed)
     min_keep = {s: ix for s, ix in ss.layer_kind_index().items()}
     if "head" not in set(kinds):
         order = np.argsort(-saliency / cost, kind="stable")

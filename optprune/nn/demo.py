@@ -107,7 +107,7 @@ def _rows_for(kind: str, model: torch.nn.Module, data, cfg: DemoConfig, multiple
             acc_rec = acc0
         else:  # the same reconstruction, given to the rule's selection
             work = dataclasses.replace(ss, model=copy.deepcopy(model))
-            reconstruct(work, keep, calib)
+            reconstruct(work, keep, calib)  # the pipeline's reconstruction, for every rule
             acc_rec = accuracy(apply_mask(work, keep, inplace=True), xte, yte)
         train(pruned, xtr, ytr, epochs=cfg.finetune_epochs, lr=1e-3, seed=cfg.seed)
         acc1 = accuracy(pruned, xte, yte)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..alloc import AllocationProblem
 from ..errors import ValidationError, check
-from .fisher import FisherResult, mask_fisher
+from .fisher import FisherResult, mask_fisher, output_kind
 from .reconstruct import DEFAULT_ALPHAS, ReconstructionReport, reconstruct
 from .sensitivity import Evaluator, SlotCurve, additivity, measure_curves, slot_orders
 from .structures import StructureSet
@@ -49,8 +49,15 @@ class CalibrationOptions:
     k_best: allocations proposed by the solver and measured after reconstruction.
     max_widths: widths measured per slot (more are interpolated).
     order: keep order within a slot, "block" (Gauss-Newton block greedy) or "diag".
-    fisher_labels: "model" (labels drawn from the model: the Gauss-Newton matrix of the
-        KL to the dense model) or "data" (the data's labels: empirical Fisher).
+    fisher_labels: "data" (the data's labels: the empirical Fisher of Kwon et al.),
+        "model" (``fisher_draws`` labels or projections drawn from the model: the
+        Gauss-Newton matrix of the loss against the dense model), or "auto": "data" when
+        the data carries labels and the model outputs logits, else "model". (On the
+        digits ViT one draw from the model ordered the layers' structures worse than the
+        labels did: 0.86 vs 0.91 one-shot accuracy at 47% parameters, seed 1.)
+    reconstruct_scope: "all" (every layer from the first pruned consumer on, refit to
+        its dense outputs) or "consumers" (only the layers whose inputs lost columns);
+        see ``reconstruct.reconstruct``.
     curve_alpha: relative ridge of the single-layer refit inside the curves.
     alphas: relative ridges tried by the reconstruction (one whole refit each, the one
         whose model output is closest to the dense one on held-out calibration batches
@@ -64,12 +71,13 @@ class CalibrationOptions:
     k_best: int = 4
     max_widths: int = 24
     order: str = "block"
-    fisher_labels: str = "model"
-    fisher_draws: int = 1
+    fisher_labels: str = "auto"
+    fisher_draws: int = 4
     curve_alpha: float = 0.1
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     additivity_samples: int = 0
     curve_samples: int | None = 512
+    reconstruct_scope: str = "all"
     batch_size: int = 128
     seed: int = 0
 
@@ -78,6 +86,10 @@ class CalibrationOptions:
               "CalibrationOptions", "an int >= 1", self.k_best)
         check(self.order in ("block", "diag"), "The 'order' of CalibrationOptions",
               "'block' or 'diag'", self.order)
+        check(self.fisher_labels in ("auto", "data", "model"), "The 'fisher_labels' of "
+              "CalibrationOptions", "'auto', 'data' or 'model'", self.fisher_labels)
+        check(self.reconstruct_scope in ("all", "consumers"), "The 'reconstruct_scope' of "
+              "CalibrationOptions", "'all' or 'consumers'", self.reconstruct_scope)
         check(isinstance(self.curve_alpha, (int, float)) and self.curve_alpha >= 0,
               "The 'curve_alpha' of CalibrationOptions", "a number >= 0", self.curve_alpha)
 
@@ -111,8 +123,20 @@ class CalibratedSelection:
 
 def run_fisher(structures: StructureSet, data: Any, opts: CalibrationOptions) -> FisherResult:
     """Stage 1 with the options' settings."""
-    return mask_fisher(structures, data, labels=opts.fisher_labels, draws=opts.fisher_draws,
+    labels = opts.fisher_labels
+    if labels == "auto":
+        labels = "data" if output_kind(structures) == "logits" and _has_targets(
+            structures, data) else "model"
+    return mask_fisher(structures, data, labels=labels,
+                       draws=1 if labels == "data" else opts.fisher_draws,
                        seed=opts.seed, batch_size=opts.batch_size, blocks=opts.order == "block")
+
+
+def _has_targets(structures: StructureSet, data: Any) -> bool:
+    from .calib import batches
+
+    _, y = next(iter(batches(data, structures.input_shape, 1, "the Fisher saliency")))
+    return y is not None
 
 
 def calibrated_problem(problem: AllocationProblem, structures: StructureSet,
@@ -189,7 +213,8 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
             # The ridge is chosen once, on the solver's best proposal (a whole refit per
             # alpha); the other proposals are refit with it.
             rec = reconstruct(work, keep, data, batch_size=opts.batch_size,
-                              alphas=opts.alphas if alpha is None else (alpha,))
+                              alphas=opts.alphas if alpha is None else (alpha,),
+                              scope=opts.reconstruct_scope)
             alpha = rec.alpha if alpha is None else alpha
             row["alpha"] = rec.alpha
             row["loss_reconstructed"] = ev.loss(keep, on=work)

@@ -243,7 +243,7 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
     if do_rec and work is None:
         work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
         rec = reconstruct_layers(work, keep, data, alphas=opts.alphas,
-                                 batch_size=opts.batch_size)
+                                 batch_size=opts.batch_size, scope=opts.reconstruct_scope)
         stages["reconstruction"] = rec.to_dict()
     t3 = time.perf_counter()
     predicted = structures.predict(keep)

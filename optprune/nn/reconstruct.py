@@ -234,7 +234,8 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
                 consumers: Sequence[str] | None = None,
                 alphas: Sequence[float] = DEFAULT_ALPHAS, select: str = "global",
                 holdout_every: int = 4, default_alpha: float = 1.0, batch_size: int = 128,
-                min_rows_per_input: float = 1.0) -> ReconstructionReport:
+                min_rows_per_input: float = 1.0, scope: str = "all"
+                ) -> ReconstructionReport:
     """Refit, in place on ``structures.model``, every consumer whose inputs lose
     columns under ``keep`` (or the named ``consumers``), in forward order, so that its
     outputs on ``data`` under ``structures.masked(keep)`` match those of the model as
@@ -250,6 +251,10 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
         outputs better and generalize worse downstream). With fewer than
         ``holdout_every`` batches nothing is held out and ``default_alpha`` (or the
         alpha of ``alphas`` closest to it) is used.
+
+    scope: "all" (default) refits every Linear/Conv2d layer from the first one whose
+        inputs lost columns on, each toward its dense output (the later layers' inputs
+        shift too); "consumers" only the layers whose inputs lost columns.
 
     Raises ValidationError when a consumer has fewer calibration rows than
     ``min_rows_per_input`` times its kept inputs and no ridge is allowed (every
@@ -267,11 +272,20 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
           select)
     check(isinstance(holdout_every, int) and holdout_every >= 2, "The 'holdout_every' of "
           "reconstruct", "an int >= 2 (every k-th calibration batch is held out)", holdout_every)
+    check(scope in ("consumers", "all"), "The 'scope' of reconstruct", "'consumers' or 'all'",
+          scope)
     model = structures.model
     named = dict(model.named_modules())
     if consumers is None:
         masks = structures.consumer_masks(keep)
         consumers = [c for c, m in masks.items() if bool((m < 0.5).any())]
+        if scope == "all" and consumers:
+            # Every layer from the first pruned consumer on: the later ones see shifted
+            # inputs too, and are refit to the dense outputs on them.
+            every = consumer_order(structures, data, [n for n, m in named.items()
+                                                      if n and _is_refittable(m)])
+            first = min(every.index(c) for c in consumers if c in every)
+            consumers = every[first:]
     consumers = [c for c in consumers if _is_refittable(named[c])]
     dense = copy.deepcopy(model)
     dense.eval()

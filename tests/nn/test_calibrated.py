@@ -82,7 +82,7 @@ def test_bias_only_refit_is_flaps_bias_compensation():
     keep = np.ones(len(ss.groups), dtype=bool)
     keep[[1, 2, 9]] = False  # first hidden layer only: its consumer sees dense inputs
     work = _work(ss)
-    reconstruct(work, keep, x, alphas=(float("inf"),), holdout_every=1000)
+    reconstruct(work, keep, x, alphas=(float("inf"),), holdout_every=1000, scope="consumers")
     ours = apply_mask(work, keep)
     flap = apply_mask(ss, keep, bias_compensation=True, data=x)
     xt = torch.randn(30, 6, dtype=torch.float64)
