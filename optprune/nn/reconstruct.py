@@ -137,11 +137,30 @@ def _taps(mod: nn.Module) -> int:
 
 def consumer_order(structures: StructureSet, data: Any, names: Iterable[str]) -> list[str]:
     """``names`` in the order one forward pass reaches them (first call each)."""
+    return [n for stage in consumer_stages(structures, data, names) for n in stage]
+
+
+def consumer_stages(structures: StructureSet, data: Any, names: Iterable[str]
+                    ) -> list[list[str]]:
+    """``names`` in forward order, consecutive ones that read the very same input tensor
+    (q, k and v of an attention layer) in one stage: refitting one of them cannot
+    change another's input, so one forward pass captures the inputs of a whole stage."""
     wanted = set(names)
     named = dict(structures.model.named_modules())
-    seen: list[str] = []
-    handles = [named[n].register_forward_pre_hook(
-        lambda _m, _a, n=n: seen.append(n) if n not in seen else None) for n in wanted]
+    seen: list[tuple[str, Any, int]] = []
+    done: set[str] = set()
+
+    def record(n: str, a: tuple) -> None:
+        if n not in done:
+            done.add(n)
+            x = a[0] if a and isinstance(a[0], torch.Tensor) else None
+            # The tensor object itself (kept alive, so no storage is reused) and its
+            # version counter, which moves on any in-place change: the same object at
+            # the same version is the very same unchanged input.
+            seen.append((n, x, -1 if x is None else x._version))
+
+    handles = [named[n].register_forward_pre_hook(lambda _m, a, n=n: record(n, a))
+               for n in wanted]
     model = structures.model
     x = next(iter(batches(data, structures.input_shape, 2, "reconstruction",
                           dtype=param_dtype(model), device=model_device(model))))[0]
@@ -151,7 +170,14 @@ def consumer_order(structures: StructureSet, data: Any, names: Iterable[str]) ->
     finally:
         for h in handles:
             h.remove()
-    return seen + sorted(wanted - set(seen))
+    stages: list[list[str]] = []
+    for i, (n, t, ver) in enumerate(seen):
+        prev = seen[i - 1] if i else None
+        if prev is not None and t is not None and prev[1] is t and prev[2] == ver:
+            stages[-1].append(n)
+        else:
+            stages.append([n])
+    return stages + [[n] for n in sorted(wanted - done)]
 
 
 def refit_from_stats(g: np.ndarray, c: np.ndarray, theta0: np.ndarray, lam: float,
@@ -294,9 +320,10 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     nb = len(data_batches)
     hold = [i % holdout_every == holdout_every - 1 for i in range(nb)] if nb >= holdout_every \
         else [False] * nb
-    order = consumer_order(structures, data, consumers)
+    stages = consumer_stages(structures, data, consumers)
+    order = [n for st in stages for n in st]
     dense_out = _dense_outputs(dense, dict(dense.named_modules()), order, data_batches)
-    loop = _LayerLoop(structures, keep, order, data_batches, dense_out, min_rows_per_input)
+    loop = _LayerLoop(structures, keep, stages, data_batches, dense_out, min_rows_per_input)
     was = model.training
     model.eval()
     global_errors: dict[str, float] = {}
@@ -366,14 +393,14 @@ def _end_to_end(structures: StructureSet, keep: np.ndarray, ref: list, kind: str
 
 
 class _LayerLoop:
-    """The layer-by-layer refit: for each consumer in forward order, statistics of the
-    masked model's inputs (already refit upstream) against the dense outputs, then the
-    ridge solve written in place."""
+    """The layer-by-layer refit: for each stage of consumers in forward order,
+    statistics of the masked model's inputs (already refit upstream) against the dense
+    outputs, then the ridge solves written in place."""
 
-    def __init__(self, structures: StructureSet, keep: np.ndarray, order: Sequence[str],
+    def __init__(self, structures: StructureSet, keep: np.ndarray, stages: list[list[str]],
                  data_batches: list, dense_out: dict[str, list[torch.Tensor]],
                  min_rows_per_input: float) -> None:
-        self.ss, self.keep, self.order = structures, keep, list(order)
+        self.ss, self.keep, self.stages = structures, keep, stages
         self.batches, self.dense_out = data_batches, dense_out
         self.named = dict(structures.model.named_modules())
         self.min_rows = min_rows_per_input
@@ -383,41 +410,50 @@ class _LayerLoop:
         """Refit on the batches with ``use``; those also in ``hold`` are held out."""
         model = self.ss.model
         layers = []
-        for name in self.order:
-            mod = self.named[name]
-            cols, rows = _kept_layout(self.ss, self.keep, name, mod)
-            has_bias = mod.bias is not None
-            acc = _Acc()
+        for stage in self.stages:
+            mods = {n: self.named[n] for n in stage}
+            layout = {n: _kept_layout(self.ss, self.keep, n, m) for n, m in mods.items()}
+            accs = {n: _Acc() for n in stage}
             got: dict[str, torch.Tensor] = {}
 
-            def cap_in(_m, args, got=got, mod=mod):
-                got["x"] = unfold_rows(mod, args[0].detach())
-                raise _Stop
+            def cap_in(_m, args, name, got=got, last=stage[-1], mods=mods):
+                got[name] = unfold_rows(mods[name], args[0].detach())
+                if name == last:
+                    raise _Stop
 
             for i, (x, _) in enumerate(self.batches):
                 if not use[i]:
                     continue
+                got.clear()
                 with self.ss.masked(self.keep):
-                    hm = mod.register_forward_pre_hook(cap_in)
+                    hs = [m.register_forward_pre_hook(
+                        lambda _m, a, n=n: cap_in(_m, a, n)) for n, m in mods.items()]
                     try:
                         with torch.no_grad():
                             run_model(model, x)
                     except _Stop:
                         pass
                     finally:
-                        hm.remove()
-                xs = got["x"][:, torch.as_tensor(cols, dtype=torch.long, device=got["x"].device)]
+                        for h in hs:
+                            h.remove()
+                for n, mod in mods.items():
+                    cols, rows = layout[n]
+                    xin = got[n]
+                    xs = xin[:, torch.as_tensor(cols, dtype=torch.long, device=xin.device)]
+                    if mod.bias is not None:
+                        xs = torch.cat([xs, xs.new_ones(xs.shape[0], 1)], 1)
+                    y = self.dense_out[n][i]
+                    accs[n].add(1 if hold[i] else 0, xs,
+                                y[:, torch.as_tensor(rows, dtype=torch.long, device=y.device)])
+            for n, mod in mods.items():
+                cols, rows = layout[n]
+                has_bias = mod.bias is not None
+                theta0 = _weight2d(mod).detach().to(torch.float64).cpu().numpy()[rows][:, cols].T
                 if has_bias:
-                    xs = torch.cat([xs, xs.new_ones(xs.shape[0], 1)], 1)
-                y = self.dense_out[name][i]
-                acc.add(1 if hold[i] else 0, xs,
-                        y[:, torch.as_tensor(rows, dtype=torch.long, device=y.device)])
-            theta0 = _weight2d(mod).detach().to(torch.float64).cpu().numpy()[rows][:, cols].T
-            if has_bias:
-                b0 = mod.bias.detach().to(torch.float64).cpu().numpy()
-                theta0 = np.vstack([theta0, b0[rows][None]])
-            layers.append(_refit_one(name, mod, acc, theta0, cols, rows, has_bias, alphas,
-                                     default_alpha, self.min_rows))
+                    b0 = mod.bias.detach().to(torch.float64).cpu().numpy()
+                    theta0 = np.vstack([theta0, b0[rows][None]])
+                layers.append(_refit_one(n, mod, accs[n], theta0, cols, rows, has_bias, alphas,
+                                         default_alpha, self.min_rows))
         return layers
 
 

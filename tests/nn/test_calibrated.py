@@ -345,3 +345,25 @@ def test_default_pipeline_bad_input_is_a_clear_error_and_the_model_is_unchanged(
         optprune.prune(m, data=(x, y), budget=0.6, bias_compensation=True)
     for k, v in m.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_reconstruction_stages_group_only_identical_inputs(monkeypatch):
+    import optprune.nn.reconstruct as rc
+
+    m, x, y = _tiny_vit(3)
+    ss = discover(m, (1, 4, 4))
+    lin = [n for n, mod in m.named_modules() if isinstance(mod, (nn.Linear, nn.Conv2d))]
+    stages = rc.consumer_stages(ss, x, lin)
+    assert [s for s in stages if len(s) > 1] == [
+        [f"blocks.{b}.attn.{p}" for p in "qkv"] for b in range(2)]
+    keep = np.ones(len(ss.groups), dtype=bool)
+    keep[[0, 3, 6]] = False
+    w1 = _work(ss)
+    reconstruct(w1, keep, x, alphas=(1.0,), holdout_every=1000)
+    order = [n for st in stages for n in st]
+    monkeypatch.setattr(rc, "consumer_stages",
+                        lambda _ss, _d, names: [[n] for n in order if n in set(names)])
+    w2 = _work(ss)
+    reconstruct(w2, keep, x, alphas=(1.0,), holdout_every=1000)
+    for (n, p1), (_, p2) in zip(w1.model.named_parameters(), w2.model.named_parameters()):
+        torch.testing.assert_close(p1, p2, rtol=0, atol=0, msg=n)
