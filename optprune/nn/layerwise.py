@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -43,8 +43,8 @@ import scipy.linalg as sla
 
 from ..errors import ValidationError, check
 
-__all__ = ["LayerStats", "ElimCurve", "Selection", "greedy_elimination",
-           "swap_search", "refit", "selection_error", "column_groups"]
+__all__ = ["LayerStats", "ElimCurve", "Selection", "ExactSelection", "greedy_elimination",
+           "swap_search", "refit", "selection_error", "exact_selection", "column_groups"]
 
 JITTER = 1e-10  # lam = 0 is solved with this ridge times mean(diag X^T X)
 
@@ -595,3 +595,354 @@ def swap_search(stats: LayerStats, groups: Sequence[Any], keep: Any, lam: float 
         keep, f = cand, f_new
         swaps += 1
     return Selection(keep, f, swaps, f0, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------ exact selection
+class _Oracle:
+    """The convex extension F of f over z in [0, 1]^G used for outer-approximation cuts.
+
+    With blocks D_g = t H_gg (t = 0.999 * the smallest eigenvalue of H scaled by its
+    block-Jacobi diagonal, so that K = H - blkdiag(D_g) is positive semidefinite):
+
+        F(z) = yy + a.z + min_B  tr(B^T K B) + sum_g tr(B_g^T D_g B_g) / z_g - 2 tr(B^T Ct)
+
+    (the perspective of the D part; B_g = 0 where z_g = 0). F is jointly convex, equals f
+    on binary z, and its gradient is a_g - tr(B_g^T D_g B_g) / z_g^2 where z_g > 0 and
+    a_g - tr(R_g^T D_g^-1 R_g), R_g = Ct_g - K_g: B, where z_g = 0 (the max-of-affine dual
+    form of the inner minimum), so F(z) >= F(z0) + grad F(z0).(z - z0) for every z."""
+
+    def __init__(self, p: _Problem) -> None:
+        self.p = p
+        d = p.H.shape[0]
+        blocks = [c for c in p.cols] + ([p.fixed] if p.fixed.size else [])
+        scale = np.zeros((d, d))
+        for c in blocks:  # blkdiag(H_gg)^(-1/2)
+            w, v = np.linalg.eigh(p.H[np.ix_(c, c)])
+            scale[np.ix_(c, c)] = (v / np.sqrt(w)) @ v.T
+        t = float(np.linalg.eigvalsh(scale @ p.H @ scale)[0])
+        self.t = 0.999 * max(min(t, 1.0), 0.0)
+        self.D = [self.t * p.H[np.ix_(c, c)] for c in p.cols]
+        self.Dinv = [np.linalg.inv(Dg) if self.t > 0 else None for Dg in self.D]
+        self.K = p.H.copy()
+        for c, Dg in zip(p.cols, self.D):
+            self.K[np.ix_(c, c)] -= Dg
+
+    def cut(self, z: np.ndarray) -> tuple[float, np.ndarray]:
+        """(F(z), grad F(z)); entries of z below 1e-9 count as 0."""
+        p = self.p
+        z = np.where(z < 1e-9, 0.0, np.minimum(z, 1.0))
+        act = z > 0
+        A = p.columns(act)
+        M = self.K[np.ix_(A, A)].copy()
+        pos = _positions(p.H.shape[0], A)
+        for g in np.flatnonzero(act):
+            i = pos[p.cols[g]]
+            M[np.ix_(i, i)] += self.D[g] / z[g]
+        Ba = sla.cho_solve((_chol(M), True), p.Ct[A], check_finite=False) if A.size else \
+            np.zeros((0, p.Ct.shape[1]))
+        a_g = np.array([p.a[c].sum() for c in p.cols])
+        val = p.yy + float(a_g @ z) + float(p.a[p.fixed].sum()) - float(np.sum(p.Ct[A] * Ba))
+        grad = a_g.copy()
+        for g in range(p.n_groups):
+            c = p.cols[g]
+            if act[g]:
+                Bg = Ba[pos[c]]
+                grad[g] -= float(np.sum(Bg * (self.D[g] @ Bg))) / z[g] ** 2
+            else:
+                if self.Dinv[g] is None:
+                    raise ValidationError("The Gram matrix has no positive definite part to put "
+                                          "in perspective; pass a ridge lam > 0.")
+                R = p.Ct[c] - self.K[np.ix_(c, A)] @ Ba
+                grad[g] -= float(np.sum(R * (self.Dinv[g] @ R)))
+        return val, grad
+
+
+@dataclass(frozen=True)
+class ExactSelection:
+    """The exact layerwise selection of one width.
+
+    keep: one bool per group (the best keep set found); objective: its f, recomputed from
+    scratch; bound: a proven lower bound on f over all keep sets of that width; gap: the
+    project's relative gap (optprune.solve.result); termination / solution_status as in
+    optprune.solve: OPTIMAL only when the solver proved the gap below ``rel_gap``.
+    heuristic_error: f of the greedy + swap start."""
+
+    keep: np.ndarray
+    objective: float
+    bound: float | None
+    gap: float
+    termination: Any
+    solution_status: Any
+    width: int
+    heuristic_error: float
+    time_s: float
+    nodes: int | None
+    backend: str
+    backend_version: str
+    details: dict = field(default_factory=dict)
+
+    @property
+    def is_optimal(self) -> bool:
+        return self.solution_status.name == "OPTIMAL"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keep"] = self.keep.tolist()
+        d["termination"] = self.termination.value
+        d["solution_status"] = self.solution_status.name.lower()
+        d["gap"] = None if not math.isfinite(self.gap) else self.gap
+        return d
+
+
+def exact_selection(stats: LayerStats, groups: Sequence[Any], width: int, lam: float = 0.0,
+                    time_limit_s: float | None = None, rel_gap: float = 1e-6,
+                    backend: str = "scip", start: Any = None, log: bool = False) -> ExactSelection:
+    """The keep set of ``width`` groups that minimizes f, proven by branch and cut.
+
+    backend "scip" (PySCIPOpt, the optional extra ``scip``): minimize eta subject to
+    sum z = width, z binary, and the outer-approximation cuts eta >= F(z0) + grad F(z0).(z - z0)
+    of the convex extension F of f (:class:`_Oracle`), added lazily at integral LP solutions
+    (where F = f, so an accepted solution is exact) and as cuts at fractional ones (which
+    drive the LP bound to the perspective relaxation). Starts from greedy + swap (or
+    ``start``, a keep mask). formulations/layerwise.md has the math and why this solver.
+    A time limit is a result: termination "time_limit", the incumbent and its proven bound."""
+    from ..solve.result import SolveOptions, Termination, make_result
+
+    t0 = time.perf_counter()
+    p = _prepare(stats, groups, lam)
+    G = p.n_groups
+    width = _width(width, G)
+    SolveOptions(time_limit_s=time_limit_s, rel_gap=rel_gap)  # validates both
+    check(backend in ("scip",), "The exact selection 'backend'", "'scip'", backend)
+    if start is None:
+        curve = greedy_elimination(stats, groups, lam)
+        start_sel = swap_search(stats, groups, curve.keep_mask(width), lam)
+    else:
+        start_sel = swap_search(stats, groups, _mask(start, G, "The 'start' keep mask"), lam)
+        check(int(start_sel.keep.sum()) == width, "The 'start' keep mask",
+              f"a mask of {width} kept groups", int(start_sel.keep.sum()))
+    if width in (0, G):  # one keep set only
+        f = start_sel.error
+        res = make_result(termination=Termination.OPTIMAL, has_solution=True, objective=f,
+                          bound=f, sense="min", rel_gap=rel_gap, build_time_s=0.0,
+                          solve_time_s=0.0, nodes=0, backend=backend, backend_version="-",
+                          x=start_sel.keep.astype(float))
+        return _exact_result(res, start_sel, width, time.perf_counter() - t0, {})
+    res, keep, details = _solve_oa_scip(p, width, start_sel.keep, start_sel.error,
+                                        _neutral_groups(stats, p), time_limit_s, rel_gap, log, t0)
+    return _exact_result(res, start_sel, width, time.perf_counter() - t0, details, keep)
+
+
+def _exact_result(res, start_sel: Selection, width: int, time_s: float, details: dict,
+                  keep: np.ndarray | None = None) -> ExactSelection:
+    keep = start_sel.keep if keep is None else keep
+    return ExactSelection(keep, float(res.objective), res.bound, res.gap, res.termination,
+                          res.solution_status, width, start_sel.error, time_s, res.nodes,
+                          res.backend, res.backend_version, {**res.details, **details})
+
+
+def _neutral_groups(stats: LayerStats, p: _Problem) -> np.ndarray:
+    """Groups whose columns are zero in X^T X and X^T Y (dead units): f is the same with them
+    or without (their refit rows stay the dense ones and explain nothing)."""
+    return np.array([not np.any(stats.gxx[c]) and not np.any(stats.gxy[c]) for c in p.cols])
+
+
+def _node_bound(p: _Problem, inside: np.ndarray, fixed_in: np.ndarray, width: int) -> float:
+    """A lower bound on f(S) over S subset of ``inside`` (groups not fixed out), S containing
+    ``fixed_in``, |S| <= width. With T = inside, r = |T| - width groups R must go; the
+    explained part g(S) = f's refit term is monotone in S, so g(T) - g(T - R) >=
+    max_{j in R} e_j with e_j = g(T) - g(T - j) (OBS), and a(R) <= sum of a_j over
+    {j : e_j <= max}: f(T - R) >= f(T) + min_m [e_m - sum_{e_j <= e_m} a_j]."""
+    r = int(inside.sum()) - width
+    cols = p.columns(inside)
+    L = _chol(p.H[np.ix_(cols, cols)])
+    P = sla.cho_solve((L, True), np.eye(cols.size), check_finite=False)
+    B = P @ p.Ct[cols]
+    f_T = float(p.yy + p.a[cols].sum() - np.sum(p.Ct[cols] * B))
+    free = np.flatnonzero(inside & ~fixed_in)
+    a_g = np.array([p.a[p.cols[g]].sum() for g in free])
+    if r <= 0:
+        return f_T - float(a_g.sum())
+    if r > free.size:
+        return math.inf
+    pos = _positions(p.H.shape[0], cols)
+    e = np.empty(free.size)
+    for i, g in enumerate(free):
+        at = pos[p.cols[g]]
+        Bg = B[at]
+        e[i] = float(np.sum(Bg * np.linalg.solve(P[np.ix_(at, at)], Bg)))
+    o = np.argsort(e, kind="stable")
+    cand = e[o] - np.cumsum(a_g[o])
+    return f_T + float(np.min(cand[r - 1:]))
+
+
+def _solve_oa_scip(p: _Problem, width: int, keep0: np.ndarray, f0: float, neutral: np.ndarray,
+                   time_limit_s: float | None, rel_gap: float, log: bool, t0: float):
+    from .._extras import require
+    from ..solve.result import Termination, make_result
+
+    scip = require("pyscipopt", "scip", "the exact layerwise selection")
+    oracle = _Oracle(p)
+    G = p.n_groups
+    scale = max(f0, 1e-12 * p.yy, 1e-300)  # eta = f / scale is about 1 at the optimum
+    tol = 1e-9
+    model = scip.Model("layerwise")
+    if not log:
+        model.hideOutput()
+    model.setParam("presolving/maxrounds", 0)
+    model.setParam("presolving/maxrestarts", 0)
+    model.setParam("limits/gap", rel_gap)
+    model.setParam("numerics/feastol", 1e-9)
+    model.setParam("timing/clocktype", 2)
+    model.setParam("randomization/randomseedshift", 0)
+    if time_limit_s is not None:
+        model.setParam("limits/time", max(time_limit_s - (time.perf_counter() - t0), 1e-3))
+    # neutral groups (dead units) are left out and fill the keep set at the end: at most
+    # ``width`` of the others are kept
+    z = [model.addVar(f"z{g}", vtype="B", ub=0.0 if neutral[g] else 1.0) for g in range(G)]
+    eta = model.addVar("eta", lb=0.0, obj=1.0)
+    if neutral.any():
+        model.addCons(scip.quicksum(z) <= width, "width")
+    else:
+        model.addCons(scip.quicksum(z) == width, "width")
+    keep0 = keep0 & ~neutral
+    stats = {"cuts_lazy": 0, "cuts_sepa": 0, "cuts_node": 0, "oracle_calls": 0,
+             "neutral_groups": int(neutral.sum())}
+    last_node = [-1]
+
+    def cut_expr(zbar: np.ndarray):
+        val, grad = oracle.cut(zbar)
+        stats["oracle_calls"] += 1
+        const = (val - float(grad @ zbar)) / scale
+        return val / scale, grad / scale, const
+
+    def add_initial(zbar):
+        _, gr, const = cut_expr(zbar)
+        model.addCons(eta - scip.quicksum(float(gr[g]) * z[g] for g in range(G)) >= const)
+
+    add_initial(keep0.astype(float))
+    add_initial(np.full(G, width / G))
+
+    class OA(scip.Conshdlr):
+        def _values(self, sol=None):
+            zz = np.array([self.model.getSolVal(sol, v) for v in z])
+            return zz, self.model.getSolVal(sol, eta)
+
+        def _integral(self, zz):
+            return bool(np.all(np.abs(zz - np.round(zz)) <= 1e-6))
+
+        def conscheck(self, constraints, solution, checkintegrality, checklprows, printreason,
+                      completely, **kw):
+            zz, e = self._values(solution)
+            if not self._integral(zz):
+                return {"result": scip.SCIP_RESULT.INFEASIBLE}
+            f = p.error(np.round(zz).astype(bool)) / scale
+            ok = e >= f - tol * max(1.0, abs(f))
+            return {"result": scip.SCIP_RESULT.FEASIBLE if ok else scip.SCIP_RESULT.INFEASIBLE}
+
+        def _enforce(self):
+            zz, e = self._values()
+            if not self._integral(zz):
+                return {"result": scip.SCIP_RESULT.FEASIBLE}  # integrality is SCIP's to enforce
+            zr = np.round(zz)
+            f, gr, const = cut_expr(zr)
+            if e >= f - tol * max(1.0, abs(f)):
+                return {"result": scip.SCIP_RESULT.FEASIBLE}
+            self.model.addCons(eta - scip.quicksum(float(gr[g]) * z[g] for g in range(G)) >= const,
+                               removable=False)
+            stats["cuts_lazy"] += 1
+            return {"result": scip.SCIP_RESULT.CONSADDED}
+
+        def consenfolp(self, constraints, nusefulconss, solinfeasible):
+            return self._enforce()
+
+        def consenfops(self, constraints, nusefulconss, solinfeasible, objinfeasible):
+            return self._enforce()
+
+        def _node_cut(self, e):
+            """Once per node: the local bound of _node_bound from the local fixings."""
+            node = self.model.getCurrentNode().getNumber()
+            if node == last_node[0]:
+                return False
+            last_node[0] = node
+            tz = [self.model.getTransformedVar(v) for v in z]
+            inside = np.array([v.getUbLocal() > 0.5 for v in tz])
+            fixed_in = np.array([v.getLbLocal() > 0.5 for v in tz])
+            lb = _node_bound(p, inside, fixed_in, width) / scale
+            if not lb > e + 1e-9 * max(1.0, abs(lb)):
+                return False
+            row = self.model.createEmptyRowUnspec(name="node", lhs=min(lb, 1e20), rhs=None,
+                                                  local=True, removable=True)
+            self.model.addVarToRow(row, eta, 1.0)
+            self.model.addCut(row, forcecut=True)
+            self.model.releaseRow(row)
+            stats["cuts_node"] += 1
+            return True
+
+        def conssepalp(self, constraints, nusefulconss):
+            zz, e = self._values()
+            if self._node_cut(e):
+                return {"result": scip.SCIP_RESULT.SEPARATED}
+            if self.model.getDepth() > 0 or stats["cuts_sepa"] >= 20 * G:
+                return {"result": scip.SCIP_RESULT.DIDNOTRUN}  # OA cuts: root only
+            f, gr, const = cut_expr(zz)
+            if e >= f - 1e-6 * max(1.0, abs(f)):
+                return {"result": scip.SCIP_RESULT.DIDNOTFIND}
+            row = self.model.createEmptyRowUnspec(name="oa", lhs=const, rhs=None, local=False,
+                                                  removable=True)
+            self.model.cacheRowExtensions(row)
+            self.model.addVarToRow(row, eta, 1.0)
+            for g in range(G):
+                if gr[g] != 0.0:
+                    self.model.addVarToRow(row, z[g], -float(gr[g]))
+            self.model.flushRowExtensions(row)
+            infeasible = self.model.addCut(row, forcecut=True)
+            self.model.releaseRow(row)
+            stats["cuts_sepa"] += 1
+            if infeasible:
+                return {"result": scip.SCIP_RESULT.CUTOFF}
+            return {"result": scip.SCIP_RESULT.SEPARATED}
+
+        def conslock(self, constraint, locktype, nlockspos, nlocksneg):
+            self.model.addVarLocks(eta, nlockspos, nlocksneg)  # eta may not round down
+            for v in z:
+                self.model.addVarLocks(v, nlockspos + nlocksneg, nlockspos + nlocksneg)
+
+    hdlr = OA()
+    model.includeConshdlr(hdlr, "layerwise_oa", "outer approximation of the refit error",
+                          sepapriority=1, enfopriority=-1, chckpriority=-1, sepafreq=1,
+                          propfreq=-1, eagerfreq=-1, maxprerounds=0, needscons=True)
+    model.addPyCons(model.createCons(hdlr, "oa", initial=False, separate=True, enforce=True,
+                                     check=True, propagate=False, local=False, modifiable=False,
+                                     dynamic=False, removable=False, stickingatnode=False))
+    sol = model.createSol()
+    for g in range(G):
+        model.setSolVal(sol, z[g], float(keep0[g]))
+    model.setSolVal(sol, eta, f0 / scale)
+    model.addSol(sol)
+    build = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    model.optimize()
+    solve = time.perf_counter() - t1
+    status = model.getStatus()
+    term = {"optimal": Termination.OPTIMAL, "timelimit": Termination.TIME_LIMIT,
+            "nodelimit": Termination.NODE_LIMIT, "gaplimit": Termination.OPTIMAL,
+            "userinterrupt": Termination.INTERRUPTED}.get(status, Termination.OTHER)
+    best = model.getBestSol()
+    keep = np.array([model.getSolVal(best, v) > 0.5 for v in z]) if best is not None else keep0
+    if int(keep.sum()) > width:
+        keep = keep0
+    f = p.error(keep)
+    if f > f0:  # never hand back worse than the start
+        keep, f = keep0, f0
+    fill = np.flatnonzero(neutral & ~keep)[:width - int(keep.sum())]
+    keep = keep.copy()
+    keep[fill] = True
+    bound = float(model.getDualbound()) * scale
+    res = make_result(termination=term, has_solution=True, objective=f, bound=bound, sense="min",
+                      rel_gap=rel_gap, build_time_s=build, solve_time_s=solve,
+                      nodes=int(model.getNNodes()), backend="scip",
+                      backend_version=f"PySCIPOpt {scip.__version__}, SCIP {model.version()}",
+                      x=keep.astype(float), message=status,
+                      details={**stats, "perspective_t": oracle.t, "objective_scale": scale})
+    return res, keep, res.details

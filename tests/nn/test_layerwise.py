@@ -256,3 +256,88 @@ def test_bad_input_raises_validation_errors():
     with pytest.raises(ValidationError, match="pass a ridge lam > 0"):
         greedy_elimination(few, groups, lam=0.0)
     assert greedy_elimination(few, groups, lam=1.0).error.shape == (11,)  # the ridge fixes it
+
+
+# ------------------------------------------------------------------ exact selection
+def _brute(s, groups, w, lam):
+    # f of every keep set by the same Cholesky as selection_error, prepared once (f itself is
+    # checked against lstsq on the raw activations above)
+    from optprune.nn.layerwise import _prepare
+
+    p = _prepare(s, groups, lam)
+    return min(p.error(keep) for keep in _masks(len(groups), w))
+
+
+@pytest.mark.parametrize("k,lam,seed", [(1, 0.0, 10), (1, 5.0, 11), (2, 0.0, 12), (3, 1.0, 13)])
+def test_exact_equals_brute_force_over_all_keep_sets(k, lam, seed):
+    pytest.importorskip("pyscipopt")
+    from optprune.nn.layerwise import exact_selection
+
+    X, W = _layer(seed, n=150, d=12 if k < 3 else 12, m=5)
+    X[:, 3] *= 30.0  # columns of very different scales
+    s = LayerStats.from_batches([X], W)
+    groups = column_groups(12 // k, k)
+    G = len(groups)
+    for w in range(0, G + 1):
+        best = _brute(s, groups, w, lam)
+        r = exact_selection(s, groups, w, lam)
+        assert r.is_optimal and r.termination.value == "optimal" and r.keep.sum() == w
+        assert r.objective == pytest.approx(best, rel=1e-7, abs=1e-9 * s.yy)
+        assert r.objective == pytest.approx(selection_error(s, groups, r.keep, lam), rel=1e-12)
+        assert r.bound <= r.objective + 1e-12 and r.gap <= 1e-6
+        assert r.objective <= r.heuristic_error + 1e-12 * s.yy
+
+
+def test_exact_with_dead_units_and_intercept_equals_brute_force():
+    pytest.importorskip("pyscipopt")
+    from optprune.nn.layerwise import exact_selection
+
+    X, W = _layer(14, n=150, d=9, m=3)
+    X[:, [1, 6]] = 0.0  # dead units: neutral groups
+    b = np.arange(3.0)
+    s = LayerStats.from_batches([X], W, bias=b)
+    groups = column_groups(9)
+    for lam in (0.0, 2.0):
+        for w in (2, 4, 7, 8):
+            r = exact_selection(s, groups, w, lam)
+            assert r.is_optimal and r.keep.sum() == w
+            assert r.objective == pytest.approx(_brute(s, groups, w, lam), rel=1e-7, abs=1e-9 * s.yy)
+
+
+def test_exact_time_limit_is_a_result_with_a_valid_bound():
+    pytest.importorskip("pyscipopt")
+    import json
+
+    from optprune.nn.layerwise import exact_selection
+
+    X, W = _layer(15, n=200, d=16, m=6)
+    s = LayerStats.from_batches([X], W)
+    groups = column_groups(16)
+    best = _brute(s, groups, 8, 0.0)
+    r = exact_selection(s, groups, 8, 0.0, time_limit_s=0.05)
+    assert r.termination.value in ("time_limit", "optimal")
+    assert r.bound is None or r.bound <= best * (1 + 1e-9)
+    assert r.objective >= best * (1 - 1e-12)
+    if r.termination.value == "time_limit":
+        assert not r.is_optimal and r.solution_status.name == "FEASIBLE"
+    json.dumps(r.to_dict())
+
+
+def test_exact_bad_input_and_missing_extra(monkeypatch):
+    import sys
+
+    from optprune.errors import MissingExtraError
+    from optprune.nn.layerwise import exact_selection
+
+    X, W = _layer(16)
+    s = LayerStats.from_batches([X], W)
+    groups = column_groups(10)
+    with pytest.raises(ValidationError, match="width"):
+        exact_selection(s, groups, 11)
+    with pytest.raises(ValidationError, match="time_limit_s"):
+        exact_selection(s, groups, 3, time_limit_s=-1)
+    with pytest.raises(ValidationError, match="backend"):
+        exact_selection(s, groups, 3, backend="gurobi")
+    monkeypatch.setitem(sys.modules, "pyscipopt", None)
+    with pytest.raises(MissingExtraError, match=r"optprune\[scip\]"):
+        exact_selection(s, groups, 3)
