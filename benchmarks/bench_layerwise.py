@@ -15,12 +15,13 @@ ridge term), reported relative to ||Y||^2:
 * act-weighted: the w groups of largest ||W[:, g]||_F * ||X_g||_F (the Wanda-sp/FLAP-like norm
   of the group's contribution).
 
-Layers: the 5 x 50 digits MLP (benchmarks/bench_bmrs.py's recipe, 30 epochs) and its five Linear
-consumers of 50 neurons; the digits ViT of optprune.train_prune (dim 32, 3 blocks of 4 heads of
-8, FFN 64; 15 epochs) with each block's attention projection (4 head groups of 8 columns) and
-fc2 (64 channels); random correlated layers (a factor model: 24 columns, 48 columns, and 12
-heads of 4 columns). Calibration: 512 training images (the ViT: 512 x 17 tokens); the target is
-the dense layer's own output with its bias (an intercept column, always kept).
+Layers: the 5 x 50 digits MLP (benchmarks/bench_bmrs.py's recipe, 30 epochs) and its five
+Linear consumers of 50 neurons; a 3 x 24 digits MLP (same training) and its three consumers of
+24; the digits ViT of optprune.train_prune (dim 32, 3 blocks of 4 heads of 8, FFN 64; 15
+epochs) with each block's attention projection (4 head groups of 8 columns) and fc2 (64
+channels); random correlated layers (a factor model: 20, 24 and 48 columns, and 12 heads of 4
+columns). Calibration: 512 training images (the ViT: 512 x 17 tokens); the target is the dense
+layer's own output with its bias (an intercept column, always kept).
 ridge lam = --ridge * mean(diag X^T X).
 """
 
@@ -67,13 +68,15 @@ def real_layers(n_calib: int, seed: int) -> list[dict]:
     torch.manual_seed(seed)
     digits = load_digits_split(seed=seed)
     flat = digits.flat()
-    mlp = MLP(64, [50] * 5, 10)
-    train(mlp, flat.x_train, flat.y_train, epochs=30, seed=seed)
-    names = [str(i) for i in (2, 4, 6, 8, 10)]
-    acts = _capture(mlp, names, flat.x_train[:n_calib])
-    mods = dict(mlp.named_modules())
-    out = [{"name": f"mlp5x50.{n}", "x": acts[n], "w": mods[n].weight, "b": mods[n].bias,
-            "groups": column_groups(50)} for n in names]
+    out = []
+    for hidden in ([50] * 5, [24] * 3):
+        mlp = MLP(64, hidden, 10)
+        train(mlp, flat.x_train, flat.y_train, epochs=30, seed=seed)
+        names = [str(i) for i in range(2, 2 * len(hidden) + 1, 2)]
+        acts = _capture(mlp, names, flat.x_train[:n_calib])
+        mods = dict(mlp.named_modules())
+        out += [{"name": f"mlp{len(hidden)}x{hidden[0]}.{n}", "x": acts[n], "w": mods[n].weight,
+                 "b": mods[n].bias, "groups": column_groups(hidden[0])} for n in names]
     vit = pretrained_digits_vit(epochs=15, seed=seed).model
     names = [f"blocks.{b}.{m}" for b in range(3) for m in ("attn.proj", "mlp.fc2")]
     acts = _capture(vit, names, digits.x_train[:n_calib])
@@ -88,7 +91,8 @@ def real_layers(n_calib: int, seed: int) -> list[dict]:
 def random_layers(seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     out = []
-    for name, d, k, m in (("rand24", 24, 1, 16), ("rand48", 48, 1, 32), ("rand12x4", 48, 4, 32)):
+    for name, d, k, m in (("rand20", 20, 1, 16), ("rand24", 24, 1, 16), ("rand48", 48, 1, 32),
+                          ("rand12x4", 48, 4, 32)):
         n = 2000
         factors = rng.normal(size=(n, 6))
         x = factors @ rng.normal(size=(6, d)) + 0.5 * rng.normal(size=(n, d))
@@ -102,6 +106,12 @@ def _top(scores: np.ndarray, w: int) -> np.ndarray:
     keep = np.zeros(scores.size, dtype=bool)
     keep[np.argsort(-scores, kind="stable")[:w]] = True
     return keep
+
+
+def _gap(f: float, ref: float) -> float:
+    """(f - ref) / ref, with errors below 1e-10 ||Y||^2 counted as 0 (the statistics' rounding)."""
+    f, ref = (0.0 if v < 1e-10 else v for v in (f, ref))
+    return (f - ref) / ref if ref > 0 else (0.0 if f == 0 else float("inf"))
 
 
 def run_layer(layer: dict, ridge: float, time_limit_s: float) -> list[dict]:
@@ -138,9 +148,8 @@ def run_layer(layer: dict, ridge: float, time_limit_s: float) -> list[dict]:
             "act_weighted": selection_error(stats, groups, _top(act, w), lam) / yy,
             "time_greedy_all_widths_s": t_greedy, "time_swap_s": t_swap, "time_exact_s": ex.time_s,
         }
-        ref = row["exact"]
-        row["gap_greedy"] = (row["greedy"] - ref) / ref
-        row["gap_swap"] = (row["swap"] - ref) / ref
+        row["gap_greedy"] = _gap(row["greedy"], row["exact"])
+        row["gap_swap"] = _gap(row["swap"], row["exact"])
         lb = row["bound"] if row["bound"] and row["bound"] > 0 else None
         row["gap_swap_to_bound"] = None if lb is None else (row["swap"] - lb) / row["swap"]
         rows.append(row)

@@ -235,7 +235,7 @@ class _Problem:
             return self.yy
         L = _chol(self.H[np.ix_(j, j)])
         z = sla.solve_triangular(L, self.Ct[j], lower=True, check_finite=False)
-        return float(self.yy + self.a[j].sum() - np.sum(z * z))
+        return max(float(self.yy + self.a[j].sum() - np.sum(z * z)), 0.0)
 
 
 def _chol(a: np.ndarray) -> np.ndarray:
@@ -495,7 +495,7 @@ def greedy_elimination(stats: LayerStats, groups: Sequence[Any], lam: float = 0.
                 pos = _positions(d, cols)
                 n_stored = cols.size
         err[G - step - 1] = f
-    return ElimCurve(order, err, p.lam, p.ridge, p.yy, time.perf_counter() - t0)
+    return ElimCurve(order, np.maximum(err, 0.0), p.lam, p.ridge, p.yy, time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------ swap local search
@@ -810,7 +810,9 @@ def _solve_oa_scip(p: _Problem, width: int, keep0: np.ndarray, f0: float, neutra
     scip = require("pyscipopt", "scip", "the exact layerwise selection")
     oracle = _Oracle(p)
     G = p.n_groups
-    scale = max(f0, 1e-12 * p.yy, 1e-300)  # eta = f / scale is about 1 at the optimum
+    # eta = f / scale is about 1 at the optimum; errors below 1e-12 ||Y||^2 are rounding noise
+    # of the statistics (||Y||^2 - tr(...)), so that is the absolute gap that counts as closed
+    scale = max(f0, 1e-10 * p.yy, 1e-300)
     tol = 1e-9
     model = scip.Model("layerwise")
     if not log:
@@ -818,6 +820,7 @@ def _solve_oa_scip(p: _Problem, width: int, keep0: np.ndarray, f0: float, neutra
     model.setParam("presolving/maxrounds", 0)
     model.setParam("presolving/maxrestarts", 0)
     model.setParam("limits/gap", rel_gap)
+    model.setParam("limits/absgap", 1e-12 * p.yy / scale)
     model.setParam("numerics/feastol", 1e-9)
     model.setParam("timing/clocktype", 2)
     model.setParam("randomization/randomseedshift", 0)
