@@ -202,9 +202,11 @@ def main() -> None:
         "max_gap_swap_to_bound_unproven": max((r["gap_swap_to_bound"] for r in rows
                                                if not r["proven"] and r["gap_swap_to_bound"]
                                                is not None), default=None),
-        "swap_vs_magnitude_median_ratio": float(np.median([r["magnitude"] / r["swap"] for r in rows])),
-        "swap_vs_act_weighted_median_ratio": float(np.median([r["act_weighted"] / r["swap"]
-                                                              for r in rows])),
+        # over the rows where the refit error is not rounding noise (> 1e-10 ||Y||^2)
+        "magnitude_over_swap_median": float(np.median([r["magnitude"] / r["swap"] for r in rows
+                                                       if r["swap"] > 1e-10])),
+        "act_weighted_over_swap_median": float(np.median([r["act_weighted"] / r["swap"]
+                                                          for r in rows if r["swap"] > 1e-10])),
         "total_s": time.perf_counter() - t0,
     }
     print(json.dumps(summary, indent=1))

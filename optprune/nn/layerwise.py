@@ -28,7 +28,9 @@ interpolate the calibration data).
 Functions: :func:`greedy_elimination` (backward elimination with OBS updates of the
 inverse Gram: the whole curve of nested keep sets, widths G .. 0, in O(d^3)),
 :func:`swap_search` (1-swap local search from any keep set), :func:`refit`,
-:func:`selection_error` (f from scratch). The math is in formulations/layerwise.md.
+:func:`selection_error` (f from scratch), :func:`exact_selection` (the proven optimum of a
+small layer by branch and cut in SCIP; optional extra ``scip``). The math, and why this
+solver, is in formulations/layerwise.md.
 """
 
 from __future__ import annotations
@@ -721,12 +723,15 @@ def exact_selection(stats: LayerStats, groups: Sequence[Any], width: int, lam: f
         start_sel = swap_search(stats, groups, _mask(start, G, "The 'start' keep mask"), lam)
         check(int(start_sel.keep.sum()) == width, "The 'start' keep mask",
               f"a mask of {width} kept groups", int(start_sel.keep.sum()))
-    if width in (0, G):  # one keep set only
-        f = start_sel.error
+    floor = 1e-10 * p.yy  # f below this is rounding of ||Y||^2 - tr(...): f >= 0 proves it
+    if width in (0, G) or start_sel.error <= floor:  # one keep set only, or an exact fit
+        f = 0.0 if start_sel.error <= floor else start_sel.error
         res = make_result(termination=Termination.OPTIMAL, has_solution=True, objective=f,
                           bound=f, sense="min", rel_gap=rel_gap, build_time_s=0.0,
                           solve_time_s=0.0, nodes=0, backend=backend, backend_version="-",
-                          x=start_sel.keep.astype(float))
+                          x=start_sel.keep.astype(float),
+                          message="one keep set" if width in (0, G) else
+                          "exact fit: error below 1e-10 ||Y||^2 (rounding), and f >= 0")
         return _exact_result(res, start_sel, width, time.perf_counter() - t0, {})
     res, keep, details = _solve_oa_scip(p, width, start_sel.keep, start_sel.error,
                                         _neutral_groups(stats, p), time_limit_s, rel_gap, log, t0)
