@@ -629,9 +629,17 @@ class _Oracle:
         for c, Dg in zip(p.cols, self.D):
             self.K[np.ix_(c, c)] -= Dg
 
-    def cut(self, z: np.ndarray) -> tuple[float, np.ndarray]:
-        """(F(z), grad F(z)); entries of z below 1e-9 count as 0."""
+    def cut(self, z: np.ndarray) -> tuple[float, np.ndarray] | None:
+        """(F(z), grad F(z)); entries of z below 1e-9 count as 0. Without a positive definite
+        part to put in perspective (t = 0), only binary z get a cut: the no-good cut
+        eta >= f(z0) (1 - Hamming(z, z0)) (valid as f >= 0); fractional z get None."""
         p = self.p
+        if self.t <= 0.0:
+            zb = np.round(z)
+            if np.any(np.abs(z - zb) > 1e-6):
+                return None
+            f = p.error(zb.astype(bool))
+            return f, np.where(zb > 0.5, f, -f)
         z = np.where(z < 1e-9, 0.0, np.minimum(z, 1.0))
         act = z > 0
         A = p.columns(act)
@@ -651,9 +659,6 @@ class _Oracle:
                 Bg = Ba[pos[c]]
                 grad[g] -= float(np.sum(Bg * (self.D[g] @ Bg))) / z[g] ** 2
             else:
-                if self.Dinv[g] is None:
-                    raise ValidationError("The Gram matrix has no positive definite part to put "
-                                          "in perspective; pass a ridge lam > 0.")
                 R = p.Ct[c] - self.K[np.ix_(c, A)] @ Ba
                 grad[g] -= float(np.sum(R * (self.Dinv[g] @ R)))
         return val, grad
@@ -849,14 +854,18 @@ def _solve_oa_scip(p: _Problem, width: int, keep0: np.ndarray, f0: float, neutra
     last_node = [-1]
 
     def cut_expr(zbar: np.ndarray):
-        val, grad = oracle.cut(zbar)
+        out = oracle.cut(zbar)
         stats["oracle_calls"] += 1
+        if out is None:
+            return None
+        val, grad = out
         const = (val - float(grad @ zbar)) / scale
         return val / scale, grad / scale, const
 
     def add_initial(zbar):
-        _, gr, const = cut_expr(zbar)
-        model.addCons(eta - scip.quicksum(float(gr[g]) * z[g] for g in range(G)) >= const)
+        cut = cut_expr(zbar)
+        if cut is not None:
+            model.addCons(eta - scip.quicksum(float(cut[1][g]) * z[g] for g in range(G)) >= cut[2])
 
     add_initial(keep0.astype(float))
     add_initial(np.full(G, width / G))
@@ -935,7 +944,10 @@ def _solve_oa_scip(p: _Problem, width: int, keep0: np.ndarray, f0: float, neutra
                 return {"result": scip.SCIP_RESULT.SEPARATED}
             if self.model.getDepth() > 0 or stats["cuts_sepa"] >= 20 * G:
                 return {"result": scip.SCIP_RESULT.DIDNOTRUN}  # OA cuts: root only
-            f, gr, const = cut_expr(zz)
+            cut = cut_expr(zz)
+            if cut is None:
+                return {"result": scip.SCIP_RESULT.DIDNOTFIND}
+            f, gr, const = cut
             if e >= f - 1e-6 * max(1.0, abs(f)):
                 return {"result": scip.SCIP_RESULT.DIDNOTFIND}
             row = self.model.createEmptyRowUnspec(name="oa", lhs=const, rhs=None, local=False,

@@ -343,3 +343,24 @@ def test_exact_bad_input_and_missing_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyscipopt", None)
     with pytest.raises(MissingExtraError, match=r"optprune\[scip\]"):
         exact_selection(s, groups, 3)
+
+
+def test_exact_without_perspective_part_uses_no_good_cuts(monkeypatch):
+    """If H had no positive definite part to shift (t = 0), integral points still get exact
+    (no-good) cuts and the node bounds still prove the optimum."""
+    pytest.importorskip("pyscipopt")
+    from optprune.nn import layerwise
+
+    class NoPerspective(layerwise._Oracle):
+        def __init__(self, p):
+            super().__init__(p)
+            self.t = 0.0
+
+    monkeypatch.setattr(layerwise, "_Oracle", NoPerspective)
+    X, W = _layer(17, n=100, d=10, m=3)
+    s = LayerStats.from_batches([X], W)
+    groups = column_groups(10)
+    for w in (3, 5):
+        r = layerwise.exact_selection(s, groups, w, 0.5)
+        assert r.is_optimal and r.details["perspective_t"] == 0.0
+        assert r.objective == pytest.approx(_brute(s, groups, w, 0.5), rel=1e-7)
