@@ -48,7 +48,9 @@ class CalibrationOptions:
 
     k_best: allocations proposed by the solver and measured after reconstruction.
     max_widths: widths measured per slot (more are interpolated).
-    order: keep order within a slot, "block" (Gauss-Newton block greedy) or "diag".
+    order: keep order within a slot: "block" (Gauss-Newton block greedy), "diag"
+        (Fisher saliency), or "layerwise" (greedy elimination of the consumer's refit
+        error, optprune.nn.layerwise).
     fisher_labels: "data" (the data's labels: the empirical Fisher of Kwon et al.),
         "model" (``fisher_draws`` labels or projections drawn from the model: the
         Gauss-Newton matrix of the loss against the dense model), or "auto": "data" when
@@ -84,8 +86,8 @@ class CalibrationOptions:
     def __post_init__(self) -> None:
         check(isinstance(self.k_best, int) and self.k_best >= 1, "The 'k_best' of "
               "CalibrationOptions", "an int >= 1", self.k_best)
-        check(self.order in ("block", "diag"), "The 'order' of CalibrationOptions",
-              "'block' or 'diag'", self.order)
+        check(self.order in ("block", "diag", "layerwise"), "The 'order' of "
+              "CalibrationOptions", "'block', 'diag' or 'layerwise'", self.order)
         check(self.fisher_labels in ("auto", "data", "model"), "The 'fisher_labels' of "
               "CalibrationOptions", "'auto', 'data' or 'model'", self.fisher_labels)
         check(self.reconstruct_scope in ("all", "consumers"), "The 'reconstruct_scope' of "
@@ -170,7 +172,7 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
     t = time.perf_counter()
     ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit,
                    alpha=opts.curve_alpha, max_samples=opts.curve_samples)
-    curves = measure_curves(ev, problem, slot_orders(structures, fr, opts.order),
+    curves = measure_curves(ev, problem, slot_orders(structures, fr, opts.order, ev),
                             max_widths=opts.max_widths, refit=refit)
     times["curves"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -60,19 +60,56 @@ def greedy_quadratic_order(h: np.ndarray) -> np.ndarray:
     return np.asarray(removed[::-1], dtype=np.int64)
 
 
-def slot_orders(structures: StructureSet, fisher: FisherResult, method: str = "block"
-                ) -> dict[Slot, np.ndarray]:
+def slot_orders(structures: StructureSet, fisher: FisherResult, method: str = "block",
+                evaluator: "Evaluator | None" = None) -> dict[Slot, np.ndarray]:
     """Per slot, its groups' positions (in ``structures.groups``) in keep order:
     ``"block"`` the greedy on the slot's Gauss-Newton block (within-layer
-    interactions), ``"diag"`` by decreasing saliency."""
-    check(method in ("block", "diag"), "The slot order 'method'", "'block' or 'diag'", method)
+    interactions), ``"diag"`` by decreasing saliency, ``"layerwise"`` the greedy backward
+    elimination of the slot's consumer output error after a ridge refit
+    (``optprune.nn.layerwise``; slots feeding several consumers use "block")."""
+    check(method in ("block", "diag", "layerwise"), "The slot order 'method'",
+          "'block', 'diag' or 'layerwise'", method)
+    check(method != "layerwise" or evaluator is not None, "The evaluator of a layerwise order",
+          "an Evaluator (its dense input statistics)", None)
     out = {}
     for s, ix in structures.layer_kind_index().items():
-        if method == "block" and s in fisher.blocks:
+        lw = _layerwise_order(structures, evaluator, ix) if method == "layerwise" else None
+        if lw is not None:
+            out[s] = lw
+        elif method != "diag" and s in fisher.blocks:
             out[s] = ix[greedy_quadratic_order(fisher.blocks[s])]
         else:
             out[s] = ix[np.lexsort((ix, -fisher.diag[ix]))]
     return out
+
+
+def _layerwise_order(structures: StructureSet, ev: "Evaluator", ix: np.ndarray
+                     ) -> np.ndarray | None:
+    """Keep order of one slot by greedy elimination of its consumer's refit error, from
+    the dense inputs' Gram matrix (target: the dense outputs); None when the slot does
+    not feed exactly one refittable consumer."""
+    from .layerwise import LayerStats, greedy_elimination
+
+    cons = {c for i in ix for c, _ in structures.groups[i].consumers}
+    if len(cons) != 1 or next(iter(cons)) not in ev.gram:
+        return None
+    c = next(iter(cons))
+    mod = ev.named[c]
+    w0, b0 = ev.saved[c]
+    w = w0.reshape(w0.shape[0], -1).to(torch.float64).cpu().numpy()
+    if b0 is not None:
+        w = np.hstack([w, b0.to(torch.float64).cpu().numpy()[:, None]])
+    g = ev.gram[c]
+    gw = g @ w.T
+    stats = LayerStats(g, gw, max(float(np.sum(w.T * gw)), 0.0), int(round(g[-1, -1]))
+                       if b0 is not None else ev.n_samples, w, has_intercept=b0 is not None)
+    taps = _taps(mod)
+    groups = [np.concatenate([np.arange(ch * taps, (ch + 1) * taps)
+                              for ch in dict(structures.groups[i].consumers)[c]]) for i in ix]
+    d = g.shape[0] - (1 if b0 is not None else 0)
+    lam = ev.alpha * float(np.mean(np.diag(g)[:d]))
+    curve = greedy_elimination(stats, groups, lam)
+    return ix[np.asarray(curve.order)[::-1]]
 
 
 @dataclass(frozen=True)

@@ -367,3 +367,20 @@ def test_reconstruction_stages_group_only_identical_inputs(monkeypatch):
     reconstruct(w2, keep, x, alphas=(1.0,), holdout_every=1000)
     for (n, p1), (_, p2) in zip(w1.model.named_parameters(), w2.model.named_parameters()):
         torch.testing.assert_close(p1, p2, rtol=0, atol=0, msg=n)
+
+
+def test_layerwise_slot_order_is_the_consumers_greedy_elimination():
+    from optprune.nn.layerwise import LayerStats, greedy_elimination
+    from optprune.nn.sensitivity import slot_orders
+
+    m, x, _ = _mlp(7)
+    ss = discover(m, (6,))
+    fr = mask_fisher(ss, x, seed=0)
+    ev = Evaluator(ss, x, alpha=0.1)
+    orders = slot_orders(ss, fr, "layerwise", ev)
+    ix = ss.layer_kind_index()[("0", "neuron")]
+    xin = _capture(m, "2", x, pre=True)
+    stats = LayerStats.from_batches([(xin, None)], m[2].weight, m[2].bias)
+    lam = 0.1 * float(np.mean(np.diag(stats.gxx)[:-1]))
+    curve = greedy_elimination(stats, [np.array([j]) for j in range(ix.size)], lam)
+    np.testing.assert_array_equal(orders[("0", "neuron")], ix[curve.order[::-1]])
