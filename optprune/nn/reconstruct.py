@@ -44,6 +44,7 @@ from torch import nn
 
 from ..errors import ValidationError, check
 from .calib import batches, model_device, param_dtype, run_model
+from .resume import ForwardTrace, capture_outputs, skipping
 from .structures import StructureSet
 
 __all__ = ["DEFAULT_ALPHAS", "LayerRefit", "ReconstructionReport", "consumer_order",
@@ -260,7 +261,7 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
                 consumers: Sequence[str] | None = None,
                 alphas: Sequence[float] = DEFAULT_ALPHAS, select: str = "global",
                 holdout_every: int = 4, default_alpha: float = 1.0, batch_size: int = 128,
-                min_rows_per_input: float = 1.0, scope: str = "all"
+                min_rows_per_input: float = 1.0, scope: str = "all", resume: bool = True
                 ) -> ReconstructionReport:
     """Refit, in place on ``structures.model``, every consumer whose inputs lose
     columns under ``keep`` (or the named ``consumers``), in forward order, so that its
@@ -278,6 +279,9 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
         ``holdout_every`` batches nothing is held out and ``default_alpha`` (or the
         alpha of ``alphas`` closest to it) is used.
 
+    resume: skip the forward of every module that ends before the stage being refit and
+        whose output on each batch is already final (``optprune.nn.resume``), so a refit
+        pass costs about one forward pass instead of one per stage. Same result.
     scope: "all" (default) refits every Linear/Conv2d layer from the first one whose
         inputs lost columns on, each toward its dense output (the later layers' inputs
         shift too); "consumers" only the layers whose inputs lost columns.
@@ -323,7 +327,10 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     stages = consumer_stages(structures, data, consumers)
     order = [n for st in stages for n in st]
     dense_out = _dense_outputs(dense, dict(dense.named_modules()), order, data_batches)
-    loop = _LayerLoop(structures, keep, stages, data_batches, dense_out, min_rows_per_input)
+    with structures.masked(keep):
+        trace = ForwardTrace(model, lambda: run_model(model, data_batches[0][0]))
+    loop = _LayerLoop(structures, keep, stages, data_batches, dense_out, min_rows_per_input,
+                      trace if resume else None)
     was = model.training
     model.eval()
     global_errors: dict[str, float] = {}
@@ -399,22 +406,30 @@ class _LayerLoop:
 
     def __init__(self, structures: StructureSet, keep: np.ndarray, stages: list[list[str]],
                  data_batches: list, dense_out: dict[str, list[torch.Tensor]],
-                 min_rows_per_input: float) -> None:
+                 min_rows_per_input: float, trace: ForwardTrace | None = None) -> None:
         self.ss, self.keep, self.stages = structures, keep, stages
         self.batches, self.dense_out = data_batches, dense_out
         self.named = dict(structures.model.named_modules())
         self.min_rows = min_rows_per_input
+        self.trace = trace
 
     def run(self, use: list[bool], hold: list[bool], alphas: Sequence[float],
             default_alpha: float) -> list[LayerRefit]:
         """Refit on the batches with ``use``; those also in ``hold`` are held out."""
         model = self.ss.model
         layers = []
+        # Outputs of modules that end before the current stage, captured after every
+        # layer inside them was refit (this run): final, so later stages skip them.
+        cache: dict[str, dict[int, Any]] = {}
         for stage in self.stages:
             mods = {n: self.named[n] for n in stage}
             layout = {n: _kept_layout(self.ss, self.keep, n, m) for n, m in mods.items()}
             accs = {n: _Acc() for n in stage}
             got: dict[str, torch.Tensor] = {}
+            closed = self.trace.closed_before(stage) if self.trace is not None else []
+            skip = [n for n in closed if n in cache]
+            grab = [n for n in closed if n not in cache]
+            grabbed: dict[str, Any] = {}
 
             def cap_in(_m, args, name, got=got, last=stage[-1], mods=mods):
                 got[name] = unfold_rows(mods[name], args[0].detach())
@@ -425,7 +440,9 @@ class _LayerLoop:
                 if not use[i]:
                     continue
                 got.clear()
-                with self.ss.masked(self.keep):
+                grabbed.clear()
+                with self.ss.masked(self.keep), skipping(model, {n: cache[n][i] for n in skip}), \
+                        capture_outputs(model, grab, grabbed):
                     hs = [m.register_forward_pre_hook(
                         lambda _m, a, n=n: cap_in(_m, a, n)) for n, m in mods.items()]
                     try:
@@ -436,6 +453,8 @@ class _LayerLoop:
                     finally:
                         for h in hs:
                             h.remove()
+                for n in grab:
+                    cache.setdefault(n, {})[i] = grabbed[n]
                 for n, mod in mods.items():
                     cols, rows = layout[n]
                     xin = got[n]

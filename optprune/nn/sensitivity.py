@@ -33,6 +33,7 @@ from .calib import (batches, model_device, model_output, n_samples, param_dtype,
                     sample_input)
 from .fisher import FisherResult, divergence, output_kind
 from .reconstruct import _is_refittable, _taps, refit_from_stats, unfold_rows
+from .resume import ForwardTrace, capture_outputs, skipping
 from .structures import StructureSet
 
 __all__ = ["SlotCurve", "Evaluator", "slot_orders", "measure_curves", "additivity",
@@ -171,6 +172,8 @@ class Evaluator:
         self.saved = {c: (self.named[c].weight.detach().clone(),
                           None if self.named[c].bias is None else self.named[c].bias.detach().clone())
                       for c in self.consumers}
+        self.trace = ForwardTrace(self.model, lambda: run_model(self.model, self.batches[0]))
+        self.cache: dict[str, list[Any]] = {}
 
     @staticmethod
     def _out(model: torch.nn.Module, x: Any) -> torch.Tensor:
@@ -251,9 +254,23 @@ class Evaluator:
             if refit:
                 self._refit(keep)
             tot, n = 0.0, 0
+            # Modules that end before the first changed consumer compute what the dense
+            # model does: their outputs are cached once and their forward skipped.
+            closed: list[str] = []
+            if on is None:
+                masks = self.ss.consumer_masks(keep)
+                changed = [c for c, m in masks.items() if bool((m < 0.5).any())]
+                closed = self.trace.closed_before(changed)
+            skip = [c for c in closed if c in self.cache]
+            grab = [c for c in closed if c not in self.cache]
+            grabbed: dict[str, Any] = {}
             with torch.no_grad(), ss.masked(keep):
-                for x, r in zip(self.batches, self.ref):
-                    d = divergence(self._out(ss.model, x), r, self.kind)
+                for i, (x, r) in enumerate(zip(self.batches, self.ref)):
+                    with skipping(ss.model, {c: self.cache[c][i] for c in skip}), \
+                            capture_outputs(ss.model, grab, grabbed):
+                        d = divergence(self._out(ss.model, x), r, self.kind)
+                    for c in grab:
+                        self.cache.setdefault(c, []).append(grabbed[c])
                     tot += float(d.sum())
                     n += d.shape[0]
         finally:

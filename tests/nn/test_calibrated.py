@@ -384,3 +384,47 @@ def test_layerwise_slot_order_is_the_consumers_greedy_elimination():
     lam = 0.1 * float(np.mean(np.diag(stats.gxx)[:-1]))
     curve = greedy_elimination(stats, [np.array([j]) for j in range(ix.size)], lam)
     np.testing.assert_array_equal(orders[("0", "neuron")], ix[curve.order[::-1]])
+
+
+@pytest.mark.parametrize("family", ["mlp", "vit", "cnn"])
+def test_resumed_reconstruction_equals_the_full_passes(family):
+    if family == "mlp":
+        m, x, _ = _mlp(8)
+        shape = (6,)
+    elif family == "vit":
+        m, x, _ = _tiny_vit(4)
+        shape = (1, 4, 4)
+    else:
+        torch.manual_seed(0)
+        m = SmallCNN(1, 6, n_blocks=2, n_classes=3).eval()
+        x = torch.rand(64, 1, 8, 8)
+        shape = (1, 8, 8)
+    ss = discover(m, shape)
+    rng = np.random.default_rng(0)
+    keep = rng.random(len(ss.groups)) > 0.4
+    for ix in ss.layer_kind_index().values():
+        keep[ix[0]] = True
+    w1, w2 = _work(ss), _work(ss)
+    r1 = reconstruct(w1, keep, x, batch_size=16)
+    r2 = reconstruct(w2, keep, x, batch_size=16, resume=False)
+    assert r1.global_errors.keys() == r2.global_errors.keys()
+    for (n, p1), (_, p2) in zip(w1.model.named_parameters(), w2.model.named_parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-6, atol=1e-7, msg=n)
+
+
+def test_evaluator_with_cached_prefixes_measures_the_plain_forward():
+    from optprune.nn.fisher import divergence
+
+    m, x, _ = _tiny_vit(5)
+    ss = discover(m, (1, 4, 4))
+    ev = Evaluator(ss, x, batch_size=32)
+    with torch.no_grad():
+        ref = m(x)
+    rng = np.random.default_rng(1)
+    for ix in list(ss.layer_kind_index().values())[::-1] * 2:  # the 2nd round uses caches
+        keep = np.ones(len(ss.groups), dtype=bool)
+        keep[rng.choice(ix, size=ix.size // 2, replace=False)] = False
+        with ss.masked(keep), torch.no_grad():
+            want = float(divergence(m(x), ref, "logits").mean())
+        assert ev.loss(keep, refit=False) == pytest.approx(want, rel=1e-5, abs=1e-9)
+    assert ev.cache  # something was skipped
