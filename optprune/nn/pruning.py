@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..alloc import AllocationProblem, allocate
@@ -109,11 +108,10 @@ def build_problem(structures: StructureSet, scores: np.ndarray, budget: float | 
     return p, budgets
 
 
-def _infer_shape(data: Any) -> tuple[int, ...] | None:
-    x = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
-    if isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim >= 2:
-        return tuple(int(s) for s in x.shape[1:])
-    return None
+def _reasons(frozen: dict[str, str], most: int = 4) -> str:
+    items = [f"{k}: {v}" for k, v in list(frozen.items())[:most]]
+    more = f" (+{len(frozen) - most} more)" if len(frozen) > most else ""
+    return ("; ".join(items) + more) if items else "no Linear or convolution layer"
 
 
 def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude",
@@ -148,13 +146,13 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
           selection)
     t0 = time.perf_counter()
     if structures is None:
-        if input_shape is None:
-            input_shape = _infer_shape(data)
-        check(input_shape is not None, "The 'input_shape' of prune",
-              "the shape of one input sample (or data to infer it from)", None)
-        structures = discover(model, input_shape, exclude=exclude)
+        check(input_shape is not None or data is not None, "The inputs of prune",
+              "data (a tensor, (X, y), a dict of model inputs...) or input_shape (one "
+              "sample's shape)", None)
+        structures = discover(model, input_shape, data=data, exclude=exclude)
     check(len(structures.groups) > 0, "The number of prunable groups", "positive", 0,
-          f"Nothing in {type(model).__name__} is prunable: {structures.frozen}")
+          f"Nothing in {type(model).__name__} is prunable; every channel space is kept "
+          f"dense for a reason: {_reasons(structures.frozen)}")
     t1 = time.perf_counter()
     s = score(structures, importance, data, **(importance_kw or {}))
     t2 = time.perf_counter()
@@ -189,7 +187,7 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "magnitude
                         data=data, reinit=reinit, allow_empty=allow_empty_layers)
     t4 = time.perf_counter()
     after = {"params": sum(q.numel() for q in pruned.parameters()),
-             "flops": count_flops(pruned, structures.input_shape)}
+             "flops": count_flops(pruned, inputs=structures.example)}
     before = {"params": structures.dense_params, "flops": structures.dense_flops}
     report = PruneReport(
         importance=str(name), selection=selection,
