@@ -26,6 +26,7 @@ Table 2, pruning:
 
   python benchmarks/bench_coverage.py                    # every zoo model
   python benchmarks/bench_coverage.py --models bert gpt2 --budget 0.6
+  python benchmarks/bench_coverage.py --only none --real-size   # discovery at real width
 
 Torch-Pruning comes from the ``bench`` extra (installed with --no-deps: it would
 otherwise pull another torch).
@@ -38,6 +39,7 @@ import copy
 import gc
 import json
 import os
+import signal
 import time
 import traceback
 import warnings
@@ -199,7 +201,30 @@ def _output_layers(model) -> list:
     return found
 
 
-def run_tp(name: str, ratio: float) -> dict:
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(_sig, _frame):
+    raise _Timeout("no result within the time limit")
+
+
+def run_tp(name: str, ratio: float, timeout_s: int = 300) -> dict:
+    """Torch-Pruning on one zoo model, stopped after ``timeout_s`` (its group search
+    does not return on some models)."""
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(int(timeout_s))
+    try:
+        return _run_tp(name, ratio)
+    except _Timeout:
+        return {"ok": False, "error": f"no result within {timeout_s} s", "s": float(timeout_s),
+                "dense": None}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _run_tp(name: str, ratio: float) -> dict:
     import torch_pruning as tp
 
     model, x = zoo.build(name)
@@ -238,6 +263,53 @@ def run_tp(name: str, ratio: float) -> dict:
             "error": err}
 
 
+REAL_SIZE = {
+    # name: (config class, config kwargs, model class, inputs)
+    "resnet-50": ("ResNetConfig", {}, "ResNetForImageClassification", "pixels224"),
+    "mobilenetv2-1.0": ("MobileNetV2Config", {}, "MobileNetV2ForImageClassification", "pixels224"),
+    "vit-base": ("ViTConfig", {}, "ViTForImageClassification", "pixels224"),
+    "bert-base": ("BertConfig", {}, "BertModel", "tokens128"),
+    "gpt2-small": ("GPT2Config", {}, "GPT2LMHeadModel", "tokens128"),
+    "llama3-8b-2layers": ("LlamaConfig", {"num_hidden_layers": 2, "vocab_size": 1024,
+                                          "hidden_size": 4096, "intermediate_size": 14336,
+                                          "num_attention_heads": 32, "num_key_value_heads": 8},
+                          "LlamaForCausalLM", "tokens128"),
+}
+
+
+def real_size(name: str) -> dict:
+    """Discovery on a model of real width (random weights, default config): time,
+    groups, and the check that the cost model counts every parameter."""
+    import transformers as tr
+
+    from optprune.nn.structures import discover
+
+    cfg_cls, kw, model_cls, inp = REAL_SIZE[name]
+    torch.manual_seed(0)
+    model = getattr(tr, model_cls)(getattr(tr, cfg_cls)(**kw)).eval()
+    g = torch.Generator().manual_seed(0)
+    if inp == "pixels224":
+        x = {"pixel_values": torch.randn(2, 3, 224, 224, generator=g)}
+    else:
+        x = {"input_ids": torch.randint(3, 1000, (2, 128), generator=g),
+             "attention_mask": torch.ones(2, 128, dtype=torch.long)}
+    dense = sum(p.numel() for p in model.parameters())
+    gc.collect()
+    gc.freeze()
+    ok, out, s = _timed(lambda: discover(model, data=x))
+    gc.unfreeze()
+    row = {"model": name, "dense": dense, "ok": ok, "s": s}
+    if ok:
+        kinds: dict[str, int] = {}
+        for grp in out.groups:
+            kinds[grp.kind] = kinds.get(grp.kind, 0) + 1
+        row.update(groups=len(out), kinds=kinds,
+                   counts_all=out.predict(np.ones(len(out), dtype=bool))["params"] == dense)
+    else:
+        row["error"] = out
+    return row
+
+
 def _fmt_engine(e: dict) -> str:
     if not e["ok"]:
         return f"fails ({e['error'][:38]})"
@@ -250,7 +322,14 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.6, help="optprune: kept parameter fraction")
     ap.add_argument("--tp-ratio", type=float, default=0.3,
                     help="Torch-Pruning: fraction of channels and heads removed per layer")
-    ap.add_argument("--time-limit", type=float, default=60.0, metavar="S")
+    ap.add_argument("--time-limit", type=float, default=60.0, metavar="S",
+                    help="optprune's allocation time limit")
+    ap.add_argument("--tp-timeout", type=int, default=300, metavar="S",
+                    help="Torch-Pruning runs longer than this are stopped and reported")
+    ap.add_argument("--only", choices=["engines", "prune", "none"], help="one of the two tables")
+    ap.add_argument("--real-size", action="store_true",
+                    help="also discovery on models of real width (ResNet-50, MobileNetV2, "
+                    "ViT-base, BERT-base, GPT-2, two LLaMA-3-8B layers)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -258,16 +337,42 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    rows = []
+    rows = [{"model": name} for name in args.models]
     print(f"load average at start: {os.getloadavg()[0]:.1f} (2 cores)")
+    if args.only in (None, "engines"):
+        engines("mlp")  # warm-up: first calls of fx / export / TP import and compile code
+        _engines_table(args.models, rows)
+    if args.only in (None, "prune"):
+        _prune_table(args, rows)
+    if args.real_size:
+        print("\n| model (real width, random weights) | parameters | discover | groups by kind "
+              "| predict(all kept) = parameters |")
+        print("|---|---|---|---|---|")
+        for name in REAL_SIZE:
+            r = real_size(name)
+            rows.append({"real_size": r})
+            cell = f"{r['s']:.1f} s" if r["ok"] else f"fails ({r['error'][:50]})"
+            kinds = ", ".join(f"{v:,} {k}" for k, v in r.get("kinds", {}).items())
+            print(f"| {name} | {r['dense']:,} | {cell} | {kinds} | {r.get('counts_all', '')} |",
+                  flush=True)
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1, default=str)
+
+
+def _engines_table(models: list[str], rows: list[dict]) -> None:
     print("\n| model | fx | torch.export | TP DependencyGraph | optprune discover |")
     print("|---|---|---|---|---|")
-    for name in args.models:
+    for row, name in zip(rows, models):
         gc.collect()
         r = engines(name)
-        rows.append({"engines": r})
+        row["engines"] = r
         print(f"| {name} | {_fmt_engine(r['fx'])} | {_fmt_engine(r['export'])} | "
               f"{_fmt_engine(r['tp_graph'])} | {_fmt_engine(r['optprune'])} |", flush=True)
+
+
+def _prune_table(args: argparse.Namespace, rows: list[dict]) -> None:
     print("\n| model | dense params | optprune: after = predicted | termination | max err "
           "| generate | time | TP: after | TP runs | TP generate | TP time |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -278,8 +383,8 @@ def main() -> None:
         except Exception:  # noqa: BLE001
             traceback.print_exc()
             o = {"ok": False, "error": "crashed", "s": 0, "dense": 0}
-        t = run_tp(name, args.tp_ratio)
-        row.update({"model": name, "optprune": o, "tp": t})
+        t = run_tp(name, args.tp_ratio, args.tp_timeout)
+        row.update({"optprune": o, "tp": t})
         if o["ok"]:
             ocell = (f"{o['after']:,} = {o['predicted']:,}" if o["after"] == o["predicted"]
                      else f"{o['after']:,} != {o['predicted']:,}")
@@ -296,10 +401,6 @@ def main() -> None:
         print(f"| {name} | {o['dense']:,} | {ocell} | {term} | {oerr} | "
               f"{'' if ogen is None else ogen} | {os_} | {tcell} | {truns} | "
               f"{'' if tgen is None else tgen} | {t['s']:.1f} s |", flush=True)
-    print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

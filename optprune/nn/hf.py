@@ -417,17 +417,13 @@ def prune_bert(model: nn.Module, keep: Any, structures: StructureSet | None = No
                     "expected at least one kept with allow_empty_layers=False. Keep one, or "
                     "pass allow_empty_layers=True (the block then adds only its bias).")
         plan.append((heads, ffn))
-    for layer, (heads, ffn) in zip(layers, plan):
-        sa = layer.attention.self
-        dh = sa.attention_head_size
-        rows = torch.as_tensor([h * dh + c for h in heads for c in range(dh)], dtype=torch.long)
-        for lin in (sa.query, sa.key, sa.value):
-            _keep_linear(lin, rows, 0)
-        _keep_linear(layer.attention.output.dense, rows, 1)
+    from .surgery import apply_mask
+
+    # The same surgery as every other model, on structures of this very model (the given
+    # ones may belong to a copy of the same widths: positions mean the same).
+    apply_mask(bert_structures(model, seq_len=1), mask, inplace=True)
+    for layer, (heads, _ffn) in zip(layers, plan):
         _set_heads(layer, len(heads))
-        cols = torch.as_tensor(ffn, dtype=torch.long)
-        _keep_linear(layer.intermediate.dense, cols, 0)
-        _keep_linear(layer.output.dense, cols, 1)
     _record(model, old, [p[0] for p in plan])
     return model
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ValidationError, check
-from .calib import batches, consumer_stats, model_device, model_output, n_samples, param_dtype, run_model
+from .calib import consumer_stats, model_output, n_samples, run_model
 from .structures import StructureSet, consumer_weight
 
 __all__ = ["IMPORTANCE", "register_importance", "score", "magnitude", "l1", "taylor", "wanda",
@@ -143,9 +143,7 @@ def _grads(structures: StructureSet, data: Any, loss_fn: Callable | None, batch_
     was = model.training
     model.eval()
     try:
-        for x, y in batches(data, _shape_of(structures), batch_size, where, need_targets=True,
-                            dtype=param_dtype(model), device=model_device(model),
-                            integer_inputs=structures.integer_inputs):
+        for x, y in structures.batches(data, batch_size, where, need_targets=True):
             loss = loss_fn(model_output(run_model(model, x, where)) / temperature, y)
             gs = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             for n, gr in zip(names, gs):
@@ -182,11 +180,6 @@ def _consumer_names(structures: StructureSet) -> list[str]:
     return sorted({c for g in structures.groups for c, _ in g.consumers})
 
 
-def _shape_of(structures: StructureSet) -> tuple[int, ...] | None:
-    """The sample shape tensor inputs must have (None for keyword inputs)."""
-    return None if isinstance(structures.example, dict) else structures.input_shape
-
-
 def _column_stats(structures: StructureSet, cname: str, p: int) -> np.ndarray:
     """Per input column j of consumer ``cname``: sum_i |W[i, j]| (p=1) or
     ||W[:, j]||^2 (p=2), summed over kernel taps."""
@@ -201,7 +194,7 @@ def wanda(structures: StructureSet, data: Any = None, batch_size: int = 256) -> 
     """Structured Wanda: sum over the group's consumer columns j of
     (sum_i |W[i, j]|) * ||X_j||_2."""
     cons = _consumer_names(structures)
-    stats = consumer_stats(structures.model, cons, data, _shape_of(structures), batch_size, "wanda",
+    stats = consumer_stats(structures.model, cons, data, structures.sample_shape, batch_size, "wanda",
                            structures.integer_inputs)
     col = {c: _column_stats(structures, c, 1) * np.sqrt(stats[c].sqnorm) for c in cons}
     return np.array([sum(col[c][list(ch)].sum() for c, ch in g.consumers)
@@ -218,7 +211,7 @@ def flap(structures: StructureSet, data: Any = None, standardize: bool = False,
     exact allocation that sums scores); ``standardize`` z-scores within each (layer, kind)."""
     check(aggregate in ("mean", "sum"), "The 'aggregate' of flap", "'mean' or 'sum'", aggregate)
     cons = _consumer_names(structures)
-    stats = consumer_stats(structures.model, cons, data, _shape_of(structures), batch_size, "flap",
+    stats = consumer_stats(structures.model, cons, data, structures.sample_shape, batch_size, "flap",
                            structures.integer_inputs)
     col = {c: _column_stats(structures, c, 2) * stats[c].var for c in cons}
     red = np.mean if aggregate == "mean" else np.sum

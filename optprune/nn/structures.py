@@ -151,9 +151,13 @@ class StructureSet:
         set's input shape, the model's dtype and device)."""
         from .calib import batches, model_device, param_dtype
 
-        shape = None if isinstance(self.example, dict) else self.input_shape
-        return batches(data, shape, batch_size, where, need_targets, param_dtype(self.model),
-                       model_device(self.model), self.integer_inputs)
+        return batches(data, self.sample_shape, batch_size, where, need_targets,
+                       param_dtype(self.model), model_device(self.model), self.integer_inputs)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The shape tensor inputs must have per sample (None for keyword inputs)."""
+        return None if isinstance(self.example, dict) else self.input_shape
 
     def costs(self) -> dict[str, np.ndarray]:
         """Per-group standalone removal costs: {"params": ..., "flops": ...} (float64)."""
@@ -1005,10 +1009,12 @@ def discover(model: nn.Module, input_shape: Sequence[int] | None = None, *,
     unsupported = _unsupported(model, exclude_set)
     if unsupported:
         raise UnsupportedModuleError(
-            f"{len(unsupported)} module(s) of {type(model).__name__} own parameters structure "
-            f"discovery cannot follow: {', '.join(unsupported)}. Pass exclude=[...] with "
-            "these names to keep them (and the channels they touch) dense, or register a "
-            "handler with optprune.nn.structures.register_leaf. Followed: Linear, Conv1d/2d "
+            f"{len(unsupported)} module(s) of {type(model).__name__} own parameters and are of "
+            f"a type structure discovery has no handler for, so it cannot tell which of "
+            f"their input and output channels they couple: {', '.join(unsupported)}. Pass "
+            "exclude=[...] with these names to keep them (and the channels they touch) "
+            "dense, or register a handler with optprune.nn.structures.register_leaf. "
+            "Followed: Linear, Conv1d/2d "
             "(groups=1 or depthwise), BatchNorm, pooling, Flatten, activations, Dropout, "
             "norms (kept dense), Embedding, Hugging Face Conv1D, attention modules "
             "(optprune.nn.adapters).")

@@ -54,8 +54,7 @@ def channel_means(structures: StructureSet, data: Any, batch_size: int = 256) ->
     from .calib import consumer_stats
 
     consumers = sorted({c for g in structures.groups for c, _ in g.consumers})
-    shape = None if isinstance(structures.example, dict) else structures.input_shape
-    stats = consumer_stats(structures.model, consumers, data, shape, batch_size,
+    stats = consumer_stats(structures.model, consumers, data, structures.sample_shape, batch_size,
                            "bias compensation", structures.integer_inputs)
     return {c: torch.as_tensor(s.mean) for c, s in stats.items()}
 
