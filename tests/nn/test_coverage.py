@@ -204,3 +204,24 @@ def test_data_dependent_control_flow_is_traced_by_running():
         torch.fx.symbolic_trace(m)
     ss = discover(m, data=torch.randn(3, 4))
     assert [g.id for g in ss.groups] == [f"a:neuron:{i}" for i in range(6)]
+
+
+def test_the_allocation_keeps_gqa_layouts_valid():
+    """Query heads imply their key/value heads in the problem; exact selections under
+    tight budgets drop whole key/value heads and single query heads, never a key/value
+    head a kept query head needs."""
+    from optprune.alloc import allocate
+
+    model, x = zoo.build("llama-gqa")
+    ss = discover(model, data=x)
+    problem = problem_from_structures(ss, np.random.default_rng(0).random(len(ss)))
+    assert len(problem.implications) == 16
+    kinds_dropped = set()
+    for frac in (0.3, 0.5, 0.7):
+        p = problem_from_structures(ss, np.random.default_rng(1).random(len(ss)))
+        p.add_budget("params", max=frac, relative=True)
+        keep = allocate(p, baselines=False).keep
+        assert np.array_equal(ss.effective(keep), keep)
+        kinds_dropped |= {g.kind for g, k in zip(ss.groups, keep) if not k}
+        assert ss.predict(keep)["params"] <= frac * ss.dense_params + 1e-9
+    assert {"kv_head", "head"} <= kinds_dropped
