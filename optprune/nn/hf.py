@@ -1,4 +1,14 @@
-"""Hugging Face BERT-family encoders: structures, physical surgery, save and load.
+"""Hugging Face models: the record a pruned model carries in its config and the loader
+that rebuilds it (any family ``optprune.nn.structures.discover`` covers), and the
+BERT-family functions below (hand-written structures, surgery, save and load).
+
+:func:`record_pruned` (called by ``apply_mask`` on every Hugging Face model) writes
+``config.optprune_pruned``: the shape of every tensor that differs from the dense model of
+the config, the modules surgery replaced, grouped-query key/value maps and the kept width
+of every pruned (layer, kind). :func:`load_pruned` runs transformers' ``from_pretrained``
+on the model class resized to that record.
+
+BERT-family encoders:
 
 A BERT layer l (hidden width d, head size d_h, H_l heads, I_l FFN channels) computes
 
@@ -31,8 +41,9 @@ L2-normalised sentence embeddings, so the generic importance scores (magnitude,
 Taylor, Wanda, FLAP), which feed float tensors of ``input_shape = (T,)``, run
 unchanged. Token ids below 2^24 are exact in float32 (BERT's vocabulary has 30522).
 
-transformers 5 has no ``prune_heads``; :func:`prune_bert` does the surgery: it
-slices the Linear layers in place, sets the self-attention's
+transformers 5 has no ``prune_heads``; :func:`prune_bert` does the surgery in place
+with the shared ``optprune.nn.surgery.apply_mask``: it slices the Linear layers, sets the
+self-attention's
 ``num_attention_heads`` / ``all_head_size`` (BertSelfAttention reshapes with -1
 heads, so heterogeneous head counts per layer just work), and records the per-layer
 widths in ``config.optprune_pruned`` so ``save_pretrained`` writes them and

@@ -138,8 +138,6 @@ class _Recorder(TorchFunctionMode):
             a = [self.arg(x) for x in args]
             if swap and len(a) >= 2:
                 a[0], a[1] = a[1], a[0]
-            if op == "call_function" and target is operator.getitem and len(a) > 1:
-                a[1] = _index(args[1], self)
             node = self.graph.create_node(op, target, tuple(a),
                                           {k: self.arg(v) for k, v in kwargs.items()})
             self.outputs(node, out)
@@ -158,13 +156,6 @@ class _Recorder(TorchFunctionMode):
         self.depth -= 1
         if self.depth == 0:
             self.outputs(self.pending.pop(), out)
-
-
-def _index(idx: Any, rec: _Recorder) -> Any:
-    """Indices of ``x[idx]``: tensors become nodes, the rest is kept (slices, ints)."""
-    if isinstance(idx, tuple):
-        return tuple(_index(i, rec) for i in idx)
-    return rec.arg(idx)
 
 
 def _has_tensor(x: Any) -> bool:
