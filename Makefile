@@ -4,13 +4,23 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow bench bench-deps bench-coverage lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,hf,onnx,dist]'
 	touch $(STAMP)
+
+# The bench extra (OMLT, Torch-Pruning). Torch-Pruning goes in first with --no-deps, so
+# that resolving the extra finds it satisfied and never touches the pinned torch.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt torch-pruning
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench-deps: $(BENCH_STAMP)
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/optprune demo
@@ -26,6 +36,9 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_allocation.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_systolic.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_encode.py --archs 50x2,100x2 --images 0,1,2 --time-limit 60
+
+bench-coverage: $(BENCH_STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_coverage.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check optprune tests benchmarks

@@ -10,7 +10,8 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "bert_structures": "hf", "load_pruned_bert": "hf", "prune_bert": "hf",
+    "bert_structures": "hf", "load_pruned_bert": "hf", "prune_bert": "hf", "load_pruned": "hf",
+    "prune_hf": "hf_pipeline",
     "problem_from_structures": "bridge",
     "IMPORTANCE": "importance", "register_importance": "importance", "score": "importance",
     "PruneReport": "pruning", "build_problem": "pruning", "prune": "pruning",
@@ -20,8 +21,9 @@ _LAZY = {
 }
 
 __all__ = ["IMPORTANCE", "Group", "PruneReport", "StructureSet", "apply_mask", "bert_structures",
-           "build_problem", "count_flops", "discover", "load_pruned_bert",
-           "problem_from_structures", "prune", "prune_bert", "register_importance", "score"]
+           "build_problem", "count_flops", "discover", "load_pruned", "load_pruned_bert",
+           "problem_from_structures", "prune", "prune_bert", "prune_hf", "register_importance",
+           "score"]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,8 +17,9 @@ indices no group owns, e_S: indices per group, k_S: kept groups of S). So with
 Parameters count every parameter tensor; MACs count every Linear/Conv2d weight
 times its positions per sample plus the attention products of kept heads. The
 resulting ``problem.usage(keep)`` equals ``StructureSet.predict(keep)`` for every
-mask (tested), so budgets hold on the real pruned model, not on an additive
-approximation.
+mask that keeps each group's requirements (tested), so budgets hold on the real pruned
+model, not on an additive approximation. A group's requirements (a grouped-query head
+needs its key/value head) become implications of the problem.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def problem_from_structures(structures: StructureSet, scores: Any, name: str = "
                           {"params": params_, "flops": flops_}, fixed_costs=fixed, name=name)
     for (res, sa, sb), coef in pairs.items():
         p.add_pair_cost(res, sa, sb, coef)
+    for i, j in structures.requirements():
+        p.add_implication(groups[i].id, groups[j].id)
     dense = structures.predict(np.ones(n, dtype=bool))
     for res in ("params", "flops"):
         got = p.dense_total(res)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ValidationError, check
-from .calib import batches, model_device, model_output, n_samples, param_dtype, run_model
+from .calib import model_device, model_output, n_samples, run_model
 from .importance import register_importance
 from .structures import StructureSet
 
@@ -176,8 +176,8 @@ def mask_fisher(structures: StructureSet, data: Any, *, labels: str = "model", d
     total = 0
     dev = model_device(model)
     try:
-        for x, y in batches(data, structures.input_shape, batch_size, "the Fisher saliency",
-                            need_targets=labels == "data", dtype=param_dtype(model), device=dev):
+        for x, y in structures.batches(data, batch_size, "the Fisher saliency",
+                                       need_targets=labels == "data"):
             b = n_samples(x)
             for _ in range(draws):
                 for c in members:

@@ -1,4 +1,14 @@
-"""Hugging Face BERT-family encoders: structures, physical surgery, save and load.
+"""Hugging Face models: the record a pruned model carries in its config and the loader
+that rebuilds it (any family ``optprune.nn.structures.discover`` covers), and the
+BERT-family functions below (hand-written structures, surgery, save and load).
+
+:func:`record_pruned` (called by ``apply_mask`` on every Hugging Face model) writes
+``config.optprune_pruned``: the shape of every tensor that differs from the dense model of
+the config, the modules surgery replaced, grouped-query key/value maps and the kept width
+of every pruned (layer, kind). :func:`load_pruned` runs transformers' ``from_pretrained``
+on the model class resized to that record.
+
+BERT-family encoders:
 
 A BERT layer l (hidden width d, head size d_h, H_l heads, I_l FFN channels) computes
 
@@ -31,8 +41,9 @@ L2-normalised sentence embeddings, so the generic importance scores (magnitude,
 Taylor, Wanda, FLAP), which feed float tensors of ``input_shape = (T,)``, run
 unchanged. Token ids below 2^24 are exact in float32 (BERT's vocabulary has 30522).
 
-transformers 5 has no ``prune_heads``; :func:`prune_bert` does the surgery: it
-slices the Linear layers in place, sets the self-attention's
+transformers 5 has no ``prune_heads``; :func:`prune_bert` does the surgery in place
+with the shared ``optprune.nn.surgery.apply_mask``: it slices the Linear layers, sets the
+self-attention's
 ``num_attention_heads`` / ``all_head_size`` (BertSelfAttention reshapes with -1
 heads, so heterogeneous head counts per layer just work), and records the per-layer
 widths in ``config.optprune_pruned`` so ``save_pretrained`` writes them and
@@ -43,6 +54,7 @@ heads (its attention block then adds only ``b_o``: the self-attention is replace
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -416,17 +428,13 @@ def prune_bert(model: nn.Module, keep: Any, structures: StructureSet | None = No
                     "expected at least one kept with allow_empty_layers=False. Keep one, or "
                     "pass allow_empty_layers=True (the block then adds only its bias).")
         plan.append((heads, ffn))
-    for layer, (heads, ffn) in zip(layers, plan):
-        sa = layer.attention.self
-        dh = sa.attention_head_size
-        rows = torch.as_tensor([h * dh + c for h in heads for c in range(dh)], dtype=torch.long)
-        for lin in (sa.query, sa.key, sa.value):
-            _keep_linear(lin, rows, 0)
-        _keep_linear(layer.attention.output.dense, rows, 1)
+    from .surgery import apply_mask
+
+    # The same surgery as every other model, on structures of this very model (the given
+    # ones may belong to a copy of the same widths: positions mean the same).
+    apply_mask(bert_structures(model, seq_len=1), mask, inplace=True)
+    for layer, (heads, _ffn) in zip(layers, plan):
         _set_heads(layer, len(heads))
-        cols = torch.as_tensor(ffn, dtype=torch.long)
-        _keep_linear(layer.intermediate.dense, cols, 0)
-        _keep_linear(layer.output.dense, cols, 1)
     _record(model, old, [p[0] for p in plan])
     return model
 
@@ -492,44 +500,203 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         "pytorch_model.bin); none was found. Write it with model.save_pretrained(path).")
 
 
+def _saved_config(path: str | os.PathLike, where: str) -> tuple[Any, Path, Any, Any]:
+    """(transformers, directory, config, its optprune_pruned record or None)."""
+    tr = _transformers()
+    path = Path(path)
+    check(path.is_dir() and (path / "config.json").exists(), f"The 'path' of {where}",
+          "a directory written by save_pretrained (with config.json)", str(path))
+    config = tr.AutoConfig.from_pretrained(str(path))
+    return tr, path, config, getattr(config, "optprune_pruned", None)
+
+
 def load_pruned_bert(path: str | os.PathLike) -> nn.Module:
     """Load a model written by ``save_pretrained`` after :func:`prune_bert`: builds the
     dense architecture from ``config.json``, shrinks every layer to the recorded widths
     (``config.optprune_pruned``) and loads the weights strictly. A dense checkpoint
     (no record) loads as is. Returns the model in eval mode."""
-    tr = _transformers()
-    path = Path(path)
-    check(path.is_dir() and (path / "config.json").exists(), "The 'path' of load_pruned_bert",
-          "a directory written by save_pretrained (with config.json)", str(path))
-    config = tr.AutoConfig.from_pretrained(str(path))
+    tr, path, config, record = _saved_config(path, "load_pruned_bert")
+    if isinstance(record, dict) and record.get("format") == PRUNED_RECORD:
+        return load_pruned(path)
     model = tr.AutoModel.from_config(config)
-    record = getattr(config, "optprune_pruned", None)
     if record is not None:
         check(isinstance(record, dict) and record.get("format") == PRUNED_FORMAT,
               "The config's 'optprune_pruned' record", f"a dict with format {PRUNED_FORMAT!r}",
               record if not isinstance(record, dict) else record.get("format"))
         _shape_like(model, record)
     state = _read_state_dict(path)
+    _load_weights(model, state, path)
+    model.eval()
+    return model
+
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` into ``model``; every parameter must be in it (tied weights and
+    buffers excepted) and nothing else."""
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise ValidationError(
             f"The weights in {str(path)!r} must have the shapes of the recorded architecture "
             f"(config.optprune_pruned); loading failed: {exc}") from exc
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - \
+        {n for n, _ in model.named_parameters()}
     # Non-persistent buffers (position ids) are not saved by transformers 5 but were by
     # older versions; they are derived (arange), anything else must match.
     buffers = {n for n, _ in model.named_buffers()}
+    missing = [k for k in missing if k not in tied and k not in buffers]
     unexpected = [k for k in unexpected if k not in buffers]
     if missing or unexpected:
         raise ValidationError(
             f"The weights in {str(path)!r} must match the recorded architecture; missing "
             f"{missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}). "
             "Was the directory written by save_pretrained of a model pruned with prune_bert?")
-    model.eval()
-    return model
 
 
 def kept_ids(structures: StructureSet, keep: Any) -> list[str]:
     """Ids of the kept groups of a keep mask (handy for logs and JSON)."""
     mask = _keep_mask(structures, keep)
     return [g.id for g, k in zip(structures.groups, mask) if k]
+
+
+# ----------------------------------------------------------------- any Hugging Face model
+PRUNED_RECORD = "optprune.pruned/1"
+
+
+def _dense_reference(model: nn.Module) -> nn.Module:
+    """The dense model of ``model``'s config, on the meta device (shapes only)."""
+    cfg = copy.deepcopy(model.config)
+    if hasattr(cfg, "optprune_pruned"):
+        del cfg.optprune_pruned
+    with torch.device("meta"):
+        return type(model)(cfg)
+
+
+def record_pruned(model: nn.Module, structures: StructureSet | None = None,
+                  keep: Any = None) -> dict[str, Any]:
+    """Write ``config.optprune_pruned`` of a pruned Hugging Face model: the shape of
+    every parameter and buffer that differs from the dense model of its config, the
+    modules surgery replaced, the query-head -> key/value-head maps of grouped-query
+    layers with unequal groups, and (from ``structures`` and ``keep``) the kept width of
+    every pruned (layer, kind). ``save_pretrained`` writes it into config.json and
+    :func:`load_pruned` rebuilds the model from it. Returns the record."""
+    from .adapters import EmptyAttention
+    from .explicit import PrunedMultiheadAttention
+    from .structures import _named_tensors
+
+    ref = _dense_reference(model)
+    ref_tensors = _named_tensors(ref)
+    shapes = {n: list(t.shape) for n, t in _named_tensors(model).items()
+              if n in ref_tensors and tuple(ref_tensors[n].shape) != tuple(t.shape)}
+    ref_mods = dict(ref.named_modules())
+    modules: dict[str, dict[str, Any]] = {}
+    kv_index: dict[str, list[int]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, EmptyAttention):
+            modules[name] = {"class": "EmptyAttention", "out": m.out_name}
+        elif isinstance(m, PrunedMultiheadAttention) and \
+                not isinstance(ref_mods.get(name), PrunedMultiheadAttention):
+            modules[name] = {"class": "PrunedMultiheadAttention"}
+        if getattr(m, "optprune_kv_index", None) is not None:
+            kv_index[name] = [int(v) for v in m.optprune_kv_index]
+    prev = getattr(model.config, "optprune_pruned", None)
+    widths = dict(prev.get("widths", {})) if isinstance(prev, dict) else {}
+    if structures is not None and keep is not None:
+        keep = structures.effective(keep)
+        for (layer, kind), ix in structures.layer_kind_index().items():
+            widths.setdefault(layer, {})[kind] = int(keep[ix].sum())
+    record = {"format": PRUNED_RECORD, "widths": widths, "shapes": shapes, "modules": modules,
+              "kv_index": kv_index}
+    model.config.optprune_pruned = record
+    return record
+
+
+def shape_like_record(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    """Resize a dense model built from a config to the pruned architecture of
+    ``record`` (``config.optprune_pruned``); weights are placeholders until a state dict
+    is loaded. Returns the model (modules may be replaced inside it)."""
+    from .adapters import EmptyAttention, set_kv_index
+    from .explicit import PrunedMultiheadAttention
+    from .structures import _named_tensors, resizer_of
+    from .surgery import _owner, _resize
+
+    check(isinstance(record, dict) and record.get("format") == PRUNED_RECORD,
+          "The config's 'optprune_pruned' record", f"a dict with format {PRUNED_RECORD!r}",
+          record.get("format") if isinstance(record, dict) else record)
+    tensors = _named_tensors(model)
+    unknown = sorted(set(record.get("shapes", {})) - set(tensors))
+    check(not unknown, "The tensor names of the 'optprune_pruned' record",
+          f"tensors of {type(model).__name__}", unknown[:5])
+    touched = set()
+    with torch.no_grad():
+        for name, shape in record.get("shapes", {}).items():
+            owner, attr = _owner(model, name)
+            t = getattr(owner, attr)
+            new = torch.zeros(shape, dtype=t.dtype, device=t.device)
+            if isinstance(t, nn.Parameter):
+                setattr(owner, attr, nn.Parameter(new, requires_grad=t.requires_grad))
+            else:
+                owner._buffers[attr] = new
+            touched.add(name.rpartition(".")[0])
+    for mname in touched:
+        _resize(model.get_submodule(mname))
+    for name, spec in record.get("modules", {}).items():
+        m = model.get_submodule(name)
+        if spec.get("class") == "PrunedMultiheadAttention":
+            m.__class__ = PrunedMultiheadAttention
+    for m in model.modules():
+        fn = resizer_of(m)
+        if fn is not None:
+            fn(m)
+    for name, kv in record.get("kv_index", {}).items():
+        set_kv_index(model.get_submodule(name), kv)
+    for name, spec in record.get("modules", {}).items():
+        if spec.get("class") == "EmptyAttention":
+            parent, attr = _owner(model, name)
+            setattr(parent, attr, EmptyAttention(model.get_submodule(name), spec.get("out")))
+    return model
+
+
+def load_pruned(path: str | os.PathLike, model_class: Any = None, **from_pretrained_kw: Any
+                ) -> nn.Module:
+    """Load a Hugging Face model written by ``save_pretrained`` after optprune pruned it
+    (``optprune.prune`` / ``apply_mask``). Runs transformers' own ``from_pretrained``
+    (checkpoint key conversions, tied weights, dtypes) on the model class of config.json
+    (``model_class``, default the config's first ``architectures`` entry) resized, right
+    after construction, to the recorded pruned shapes (``config.optprune_pruned``);
+    every weight must then load with its exact shape. Returns the model (of the original
+    class) in eval mode. A directory without a record loads as the dense model; one
+    written by :func:`prune_bert` loads through :func:`load_pruned_bert`."""
+    tr, path, config, record = _saved_config(path, "load_pruned")
+    if isinstance(record, dict) and record.get("format") == PRUNED_FORMAT:
+        return load_pruned_bert(path)
+    if model_class is None:
+        archs = getattr(config, "architectures", None) or []
+        model_class = getattr(tr, archs[0], None) if archs else None
+        check(model_class is not None, "The architecture in config.json",
+              "a transformers model class (config.architectures)", archs,
+              "Pass model_class=transformers.<Class>.")
+    cls = model_class
+    if record is not None:
+        def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+            model_class.__init__(self, config, *args, **kwargs)
+            shape_like_record(self, config.optprune_pruned)
+
+        cls = type(model_class.__name__, (model_class,), {"__init__": __init__,
+                                                           "__module__": model_class.__module__})
+    try:
+        model, info = cls.from_pretrained(str(path), config=config, output_loading_info=True,
+                                          **from_pretrained_kw)
+    except (RuntimeError, ValueError) as exc:
+        raise ValidationError(
+            f"The weights in {str(path)!r} must have the shapes of the recorded architecture "
+            f"(config.optprune_pruned); loading failed: {exc}") from exc
+    bad = {k: list(v)[:5] for k, v in info.items()
+           if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        raise ValidationError(
+            f"The weights in {str(path)!r} must match the recorded architecture exactly; "
+            f"{bad}. Was the directory written by save_pretrained of a model optprune pruned?")
+    model.__class__ = model_class
+    model.eval()
+    return model

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ValidationError, check
-from .calib import batches, consumer_stats, param_dtype
-from .structures import StructureSet
+from .calib import consumer_stats, model_output, n_samples, run_model
+from .structures import StructureSet, consumer_weight
 
 __all__ = ["IMPORTANCE", "register_importance", "score", "magnitude", "l1", "taylor", "wanda",
            "flap", "random_score", "zscore_per_slot"]
@@ -143,14 +143,13 @@ def _grads(structures: StructureSet, data: Any, loss_fn: Callable | None, batch_
     was = model.training
     model.eval()
     try:
-        for x, y in batches(data, structures.input_shape, batch_size, where, need_targets=True,
-                            dtype=param_dtype(model)):
-            loss = loss_fn(model(x) / temperature, y)
+        for x, y in structures.batches(data, batch_size, where, need_targets=True):
+            loss = loss_fn(model_output(run_model(model, x, where)) / temperature, y)
             gs = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             for n, gr in zip(names, gs):
                 if gr is not None:
                     grads[n] += gr
-            total += x.shape[0]
+            total += n_samples(x)
     finally:
         model.train(was)
     return {n: v / total for n, v in grads.items()}, total
@@ -184,8 +183,9 @@ def _consumer_names(structures: StructureSet) -> list[str]:
 def _column_stats(structures: StructureSet, cname: str, p: int) -> np.ndarray:
     """Per input column j of consumer ``cname``: sum_i |W[i, j]| (p=1) or
     ||W[:, j]||^2 (p=2), summed over kernel taps."""
-    w = dict(structures.model.named_parameters())[f"{cname}.weight"].detach().double()
-    w = w.transpose(0, 1).reshape(w.shape[1], -1)
+    w, dim = consumer_weight(structures.model.get_submodule(cname))
+    w = w.detach().double()
+    w = w.transpose(0, dim).reshape(w.shape[dim], -1)
     return (w.abs().sum(1) if p == 1 else (w * w).sum(1)).numpy()
 
 
@@ -194,7 +194,8 @@ def wanda(structures: StructureSet, data: Any = None, batch_size: int = 256) -> 
     """Structured Wanda: sum over the group's consumer columns j of
     (sum_i |W[i, j]|) * ||X_j||_2."""
     cons = _consumer_names(structures)
-    stats = consumer_stats(structures.model, cons, data, structures.input_shape, batch_size, "wanda")
+    stats = consumer_stats(structures.model, cons, data, structures.sample_shape, batch_size, "wanda",
+                           structures.integer_inputs)
     col = {c: _column_stats(structures, c, 1) * np.sqrt(stats[c].sqnorm) for c in cons}
     return np.array([sum(col[c][list(ch)].sum() for c, ch in g.consumers)
                      for g in structures.groups])
@@ -210,7 +211,8 @@ def flap(structures: StructureSet, data: Any = None, standardize: bool = False,
     exact allocation that sums scores); ``standardize`` z-scores within each (layer, kind)."""
     check(aggregate in ("mean", "sum"), "The 'aggregate' of flap", "'mean' or 'sum'", aggregate)
     cons = _consumer_names(structures)
-    stats = consumer_stats(structures.model, cons, data, structures.input_shape, batch_size, "flap")
+    stats = consumer_stats(structures.model, cons, data, structures.sample_shape, batch_size, "flap",
+                           structures.integer_inputs)
     col = {c: _column_stats(structures, c, 2) * stats[c].var for c in cons}
     red = np.mean if aggregate == "mean" else np.sum
     s = np.array([sum(red(col[c][list(ch)]) for c, ch in g.consumers)

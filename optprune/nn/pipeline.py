@@ -135,9 +135,7 @@ def run_fisher(structures: StructureSet, data: Any, opts: CalibrationOptions) ->
 
 
 def _has_targets(structures: StructureSet, data: Any) -> bool:
-    from .calib import batches
-
-    _, y = next(iter(batches(data, structures.input_shape, 1, "the Fisher saliency")))
+    _, y = next(iter(structures.batches(data, 1, "the Fisher saliency")))
     return y is not None
 
 

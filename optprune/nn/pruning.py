@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..alloc import AllocationProblem, allocate
@@ -127,11 +126,10 @@ def _baselines_of(p: AllocationProblem) -> dict[str, Any]:
     return {k: v.to_dict() for k, v in run_baselines(p).items()}
 
 
-def _infer_shape(data: Any) -> tuple[int, ...] | None:
-    x = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
-    if isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim >= 2:
-        return tuple(int(s) for s in x.shape[1:])
-    return None
+def _reasons(frozen: dict[str, str], most: int = 4) -> str:
+    items = [f"{k}: {v}" for k, v in list(frozen.items())[:most]]
+    more = f" (+{len(frozen) - most} more)" if len(frozen) > most else ""
+    return ("; ".join(items) + more) if items else "no Linear or convolution layer"
 
 
 def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrated",
@@ -178,13 +176,13 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
           selection)
     t0 = time.perf_counter()
     if structures is None:
-        if input_shape is None:
-            input_shape = _infer_shape(data)
-        check(input_shape is not None, "The 'input_shape' of prune",
-              "the shape of one input sample (or data to infer it from)", None)
-        structures = discover(model, input_shape, exclude=exclude)
+        check(input_shape is not None or data is not None, "The inputs of prune",
+              "data (a tensor, (X, y), a dict of model inputs...) or input_shape (one "
+              "sample's shape)", None)
+        structures = discover(model, input_shape, data=data, exclude=exclude)
     check(len(structures.groups) > 0, "The number of prunable groups", "positive", 0,
-          f"Nothing in {type(model).__name__} is prunable: {structures.frozen}")
+          f"Nothing in {type(model).__name__} is prunable; every channel space is kept "
+          f"dense for a reason: {_reasons(structures.frozen)}")
     t1 = time.perf_counter()
     calibrated = isinstance(importance, str) and importance == "calibrated"
     do_rec = calibrated if reconstruct is None else bool(reconstruct)
@@ -259,7 +257,7 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
                             allow_empty=allow_empty_layers)
     t4 = time.perf_counter()
     after = {"params": sum(q.numel() for q in pruned.parameters()),
-             "flops": count_flops(pruned, structures.input_shape)}
+             "flops": count_flops(pruned, inputs=structures.example)}
     before = {"params": structures.dense_params, "flops": structures.dense_flops}
     report = PruneReport(
         importance=str(name), selection=selection,

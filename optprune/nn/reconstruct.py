@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ValidationError, check
-from .calib import batches, model_device, param_dtype, run_model
+from .calib import run_model
 from .resume import ForwardTrace, capture_outputs, skipping
 from .structures import StructureSet
 
@@ -163,8 +163,7 @@ def consumer_stages(structures: StructureSet, data: Any, names: Iterable[str]
     handles = [named[n].register_forward_pre_hook(lambda _m, a, n=n: record(n, a))
                for n in wanted]
     model = structures.model
-    x = next(iter(batches(data, structures.input_shape, 2, "reconstruction",
-                          dtype=param_dtype(model), device=model_device(model))))[0]
+    x = next(iter(structures.batches(data, 2, "reconstruction")))[0]
     try:
         with torch.no_grad():
             run_model(model, x, "reconstruction")
@@ -319,8 +318,7 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     consumers = [c for c in consumers if _is_refittable(named[c])]
     dense = copy.deepcopy(model)
     dense.eval()
-    data_batches = list(batches(data, structures.input_shape, batch_size, "reconstruction",
-                                dtype=param_dtype(model), device=model_device(model)))
+    data_batches = list(structures.batches(data, batch_size, "reconstruction"))
     nb = len(data_batches)
     hold = [i % holdout_every == holdout_every - 1 for i in range(nb)] if nb >= holdout_every \
         else [False] * nb

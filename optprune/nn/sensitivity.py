@@ -29,7 +29,7 @@ import torch
 
 from ..alloc import AllocationProblem
 from ..errors import ValidationError, check
-from .calib import (batches, model_device, model_output, n_samples, param_dtype, run_model,
+from .calib import (model_output, n_samples, run_model,
                     sample_input)
 from .fisher import FisherResult, divergence, output_kind
 from .reconstruct import _is_refittable, _taps, refit_from_stats, unfold_rows
@@ -148,8 +148,7 @@ class Evaluator:
         self.kind = kind or output_kind(structures)
         self.batches = []
         n = 0
-        for x, _ in batches(data, structures.input_shape, batch_size, "the sensitivity curves",
-                            dtype=param_dtype(self.model), device=model_device(self.model)):
+        for x, _ in structures.batches(data, batch_size, "the sensitivity curves"):
             if max_samples is not None and n + n_samples(x) > max_samples:
                 x = sample_input(x, max_samples - n)
             self.batches.append(x)
