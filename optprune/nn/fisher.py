@@ -114,18 +114,6 @@ class FisherResult:
         return 0.5 * self.diag
 
 
-def _membership(structures: StructureSet) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """consumer -> (input channel, group index) pairs (a residual group feeds several)."""
-    acc: dict[str, tuple[list[int], list[int]]] = {}
-    for gi, g in enumerate(structures.groups):
-        for cname, chans in g.consumers:
-            a = acc.setdefault(cname, ([], []))
-            a[0].extend(chans)
-            a[1].extend([gi] * len(chans))
-    return {c: (np.asarray(ch, dtype=np.int64), np.asarray(gs, dtype=np.int64))
-            for c, (ch, gs) in acc.items()}
-
-
 def _in_width(mod: nn.Module) -> int:
     if isinstance(mod, nn.Linear):
         return mod.in_features
@@ -146,7 +134,7 @@ def mask_fisher(structures: StructureSet, data: Any, *, labels: str = "model", d
     check(isinstance(draws, int) and draws >= 1, "The 'draws' of mask_fisher", "an int >= 1", draws)
     model = structures.model
     named = dict(model.named_modules())
-    members = _membership(structures)
+    members = {c: (ch, gs) for c, (_w, ch, gs) in structures.consumer_index().items()}
     n = len(structures.groups)
     kind = output_kind(structures)
     slots = structures.layer_kind_index()

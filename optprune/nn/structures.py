@@ -261,15 +261,30 @@ class StructureSet:
     def consumer_masks(self, keep: Any) -> dict[str, torch.Tensor]:
         """consumer name -> float mask over its input channels (1 kept, 0 dropped)."""
         keep = self.effective(keep)
-        named = dict(self.model.named_modules())
         masks: dict[str, torch.Tensor] = {}
-        for g, k in zip(self.groups, keep):
-            for cname, chans in g.consumers:
-                if cname not in masks:
-                    masks[cname] = torch.ones(_in_width(named[cname]))
-                if not k:
-                    masks[cname][list(chans)] = 0.0
+        for cname, (width, chans, owner) in self.consumer_index().items():
+            m = np.ones(width, dtype=np.float32)
+            m[chans[~keep[owner]]] = 0.0
+            masks[cname] = torch.from_numpy(m)
         return masks
+
+    def consumer_index(self) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+        """consumer -> (input width, channel of each (group, channel) pair, its group),
+        built once: masks are then one vectorized assignment per consumer."""
+        cached = self.__dict__.get("_consumer_index_cache")
+        if cached is not None and cached[0] == len(self.groups):
+            return cached[1]
+        named = dict(self.model.named_modules())
+        acc: dict[str, tuple[list[int], list[int]]] = {}
+        for gi, g in enumerate(self.groups):
+            for cname, chans in g.consumers:
+                a = acc.setdefault(cname, ([], []))
+                a[0].extend(chans)
+                a[1].extend([gi] * len(chans))
+        index = {c: (_in_width(named[c]), np.asarray(ch, dtype=np.int64),
+                     np.asarray(gs, dtype=np.int64)) for c, (ch, gs) in acc.items()}
+        self.__dict__["_consumer_index_cache"] = (len(self.groups), index)
+        return index
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready overview: per (layer, kind) width and costs."""
