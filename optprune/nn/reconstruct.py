@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -200,9 +201,9 @@ def refit_from_stats(g: np.ndarray, c: np.ndarray, theta0: np.ndarray, lam: floa
         reg[d] = 1e-12 * scale
     a = g + np.diag(reg + 1e-12 * scale)
     rhs = c + reg[:, None] * theta0
-    try:
-        return np.linalg.solve(a, rhs)
-    except np.linalg.LinAlgError:
+    try:  # symmetric positive definite: Cholesky (LAPACK posv), about 2x LU
+        return scipy.linalg.solve(a, rhs, assume_a="pos", check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
         return np.linalg.lstsq(a, rhs, rcond=None)[0]
 
 
@@ -235,6 +236,12 @@ class _Acc:
         parts = [i for i in (0, 1) if self.g[i] is not None]
         return (sum(self.g[i] for i in parts), sum(self.c[i] for i in parts),
                 sum(self.yy[i] for i in parts))
+
+    def total_variance(self) -> float:
+        parts = [i for i in (0, 1) if self.g[i] is not None]
+        n = max(sum(self.n[i] for i in parts), 1)
+        ysum = sum(self.ysum[i] for i in parts)
+        return max(sum(self.yy[i] for i in parts) - float(np.sum(ysum ** 2)) / n, 1e-300)
 
     def variance(self, part: int) -> float:
         n = max(self.n[part], 1)
@@ -508,7 +515,7 @@ def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: n
     g_fit, c_fit = acc.g[0], acc.c[0]
     holdout = acc.g[1] is not None and g_fit is not None
     errors: dict[str, float] = {}
-    if holdout:
+    if holdout and len(alphas) > 1:
         scale = float(np.mean(np.diag(g_fit)[:d])) if d else 1.0
         var = acc.variance(1)
         for a in alphas:
@@ -516,15 +523,16 @@ def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: n
             errors[str(a)] = _sq_error(acc.g[1], acc.c[1], acc.yy[1], th) / var
         best = min(alphas, key=lambda a: (errors[str(a)], -a))
         err_before = _sq_error(acc.g[1], acc.c[1], acc.yy[1], theta0) / var
+    elif len(alphas) == 1:  # nothing to choose: no fit-only solve
+        best = alphas[0]
+        holdout = False
     else:
         best = min(alphas, key=lambda a: abs(math.log((a + 1e-300) / default_alpha))
                    if math.isfinite(a) else math.inf)
-        err_before = float("nan")
     g, c, yy = acc.total()
     scale = float(np.mean(np.diag(g)[:d])) if d else 1.0
     theta = refit_from_stats(g, c, theta0, best * scale, has_bias)
-    part = 1 if holdout else 0
-    var = acc.variance(part) if acc.g[part] is not None else 1.0
+    var = acc.variance(1) if holdout else acc.total_variance()
     err_after = errors.get(str(best), _sq_error(g, c, yy, theta) / max(var, 1e-300))
     if not holdout:
         err_before = _sq_error(g, c, yy, theta0) / max(var, 1e-300)
