@@ -223,8 +223,14 @@ class _Acc:
         self.n = [0, 0]
 
     def add(self, part: int, xa: torch.Tensor, y: torch.Tensor) -> None:
-        xa, y = xa.to(torch.float64), y.to(torch.float64)
-        g, c = (xa.T @ xa).cpu().numpy(), (xa.T @ y).cpu().numpy()
+        # One batch's products in the model's precision (at least float32: a float32
+        # model's X^T X over a batch is exact to ~1e-6), accumulated over batches in
+        # float64.
+        dt = torch.float64 if xa.dtype == torch.float64 else torch.float32
+        xa, y = xa.to(dt), y.to(dt)
+        g = (xa.T @ xa).cpu().numpy().astype(np.float64)
+        c = (xa.T @ y).cpu().numpy().astype(np.float64)
+        y = y.to(torch.float64)
         self.g[part] = g if self.g[part] is None else self.g[part] + g
         self.c[part] = c if self.c[part] is None else self.c[part] + c
         self.yy[part] += float((y * y).sum())
