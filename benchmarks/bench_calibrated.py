@@ -139,13 +139,16 @@ def tp_select(model, ss: StructureSet, x, y, imp: str, round_to, target: float):
 
 def keep_from_pruned(ss: StructureSet, pruned: torch.nn.Module) -> np.ndarray:
     """Which groups of ``ss`` survive in ``pruned``: a group is kept when its first
-    parameter slice (e.g. a row of fc1, the q rows of a head) is found unchanged."""
+    parameter slice (e.g. a row of fc1, the q rows of a head) is found unchanged. A
+    one-dimensional slice (a bias, a norm's scale) is preferred: a row of a layer whose
+    inputs were pruned too has lost entries and no longer matches its dense row."""
     dense = dict(ss.model.named_parameters())
     small = dict(pruned.named_parameters())
     keep = np.zeros(len(ss.groups), dtype=bool)
     cache: dict[tuple[str, int], set] = {}
     for i, g in enumerate(ss.groups):
-        name, dim, idx = next(s for s in g.slices if s[0] in dense)
+        own = [s for s in g.slices if s[0] in dense]
+        name, dim, idx = next((s for s in own if dense[s[0]].dim() == 1), own[0])
         key = (name, dim)
         if key not in cache:
             t = small[name].detach().movedim(dim, 0)
@@ -170,14 +173,18 @@ def kwon_select(ss: StructureSet, problem, saliency: np.ndarray) -> np.ndarray:
     cap = problem.budget_limits()[0][2]  # on the structures' part (fixed costs removed)
     min_keep = {s: ix for s, ix in ss.layer_kind_index().items()}
     if "head" not in set(kinds):
-        order = np.argsort(-saliency / cost, kind="stable")
+        # Costs can be bilinear (a neuron's parameters depend on the next layer's width):
+        # the running count is the structure set's exact prediction.
+        total = cap + float(problem.fixed_costs.get("params", 0.0))
+        order = np.argsort(-saliency, kind="stable")
         keep = np.zeros(len(kinds), dtype=bool)
         for ix in min_keep.values():  # every layer keeps its best structure
             keep[ix[np.argmax(saliency[ix])]] = True
-        used = cost[keep].sum()
         for i in order:
-            if not keep[i] and used + cost[i] <= cap:
-                keep[i], used = True, used + cost[i]
+            if not keep[i]:
+                keep[i] = True
+                if ss.predict(keep)["params"] > total:
+                    keep[i] = False
         return keep
     heads = np.flatnonzero(kinds == "head")
     ffn = np.flatnonzero(kinds != "head")
