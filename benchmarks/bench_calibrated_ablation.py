@@ -110,11 +110,10 @@ def table(rows: list[dict]) -> str:
         def ms(k: str, rs=rs) -> str:
             a = np.array([r[k] for r in rs])
             return f"{100 * a.mean():.1f} ± {100 * a.std():.1f}"
-        out.append(f"| {v} | {np.mean([r['params'] for r in rs]):,.0f} | {ms('acc')} | {ms('acc_shift')} | "
-                   f"{np.mean(kl):.3f} | {ms('acc_ft')} | {np.mean([r['time_s'] for r in rs]):.0f} |"
-                   if kl else
-                   f"| {v} | {np.mean([r['params'] for r in rs]):,.0f} | {ms('acc')} | {ms('acc_shift')} | - | "
-                   f"{ms('acc_ft')} | {np.mean([r['time_s'] for r in rs]):.0f} |")
+        cells = [v, f"{np.mean([r['params'] for r in rs]):,.0f}", ms("acc"), ms("acc_shift"),
+                 f"{np.mean(kl):.3f}" if kl else "-", ms("acc_ft"),
+                 f"{np.mean([r['time_s'] for r in rs]):.0f}"]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
