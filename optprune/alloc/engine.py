@@ -14,10 +14,12 @@ import numpy as np
 
 from ..errors import InfeasibleProblemError, SolutionMismatchError, ValidationError
 from ..solve import SolveOptions, SolveResult, get_backend
-from ..solve.result import Termination, relative_gap
+from ..solve.result import SolutionStatus, Termination, relative_gap
 from .baselines import BaselineResult, run_baselines
+from .bilinear import solve_bilinear
 from .formulate import Formulation, formulate
 from .problem import AllocationProblem
+from .relax import lagrangian_bound
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,12 @@ def allocate_k_best(problem: AllocationProblem, k: int, **allocate_kwargs: Any
 
 
 class _Run:
-    """One formulated problem, solved once or repeatedly with masks excluded."""
+    """One formulated problem, solved once or repeatedly with masks excluded.
+
+    ``time_limit_s`` covers everything from the call on: baselines, formulation,
+    bounds and solves share one deadline. Whatever stops the solver, the answer
+    carries a bound (the solver's, else the Lagrangian one of ``relax``) and the best
+    feasible mask known (the solver's or a baseline's)."""
 
     def __init__(self, problem: AllocationProblem, backend: str = "highs",
                  time_limit_s: float | None = None, rel_gap: float = 1e-6,
@@ -193,6 +200,8 @@ class _Run:
                  importance_floor: float | None = None,
                  baselines: bool | Sequence[str] = True, warm_start: bool = True) -> None:
         self.t_start = time.perf_counter()
+        SolveOptions(time_limit_s=time_limit_s, rel_gap=rel_gap, threads=threads)  # validate
+        self.deadline = None if time_limit_s is None else self.t_start + time_limit_s
         if objective is not None:
             problem = copy.copy(problem)
             if objective == "max_importance":
@@ -207,36 +216,55 @@ class _Run:
         self.problem = problem
         self.backend = backend
         self.be = get_backend(backend)
-        self.time_limit_s = time_limit_s
         self.rel_gap, self.threads, self.seed, self.log = rel_gap, threads, seed, log
         problem.diagnose()
         self.base: dict[str, BaselineResult] = {}
         if baselines and problem.objective.kind == "max_importance":
-            self.base = run_baselines(problem, None if baselines is True else list(baselines))
+            names = None if baselines is True else list(baselines)
+            self.base = run_baselines(problem, names, deadline=self.deadline)
         t0 = time.perf_counter()
-        self.form = formulate(problem, formulation, integer_pairs=backend == "cpsat")
+        # Pair products: solved by hull cuts and outer approximation (bilinear.py),
+        # on the model without the disaggregation rows.
+        self.bilinear = bool(problem.pair_costs)
+        self.form = formulate(problem, formulation, integer_only=backend == "cpsat",
+                              exact_pairs=not self.bilinear)
         self.build_s = time.perf_counter() - t0
         self.warm_start = warm_start and self.be.supports_warm_start
         self.solved = 0
 
+    def _left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.perf_counter()
+
+    def _feasible_baselines(self) -> list[BaselineResult]:
+        return sorted((b for b in self.base.values() if b.feasible),
+                      key=lambda b: b.objective, reverse=True)
+
     def _start(self) -> np.ndarray | None:
         if not self.warm_start:
             return None
-        feas = sorted((b for b in self.base.values() if b.feasible),
-                      key=lambda b: b.objective, reverse=True)
-        for b in feas:  # the best baseline the no-good cuts have not excluded
+        for b in self._feasible_baselines():  # the best one no-good cut has excluded
             x = self.form.encode(b.keep, self.problem)
             if x is not None:
                 return x
         return None
 
+    def _mip(self, time_limit_s: float | None, start: np.ndarray | None) -> SolveResult:
+        return _solve_phased(self.be, self.form, self.backend, time_limit_s, self.rel_gap,
+                             self.threads, self.seed, self.log,
+                             start if self.warm_start else None)
+
     def next(self) -> AllocationResult:
         t0 = time.perf_counter()
-        limit = self.time_limit_s
-        if limit is not None:
-            limit = max(limit - (t0 - self.t_start), 1e-3)
-        res = _solve_phased(self.be, self.form, self.backend, limit, self.rel_gap, self.threads,
-                            self.seed, self.log, self._start())
+        left = self._left()
+        if left is not None and left <= 0:
+            res = _no_solve(self.backend, self.be)  # the limit went to building
+        elif self.bilinear:
+            cands = [b.keep for b in self._feasible_baselines()]
+            res = solve_bilinear(self.problem, self.form, self._mip, self.deadline,
+                                 self.rel_gap, cands, hull=self.solved == 0)
+        else:
+            res = self._mip(max(left, 1e-3) if left is not None else None, self._start())
+        res = self.form.unscale(res)
         if self.solved == 0:
             res = _with_build_time(res, self.build_s)
         self.solved += 1
@@ -244,11 +272,57 @@ class _Run:
             if self.solved > 1:
                 raise InfeasibleProblemError("Every feasible keep mask is excluded.")
             raise InfeasibleProblemError(explain_infeasible(self.problem, self.backend))
+        res = self._fill(res)
         return _result(self.problem, self.form, res, self.base,
                        time.perf_counter() - (self.t_start if self.solved == 1 else t0))
 
+    def _fill(self, res: SolveResult) -> SolveResult:
+        """An unproven answer completed: the best feasible baseline when it beats the
+        solver's incumbent (or there is none), and the Lagrangian bound when the
+        solver has none or a weaker one."""
+        if res.is_optimal:
+            return res
+        sense = self.form.model.sense
+        better = (lambda u, v: u > v) if sense == "max" else (lambda u, v: u < v)
+        x, obj = res.x, res.objective
+        used = []
+        for b in self._feasible_baselines():
+            xb = self.form.encode(b.keep, self.problem)
+            if xb is None:
+                continue
+            if obj is None or better(b.objective, obj):
+                x, obj = xb, b.objective
+                used.append(b.name)
+            break
+        bound = res.bound
+        if self.solved == 1:  # no-good cuts are not in the Lagrangian bound
+            lag = lagrangian_bound(self.problem, time.perf_counter() + 5.0)
+            if lag is not None and (bound is None or not math.isfinite(bound)
+                                    or better(bound, lag)):
+                bound = lag
+                used.append("lagrangian_bound")
+        if not used:
+            return res
+        gap = relative_gap(obj, bound)
+        proven = obj is not None and gap <= self.rel_gap
+        status = (SolutionStatus.OPTIMAL if proven else
+                  SolutionStatus.FEASIBLE if obj is not None else SolutionStatus.NONE)
+        return dataclasses.replace(
+            res, x=x, objective=obj, bound=bound, gap=gap, solution_status=status,
+            termination=Termination.OPTIMAL if proven else res.termination,
+            details={**res.details, "completed_with": used})
+
     def exclude(self, r: AllocationResult) -> None:
-        self.form.exclude(self.form.selection(r.solve.x))
+        x = self.form.encode(r.keep, self.problem)
+        self.form.exclude(self.form.selection(x if x is not None else r.solve.x))
+
+
+def _no_solve(backend: str, be) -> SolveResult:
+    return SolveResult(termination=Termination.TIME_LIMIT, solution_status=SolutionStatus.NONE,
+                       objective=None, bound=None, gap=math.inf, build_time_s=0.0,
+                       solve_time_s=0.0, nodes=0, backend=backend,
+                       backend_version=type(be).version(),
+                       message="the time limit was reached before the solver could start")
 
 
 def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, threads, seed,
@@ -263,7 +337,9 @@ def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, th
                              Termination.INFEASIBLE_OR_UNBOUNDED, Termination.UNBOUNDED,
                              Termination.TIME_LIMIT):
         return first
-    rest = None if time_limit_s is None else max(time_limit_s - first.solve_time_s, 0.1)
+    rest = None if time_limit_s is None else time_limit_s - first.solve_time_s - first.build_time_s
+    if rest is not None and rest <= 0:
+        return first
     second = be.solve(form.model, dataclasses.replace(
         opts, time_limit_s=rest, extra={},
         warm_start=first.x if first.x is not None else start))
@@ -272,8 +348,6 @@ def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, th
 
 def _merge(a: SolveResult, b: SolveResult, sense: str, rel_gap: float) -> SolveResult:
     """Phase b continues phase a: the better incumbent, the tighter bound, summed effort."""
-    from ..solve.result import SolutionStatus, relative_gap
-
     better = (max if sense == "max" else min)
     cand = [r for r in (a, b) if r.objective is not None]
     best = better(cand, key=lambda r: r.objective) if cand else b
@@ -377,7 +451,7 @@ def explain_infeasible(problem: AllocationProblem, backend: str = "highs") -> st
             q.diagnose()
         except InfeasibleProblemError:
             continue
-        r = be.solve(formulate(q, integer_pairs=backend == "cpsat").model,
+        r = be.solve(formulate(q, integer_only=backend == "cpsat").model,
                      _options(backend, 10.0, 1e-4, None, 0, False))
         if r.has_solution:
             culprits.append(label)
@@ -429,14 +503,13 @@ def pareto_front(
     total = q.dense_total(resource)
     values = sorted(float(b) * total if relative else float(b) for b in budgets)
     q.add_budget(resource, max=values[-1])
-    form = formulate(q, integer_pairs=backend == "cpsat")
-    row = form.budget_rows[-1]
-    base_upper = form.model.row_upper[row]  # for the largest budget, constants included
+    form = formulate(q, integer_only=backend == "cpsat")
+    fixed = q.fixed_costs[resource]
     be = get_backend(backend)
     out: list[ParetoPoint] = []
     prev = None
     for v in values:
-        form.model.row_upper[row] = base_upper + (v - values[-1])
+        form.set_budget(len(form.budget_rows) - 1, -np.inf, v - fixed)
         q.budgets[-1] = type(q.budgets[-1])(resource, max=v)
         try:
             q.diagnose()
@@ -445,8 +518,8 @@ def pareto_front(
             continue
         opts = _options(backend, time_limit_s, rel_gap, None, 0, False,
                         prev if be.supports_warm_start else None)
-        r = be.solve(form.model, opts)
-        keep = form.decode(r.x) if r.x is not None else None
+        r = form.unscale(be.solve(form.model, opts))
+        keep, r = verify(q, form, r)
         out.append(ParetoPoint(
             budget=v, objective=r.objective, bound=r.bound, gap=r.gap,
             termination=r.termination.value,
