@@ -156,7 +156,8 @@ class Formulation:
                 x[cols[pos[0]]] = counts[slot_b]
         for pt in self.pairs:
             x[pt.col] = counts[pt.slot_a] * counts[pt.slot_b] / pt.scale
-        if self.model.max_violation(x) > 1e-6:
+        # The tolerance of AllocationProblem.violations (relative to each limit).
+        if self.model.max_violation(x, relative=True) > 1e-6:
             return None
         return x
 
