@@ -326,9 +326,35 @@ def mobilenet_v2_problem(seed: int = 0, param_budget: float = 0.5, mac_budget: f
     return conv_problem("mobilenet-v2", ops, widths, seed, param_budget, mac_budget)
 
 
+def unequal_cost_problem(n: int = 20000, seed: int = 0, slot_width: int = 500,
+                         param_budget: float = 0.5, flop_budget: float = 0.6
+                         ) -> AllocationProblem:
+    """``n`` structures in slots of ``slot_width`` whose members all cost differently
+    (so one binary per structure): parameters log-normal (median 1000, sigma 1),
+    FLOPs the parameters times a per-slot factor (log-uniform over 1..100), scores
+    log-normal and correlated with the parameters. At most ``param_budget`` of the
+    parameters and ``flop_budget`` of the FLOPs. The shape of a time-limit benchmark:
+    a knapsack with two budgets and no structure for the width formulation."""
+    rng = np.random.default_rng(seed)
+    slots = -(-n // slot_width)
+    layer = np.repeat(np.array([f"layers.{i}" for i in range(slots)], dtype=object),
+                      slot_width)[:n]
+    params = np.round(rng.lognormal(np.log(1000.0), 1.0, n)) + 1.0
+    flops = params * np.repeat(np.exp(rng.uniform(0, np.log(100.0), slots)), slot_width)[:n]
+    score = params ** 0.8 * rng.lognormal(0.0, 1.0, n)
+    p = AllocationProblem(None, layer, np.full(n, "unit", dtype=object), score / score.mean(),
+                          {"params": params, "flops": np.round(flops)}, name=f"unequal-{n}")
+    p.add_budget("params", max=param_budget, relative=True)
+    p.add_budget("flops", max=flop_budget, relative=True)
+    return p
+
+
 EXAMPLES = {
     **{k: (lambda k=k, **kw: llama_problem(k, **kw)) for k in SHAPES},
     "resnet-50": lambda **kw: resnet_problem("resnet-50", **kw),
     "resnet-18": lambda **kw: resnet_problem("resnet-18", **kw),
     "mobilenet-v2": lambda **kw: mobilenet_v2_problem(**kw),
+    "unequal-20k": lambda **kw: unequal_cost_problem(20_000, **kw),
+    "unequal-100k": lambda **kw: unequal_cost_problem(100_000, **kw),
+    "unequal-1m": lambda **kw: unequal_cost_problem(1_000_000, **kw),
 }
