@@ -41,6 +41,7 @@ class _Parts:
         width = [s for s, ok in exact.items() if ok or s in p.slot_values]
         self.struct = np.ones(p.n, dtype=bool)
         self.curves, self.unit, self.counts, self.lat = [], [], [], []
+        self.slots = width
         for s in width:
             idx = p.slots()[s]
             self.struct[idx] = False
@@ -56,55 +57,138 @@ class _Parts:
 
 
 def lagrangian_bound(p: AllocationProblem, deadline: float | None = None,
-                     passes: int = 3, steps: int = 40) -> float | None:
+                     passes: int = 3, steps: int = 50) -> float | None:
     """A valid bound on the optimal objective (an upper bound for
     ``max_importance``, a lower bound for ``min_resource``), or None if none is
     available cheaply."""
     if p.objective.kind == "max_importance":
-        return _max_bound(p, deadline, passes, steps)
+        return _max_bound(p, deadline, passes, steps)[0]
     return _min_bound(p, deadline, steps)
 
 
-def _max_bound(p: AllocationProblem, deadline: float | None, passes: int, steps: int) -> float:
+def trivial_bound(p: AllocationProblem) -> float:
+    """A bound with every constraint dropped, O(n) without sorting: the positive
+    scores plus each valued slot's best value (``max_importance``), or the fixed
+    costs (``min_resource``: usage is never below them)."""
+    if p.objective.kind == "max_importance":
+        rest = p.score[~p._valued_mask()]
+        return float(np.sum(rest, where=rest > 0)) + sum(
+            float(np.max(sv.values)) for sv in p.slot_values.values())
+    res = p.objective.resource
+    if res == "latency":
+        return float(sum(np.min(t.table) for t in p.latency_tables.values()))
+    return float(p.fixed_costs[res])
+
+
+def quick_solution(p: AllocationProblem, deadline: float | None = None
+                   ) -> tuple[float | None, np.ndarray | None]:
+    """(bound, feasible mask or None) in a time linear in the problem's size: the
+    Lagrangian bound, and for ``max_importance`` a mask built from its multipliers:
+    with every slot in width mode, the width search (``widths``) started from the
+    Lagrangian widths; else a greedy walk by score per multiplier-weighted cost
+    (the baselines' walk, so budgets and the latency cap hold). A mask is returned
+    only if it breaks no constraint."""
+    if p.objective.kind != "max_importance":
+        return _min_bound(p, deadline, 30), None
+    bound, lam, widths = _max_bound(p, deadline, 3, 50)
+    keep = _lagrangian_keep(p, lam, widths, deadline)
+    if keep is not None and p.violations(keep):
+        keep = None
+    return bound, keep
+
+
+def _lagrangian_keep(p: AllocationProblem, lam: np.ndarray, widths: dict,
+                     deadline: float | None = None) -> np.ndarray | None:
+    from .baselines import _walk
+    from .widths import WidthSpace
+
+    exact = width_exact_slots(p)
+    if all(exact.values()):
+        ws = WidthSpace(p)
+        mean = np.zeros(len(ws.members))
+        size = np.zeros(len(ws.members))
+        for s, k in widths.items():
+            mean[ws.group_of[s]] += k
+            size[ws.group_of[s]] += 1
+        pos = ws.search(ws.round_down(mean / np.maximum(size, 1)), deadline=deadline)
+        return None if pos is None else ws.keep(pos)
+    if p.slot_values or p.groups or p.implications or p.equal_counts or any(
+            p.slot_count_range(s)[:3] != (0, p.slots()[s].size, 1) or
+            not p.slot_count_range(s)[3] for s in p.slots()):
+        return None  # the walk knows budgets and the latency cap only
+    limits = [r for r, _, hi in p.budget_limits() if math.isfinite(hi)]
+    price = sum((lam[j] * p.costs[r] for j, r in enumerate(limits)), np.zeros(p.n))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dens = np.where(price > 0, p.score / np.where(price > 0, price, 1.0), np.inf)
+    order = np.argsort(-dens, kind="stable")
+    return _walk(p, order[p.score[order] > 0], stop_at_first_misfit=False)
+
+
+def _max_bound(p: AllocationProblem, deadline: float | None, passes: int, steps: int
+               ) -> tuple[float, np.ndarray, dict]:
+    """min over lambda of UB(lambda) by coordinate descent: for one multiplier with
+    the others fixed, the usage of the maximizer is a non-increasing step function
+    of it, with breakpoints (s_i - other terms) / c_{r,i} for the structures (one
+    sort) and each width slot's argmax; bisection on that usage finds the minimizer
+    of the convex UB along the coordinate."""
     limits = [(r, hi) for r, _, hi in p.budget_limits() if math.isfinite(hi)]
     resources = [r for r, _ in limits]
     hi = np.array([h for _, h in limits], dtype=np.float64)
     parts = _Parts(p, resources)
+    R = len(resources)
 
-    def evaluate(lam: np.ndarray) -> tuple[float, np.ndarray]:
-        """UB(lambda) and the usage of its maximizer (a subgradient is hi - usage)."""
-        red = parts.score - lam @ parts.cost
-        take = red > 0
-        val = float(lam @ hi + red[take].sum())
-        use = parts.cost[:, take].sum(axis=1)
+    def reduced(lam: np.ndarray, skip: int = -1) -> np.ndarray:
+        # Elementwise, no matrix products: BLAS threads cost more than they save
+        # on these shapes when other processes share the cores.
+        red = parts.score.copy()
+        for q in range(R):
+            if q != skip and lam[q]:
+                red -= lam[q] * parts.cost[q]
+        return red
+
+    def width_part(lam: np.ndarray) -> tuple[float, np.ndarray, list]:
+        val, use, ks_at = 0.0, np.zeros(R), []
         for curve, unit, ks in zip(parts.curves, parts.unit, parts.counts):
-            v = curve - (lam @ unit) * ks
+            v = curve - float(np.dot(lam, unit)) * ks
             j = int(np.argmax(v))
             val += float(v[j])
-            use = use + unit * ks[j]
-        return val, use
+            use += unit * ks[j]
+            ks_at.append(ks[j])
+        return val, use, ks_at
 
-    lam = np.zeros(len(resources))
-    best, _ = evaluate(lam)
+    def evaluate(lam: np.ndarray) -> tuple[float, list]:
+        red = reduced(lam)
+        wv, _, ks = width_part(lam)
+        return float(np.dot(lam, hi)) + float(np.sum(red, where=red > 0)) + wv, ks
+
+    lam = np.zeros(R)
+    best, ks_best = evaluate(lam)
+    lam_best = lam.copy()
     for _ in range(passes):
-        for r in range(len(resources)):
-            top = _top_multiplier(parts, r)
-            lo_, hi_ = 0.0, top
+        for r in range(R):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+            a = reduced(lam, skip=r)
+            c = parts.cost[r]
+            pos = c > 0
+            t = a[pos] / c[pos]  # structure i is kept while lambda_r < t_i
+            order = np.argsort(t)
+            ts, cum = t[order], np.concatenate([[0.0], np.cumsum(c[pos][order][::-1])])
+            free = float(np.sum(c[~pos], where=a[~pos] > 0))  # zero: c_r = 0 there
+
+            lo_, hi_ = 0.0, _top_multiplier(parts, r)
             for _ in range(steps):
-                if deadline is not None and time.perf_counter() > deadline:
-                    return best
-                mid = (lo_ + hi_) / 2
-                lam[r] = mid
-                val, use = evaluate(lam)
-                best = min(best, val)
-                if use[r] > hi[r]:
+                lam[r] = mid = (lo_ + hi_) / 2
+                above = ts.size - int(np.searchsorted(ts, mid, side="right"))
+                if cum[above] + free + width_part(lam)[1][r] > hi[r]:
                     lo_ = mid
                 else:
                     hi_ = mid
             lam[r] = hi_
-            val, _ = evaluate(lam)
-            best = min(best, val)
-    return best
+            val, ks = evaluate(lam)
+            if val < best:
+                best, ks_best, lam_best = val, ks, lam.copy()
+    return best, lam_best, dict(zip(parts.slots, ks_best))
 
 
 def _top_multiplier(parts: _Parts, r: int) -> float:
@@ -146,8 +230,8 @@ def _min_bound(p: AllocationProblem, deadline: float | None, steps: int) -> floa
         val, imp = fixed + mu * floor, 0.0
         red = cost0[free] - mu * parts.score[free]
         take = red < 0
-        val += float(red[take].sum())
-        imp += float(parts.score[free][take].sum())
+        val += float(np.sum(red, where=take))
+        imp += float(np.sum(parts.score[free], where=take))
         for curve, unit, ks, lat in zip(parts.curves, parts.unit, parts.counts, parts.lat):
             cost = lat if latency else unit[0] * ks
             v = cost - mu * curve

@@ -147,12 +147,34 @@ class WidthSpace:
             pos[g] = max(int(np.searchsorted(o, mean_width[g] + 1e-9, side="right")) - 1, 0)
         return pos
 
-    def search(self, pos: np.ndarray, max_moves: int = 1_000_000) -> np.ndarray | None:
-        """Repair ``pos`` (steps down, least value lost per unit of the most broken
-        limit) until every upper limit holds, then improve: steps up by best value
-        per weighted usage, then exchanges of a step down and a step up. None if
-        the repair fails or a lower budget limit is broken."""
-        pos = np.asarray(pos, dtype=np.int64).copy()
+    def _scaled(self, pos: np.ndarray) -> np.ndarray:
+        """The largest common fraction of ``pos``'s widths (each rounded down to an
+        allowed width) that breaks no upper limit, by bisection."""
+        k = self._k(pos)
+
+        def at(f: float) -> np.ndarray:
+            return self.round_down(f * k)
+
+        if np.all(self._slack(self.usage(at(1.0)), self.latency(at(1.0))) >= 0):
+            return at(1.0)
+        lo, hi = 0.0, 1.0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            q = at(mid)
+            if np.all(self._slack(self.usage(q), self.latency(q)) >= 0):
+                lo = mid
+            else:
+                hi = mid
+        return at(lo)
+
+    def search(self, pos: np.ndarray, max_moves: int = 1_000_000,
+               deadline: float | None = None) -> np.ndarray | None:
+        """Repair ``pos`` (first all widths scaled down together, then steps down,
+        least value lost per unit of the most broken limit) until every upper limit
+        holds, then improve until ``deadline``: steps up by best value per weighted
+        usage, then exchanges of a step down and a step up. None if the repair fails
+        or a lower budget limit is broken."""
+        pos = self._scaled(np.asarray(pos, dtype=np.int64))
         w = 1.0 / np.maximum(np.abs(np.where(np.isfinite(self.hi), self.hi, 1.0)), 1e-12)
         if self.cap is not None:
             w = np.append(w, 1.0 / max(self.cap, 1e-12))
@@ -172,11 +194,16 @@ class WidthSpace:
             pos[int(np.argmax(ratio))] -= 1
         else:
             return None
-        pos = self._improve(pos, w, max_moves)
+        pos = self._improve(pos, w, max_moves, deadline)
         return pos if self.feasible(pos) else None
 
-    def _improve(self, pos: np.ndarray, w: np.ndarray, max_moves: int) -> np.ndarray:
+    def _improve(self, pos: np.ndarray, w: np.ndarray, max_moves: int,
+                 deadline: float | None) -> np.ndarray:
+        import time
+
         for _ in range(max_moves):
+            if deadline is not None and time.perf_counter() > deadline:
+                return pos
             u, lat = self.usage(pos), self.latency(pos)
             slack = self._slack(u, lat)
             valid, dv, du, dl, dk = self._steps(pos, +1)

@@ -203,3 +203,37 @@ def test_large_cnns_are_proven_within_the_gap(make):
     r = allocate(p, rel_gap=1e-4, time_limit_s=600)
     assert r.solve.is_optimal and r.solve.gap <= 1e-4
     assert p.violations(r.keep) == []
+
+
+# ------------------------------------------------------------------ time limits
+@pytest.mark.parametrize("limit", [0.3, 2.0])
+def test_a_time_limited_answer_carries_its_bound_and_is_checked(limit):
+    from optprune.alloc.examples import unequal_cost_problem
+
+    p = unequal_cost_problem(20_000, seed=3)
+    r = allocate(p, time_limit_s=limit)
+    if r.keep is None:  # no incumbent: said so, with no objective
+        assert r.solve.objective is None and not r.solve.has_solution
+        return
+    assert r.solve.bound is not None and np.isfinite(r.solve.gap)
+    assert r.solve.bound >= r.solve.objective - 1e-9 * abs(r.solve.objective)
+    assert p.violations(r.keep) == []
+    assert p.objective_of(r.keep) == pytest.approx(r.solve.objective)
+    assert r.solve.is_optimal == (r.solve.gap <= 1e-6)
+
+
+def test_quick_stage_bound_is_valid_and_closes_large_knapsacks():
+    from optprune.alloc.examples import unequal_cost_problem
+    from optprune.alloc.relax import lagrangian_bound, quick_solution, trivial_bound
+
+    p = unequal_cost_problem(5_000, seed=1, slot_width=100)
+    exact = allocate(p, baselines=False, rel_gap=0.0, warm_start=False)
+    bound, keep = quick_solution(p)
+    assert keep is not None and p.violations(keep) == []
+    assert bound >= exact.solve.objective - 1e-9 * exact.solve.objective
+    assert p.objective_of(keep) <= exact.solve.objective + 1e-9 * exact.solve.objective
+    assert trivial_bound(p) >= bound - 1e-9 * bound
+    assert (bound - p.objective_of(keep)) / bound < 1e-4
+    q = EXAMPLES["llama-7b"]()
+    lb = lagrangian_bound(q)
+    assert lb >= allocate(q, baselines=False).solve.objective * (1 - 1e-9)
