@@ -443,7 +443,8 @@ def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, th
         return first
     rest = None if time_limit_s is None else time_limit_s - first.solve_time_s - first.build_time_s
     if rest is not None and rest <= 0:
-        return first
+        # The first phase's node limit is the engine's own: the user's limit stopped it.
+        return dataclasses.replace(first, termination=Termination.TIME_LIMIT)
     second = be.solve(form.model, dataclasses.replace(
         opts, time_limit_s=rest, extra={},
         warm_start=first.x if first.x is not None else start))
