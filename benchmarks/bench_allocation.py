@@ -56,6 +56,13 @@ def one(shape: str, backend: str, time_limit_s: float, baselines: bool,
     }
 
 
+def _header(*cols: str) -> None:
+    """A blank line and a markdown table's header."""
+    print()
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+
+
 def run_one(shape: str, backend: str, time_limit_s: float, flags: str,
             rel_gap: float = 1e-6) -> dict:
     """``one`` in a fresh process (its own peak memory, no state carried over)."""
@@ -74,10 +81,8 @@ def limits(shapes: list[str], limits_s: list[float], rel_gap: float,
             runs.append(r)
             print(f"{shape:<14} limit {tl:g}s wall {r['wall_s']:.2f}s {r['termination']} "
                   f"gap {r['gap']} ({r['message']})", flush=True)
-    print()
-    print("| shape | structures | limit s | wall s | wall / limit | status | objective | bound "
-          "| gap | how | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    _header("shape", "structures", "limit s", "wall s", "wall / limit", "status", "objective",
+            "bound", "gap", "how", "peak RSS MB")
     for r in runs:
         gap = "-" if r["gap"] is None else f"{r['gap']:.1e}"
         obj = "-" if r["objective"] is None else f"{r['objective']:.6g}"
@@ -127,10 +132,8 @@ def main() -> None:
               f"solve {r['solve_s']:.2f}s nodes {r['nodes']} {r['termination']} "
               f"gap {r['gap'] if r['gap'] is None else format(r['gap'], '.1e')} "
               f"rss {r['peak_rss_mb']:.0f} MB", flush=True)
-    print()
-    print("| shape | backend | structures | cols x rows | build s | solve s | nodes | status | gap | "
-          "solve / HiGHS | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    _header("shape", "backend", "structures", "cols x rows", "build s", "solve s", "nodes",
+            "status", "gap", "solve / HiGHS", "peak RSS MB")
     for r in runs:
         ref = next(x for x in runs if x["shape"] == r["shape"].split(" ")[0]
                    and x["backend"] == "highs")
@@ -139,9 +142,7 @@ def main() -> None:
         print(f"| {r['shape']} | {r['backend']} | {r['structures']:,} | {r['cols']:,} x "
               f"{r['rows']:,} | {r['build_s']:.2f} | {r['solve_s']:.2f} | {r['nodes']} | "
               f"{r['termination']} | {gap} | {ratio:.1f}x | {r['peak_rss_mb']:.0f} |")
-    print()
-    print("| shape | baseline | seconds | price of greedy |")
-    print("|---|---|---|---|")
+    _header("shape", "baseline", "seconds", "price of greedy")
     for r in runs:
         for k, v in r["price_of_greedy"].items():
             pog = "infeasible" if v is None else f"{100 * v:.2f}%"
