@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
 from ..errors import ValidationError
+from .examples import EXAMPLES
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +21,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "optprune/alloc/problem.schema.json (see formulations/allocation.md).",
     )
     p.add_argument("problem", nargs="?", help="problem file (JSON)")
-    p.add_argument("--example", choices=["llama-7b", "llama-13b", "llama-70b"],
-                   help="build a LLaMA-shaped problem instead of reading a file")
+    p.add_argument("--example", choices=list(EXAMPLES),
+                   help="build an example problem (optprune/alloc/examples.py) instead of "
+                        "reading a file")
     p.add_argument("--seed", type=int, default=0, help="seed of the example's scores")
     p.add_argument("--gqa-implications", action="store_true",
                    help="llama-70b: prune key/value groups too, with implications")
@@ -43,13 +46,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_problem(args: argparse.Namespace):
-    from .examples import llama_problem
+    from .examples import SHAPES, llama_problem
     from .problem import AllocationProblem
 
     if args.example and args.problem:
         raise ValidationError("Give either PROBLEM.json or --example, not both.")
-    if args.example:
+    if args.example in SHAPES:
         return llama_problem(args.example, seed=args.seed, gqa_implications=args.gqa_implications)
+    if args.example:
+        if args.gqa_implications:
+            raise ValidationError(f"--gqa-implications applies to the LLaMA examples "
+                                  f"({', '.join(SHAPES)}), not to {args.example!r}.")
+        return EXAMPLES[args.example](seed=args.seed)
     if not args.problem:
         raise ValidationError("Give a PROBLEM.json file or --example NAME.")
     return AllocationProblem.read_json(args.problem)
@@ -68,12 +76,38 @@ def _parse_pareto(spec: str) -> tuple[str, list[float]]:
     return res, fr
 
 
+def check_writable(path: str, option: str) -> None:
+    """ValidationError unless ``path`` can be written as a file (checked before any
+    work, so that a long solve is never lost to a bad output path)."""
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir() or path.endswith(("/", "\\")):
+        raise ValidationError(f"{option} {path!r} is a directory; give a file name.")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValidationError(f"{option} {path!r}: the directory {str(parent)!r} does not "
+                              "exist; create it first.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".optprune-check-"):
+            pass
+    except OSError as exc:
+        raise ValidationError(f"{option} {path!r} cannot be written in {str(parent)!r}: "
+                              f"{exc.strerror or exc}.") from exc
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ValidationError(f"{option} {path!r} exists and is not writable.")
+
+
 def run_allocate(args: argparse.Namespace) -> int:
     from ..solve import get_backend
     from ..solve.model import write_json_atomic
     from .engine import allocate, pareto_front
 
     get_backend(args.backend)  # unknown or unavailable: fail before any work
+    for path, option in ((args.out, "--out"), (args.write_problem, "--write-problem")):
+        if path:
+            check_writable(path, option)
     pareto = _parse_pareto(args.pareto) if args.pareto else None
     problem = _load_problem(args)
     if pareto:
@@ -120,7 +154,9 @@ def format_result(d: dict[str, Any]) -> str:
     lines = [
         f"problem {d['problem']}: {d['termination']} ({d['solution_status']}), "
         f"formulation {d['formulation']} {d['model']}",
-        f"  objective {_fmt(d['objective'])}  bound {_fmt(d['bound'])}  gap {_fmt(d['gap'])}",
+        f"  objective {_fmt(d['objective'])}  bound {_fmt(d['bound'])}  gap {_fmt(d['gap'])}"
+        + ("" if d["objective"] is not None else
+           f"  (no feasible selection found: {d.get('message') or d['termination']})"),
         f"  build {d['build_time_s']:.3f} s  solve {d['solve_time_s']:.3f} s  "
         f"total {d['total_time_s']:.3f} s  nodes {_fmt(d['nodes'])}  [{d['backend_version']}]",
     ]

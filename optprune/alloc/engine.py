@@ -12,12 +12,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InfeasibleProblemError, SolutionMismatchError, ValidationError
+from ..errors import (InfeasibleProblemError, SolutionMismatchError, SolverError,
+                      ValidationError)
 from ..solve import SolveOptions, SolveResult, get_backend
-from ..solve.result import Termination, relative_gap
+from ..solve.result import SolutionStatus, Termination, relative_gap
 from .baselines import BaselineResult, run_baselines
-from .formulate import Formulation, formulate
+from .bilinear import solve_bilinear
+from .explain import explain_infeasible
+from .formulate import Formulation, formulate, width_exact_slots
 from .problem import AllocationProblem
+from .relax import lagrangian_bound, quick_solution, trivial_bound
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class AllocationResult:
             "backend": s["backend"],
             "backend_version": s["backend_version"],
             "backend_details": s["details"],
+            "message": s["message"],
             "formulation": self.formulation,
             "model": self.model_stats,
             "objective_kind": self.objective_kind,
@@ -183,8 +188,39 @@ def allocate_k_best(problem: AllocationProblem, k: int, **allocate_kwargs: Any
     return out
 
 
+# Expected stage times, measured on the reference machine at a load of 6-8 on its
+# 2 cores (LLaMA-70B: 2.3M structures in width mode, 18,720 width options; a
+# knapsack of 10^6 structures with unequal costs), with a margin. A stage whose
+# expected time does not fit in the time left is not started.
+#   solver setup per (column + nonzero), before its own time limit counts (HiGHS:
+#   14 s of presolve and 1.4 s of setup for 1M columns + 2M nonzeros, the time
+#   limit not checked meanwhile); a solve is started only with twice this left.
+SETUP_S_PER_ENTRY = {"highs": 5e-6, "scip": 5e-6, "cpsat": 2e-5, "pyomo": 1e-4}
+
+
+def _stage_costs(problem: AllocationProblem) -> dict[str, float]:
+    """Expected seconds of each stage (quick solution 2.0 s on LLaMA-70B and
+    3.5-5.4 s on the 10^6 knapsack; formulation 0.42 s and 2.2 s; the answer's
+    check and report 0.95 s and 0.3 s)."""
+    exact = width_exact_slots(problem)
+    sizes = {s: idx.size for s, idx in problem.slots().items()}
+    n_width = sum(sizes[s] for s, ok in exact.items() if ok or s in problem.slot_values)
+    n_struct = problem.n - n_width
+    options = sum(problem.allowed_counts(s).size for s, ok in exact.items() if ok)
+    return {"quick": 1e-6 * problem.n + 5e-6 * n_struct,
+            "formulate": 3e-7 * problem.n + 3e-6 * n_struct + 3e-5 * options,
+            "check": 0.02 + 4e-7 * problem.n}
+
+
 class _Run:
-    """One formulated problem, solved once or repeatedly with masks excluded."""
+    """One formulated problem, solved once or repeatedly with masks excluded.
+
+    ``time_limit_s`` covers everything from the call on, in stages: a quick
+    solution (Lagrangian bound and a greedy mask, linear time; enough when it closes
+    the gap), the baselines (stopped at 40% of the limit), the formulation and the
+    solver (each started only if its measured cost fits in the time left), and the
+    check of the answer (time reserved). Whatever stops early, the answer carries
+    the best bound and the best feasible mask known."""
 
     def __init__(self, problem: AllocationProblem, backend: str = "highs",
                  time_limit_s: float | None = None, rel_gap: float = 1e-6,
@@ -193,6 +229,9 @@ class _Run:
                  importance_floor: float | None = None,
                  baselines: bool | Sequence[str] = True, warm_start: bool = True) -> None:
         self.t_start = time.perf_counter()
+        SolveOptions(time_limit_s=time_limit_s, rel_gap=rel_gap, threads=threads)  # validate
+        self.time_limit_s = time_limit_s
+        self.deadline = None if time_limit_s is None else self.t_start + time_limit_s
         if objective is not None:
             problem = copy.copy(problem)
             if objective == "max_importance":
@@ -207,48 +246,187 @@ class _Run:
         self.problem = problem
         self.backend = backend
         self.be = get_backend(backend)
-        self.time_limit_s = time_limit_s
         self.rel_gap, self.threads, self.seed, self.log = rel_gap, threads, seed, log
-        problem.diagnose()
-        self.base: dict[str, BaselineResult] = {}
-        if baselines and problem.objective.kind == "max_importance":
-            self.base = run_baselines(problem, None if baselines is True else list(baselines))
-        t0 = time.perf_counter()
-        self.form = formulate(problem, formulation, integer_pairs=backend == "cpsat")
-        self.build_s = time.perf_counter() - t0
+        self.formulation = formulation
         self.warm_start = warm_start and self.be.supports_warm_start
         self.solved = 0
+        self.build_s = 0.0
+        problem.diagnose()
+        self.costs = _stage_costs(problem)
+        # Pair products: hull cuts and outer approximation (bilinear.py) on the model
+        # without the disaggregation rows; their own quick stage is the cut loop.
+        self.bilinear = bool(problem.pair_costs)
+        self.quick: tuple[float | None, np.ndarray | None] = (None, None)
+        # The quick stage is the cheapest source of an incumbent and a bound: it
+        # runs whenever half its expected time is left (its slow parts stop at the
+        # deadline; sorting the scores and checking the mask do not).
+        if not self.bilinear and self._fits(0.5 * self.costs["quick"]):
+            self.quick = quick_solution(problem, self._at(0.5))
+        self.base: dict[str, BaselineResult] = {}
+        if baselines and problem.objective.kind == "max_importance":
+            names = None if baselines is True else list(baselines)
+            self.base = run_baselines(problem, names, deadline=self._at(0.4))
+        self.form: Formulation | None = None
+        if self._fits(self.costs["formulate"]):
+            t0 = time.perf_counter()
+            self.form = formulate(problem, formulation, integer_only=backend == "cpsat",
+                                  exact_pairs=not self.bilinear)
+            self.build_s = time.perf_counter() - t0
+
+    # ----------------------------------------------------------------- time
+    def _at(self, share: float) -> float | None:
+        """The moment ``share`` of the time limit is used up."""
+        return None if self.deadline is None else self.t_start + share * self.time_limit_s
+
+    def _reserve(self) -> float:
+        return self.costs["check"] if hasattr(self, "costs") else 0.0
+
+    def _left(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - self._reserve() - time.perf_counter()
+
+    def _fits(self, cost_s: float) -> bool:
+        left = self._left()
+        return left is None or left > cost_s
+
+    # ---------------------------------------------------------------- solve
+    def _feasible_baselines(self) -> list[BaselineResult]:
+        return sorted((b for b in self.base.values() if b.feasible),
+                      key=lambda b: b.objective, reverse=True)
+
+    def _candidates(self, first: bool) -> list[np.ndarray]:
+        """Feasible masks known without the solver, best first (the quick mask only
+        for the first solve: no-good cuts come after it)."""
+        out = [(b.objective, b.keep) for b in self._feasible_baselines()]
+        if first and self.quick[1] is not None:
+            out.append((self.problem.objective_of(self.quick[1]), self.quick[1]))
+        sign = 1.0 if self.problem.objective.kind == "max_importance" else -1.0
+        return [k for _, k in sorted(out, key=lambda t: -sign * t[0])]
 
     def _start(self) -> np.ndarray | None:
-        if not self.warm_start:
+        if not self.warm_start or self.form is None:
             return None
-        feas = sorted((b for b in self.base.values() if b.feasible),
-                      key=lambda b: b.objective, reverse=True)
-        for b in feas:  # the best baseline the no-good cuts have not excluded
-            x = self.form.encode(b.keep, self.problem)
+        for keep in self._candidates(self.solved == 0):  # the best one not excluded
+            x = self.form.encode(keep, self.problem)
             if x is not None:
                 return x
         return None
 
+    def _mip(self, time_limit_s: float | None, start: np.ndarray | None) -> SolveResult:
+        return _solve_phased(self.be, self.form, self.backend, time_limit_s, self.rel_gap,
+                             self.threads, self.seed, self.log,
+                             start if self.warm_start else None)
+
+    def _quick_result(self) -> SolveResult | None:
+        """The quick stage's answer when it already closes the gap."""
+        bound, keep = self.quick
+        if self.solved or keep is None or bound is None:
+            return None
+        obj = self.problem.objective_of(keep)
+        if relative_gap(obj, bound) > self.rel_gap:
+            return None
+        return SolveResult(
+            termination=Termination.OPTIMAL, solution_status=SolutionStatus.OPTIMAL,
+            objective=obj, bound=bound, gap=relative_gap(obj, bound), build_time_s=0.0,
+            solve_time_s=0.0, nodes=0, backend=self.backend,
+            backend_version=type(self.be).version(), message="proven without a solve",
+            details={"method": "Lagrangian bound + greedy mask (no solver run)"})
+
     def next(self) -> AllocationResult:
         t0 = time.perf_counter()
-        limit = self.time_limit_s
-        if limit is not None:
-            limit = max(limit - (t0 - self.t_start), 1e-3)
-        res = _solve_phased(self.be, self.form, self.backend, limit, self.rel_gap, self.threads,
-                            self.seed, self.log, self._start())
-        if self.solved == 0:
+        first = self.solved == 0
+        keep = None
+        res = self._quick_result()
+        if res is not None:
+            keep = self.quick[1]
+        elif self.form is None:
+            res = _no_solve(self.backend, self.be, "the time limit left no room to formulate")
+        elif self.bilinear:
+            left = self._left()
+            res = solve_bilinear(self.problem, self.form, self._mip,
+                                 None if left is None else time.perf_counter() + left,
+                                 self.rel_gap, self._candidates(first), hull=first)
+            res = self.form.unscale(res)
+        else:
+            setup = SETUP_S_PER_ENTRY.get(self.backend, 1e-5) * (
+                self.form.model.num_cols + self.form.model.A.nnz)
+            if self._fits(2 * setup):
+                left = self._left()
+                res = self.form.unscale(self._mip(None if left is None else left,
+                                                  self._start()))
+            else:
+                res = _no_solve(self.backend, self.be,
+                                "the time left was below the solver's setup time")
+        if first:
             res = _with_build_time(res, self.build_s)
         self.solved += 1
+        if res.termination is Termination.ERROR:
+            raise SolverError(f"The {self.backend} backend failed on this problem "
+                              f"({res.message or 'no message'}); no answer is returned.")
         if res.termination in (Termination.INFEASIBLE, Termination.INFEASIBLE_OR_UNBOUNDED):
             if self.solved > 1:
                 raise InfeasibleProblemError("Every feasible keep mask is excluded.")
             raise InfeasibleProblemError(explain_infeasible(self.problem, self.backend))
+        if keep is None:
+            res, keep = self._fill(res, first)
         return _result(self.problem, self.form, res, self.base,
-                       time.perf_counter() - (self.t_start if self.solved == 1 else t0))
+                       time.perf_counter() - (self.t_start if self.solved == 1 else t0), keep)
+
+    def _fill(self, res: SolveResult, first: bool) -> tuple[SolveResult, np.ndarray | None]:
+        """The answer, completed when unproven: the best known feasible mask when it
+        beats the solver's incumbent (or there is none), and the quick stage's bound
+        when the solver has none or a weaker one."""
+        keep = self.form.decode(res.x) if res.x is not None and self.form is not None else None
+        if res.is_optimal:
+            return res, keep
+        maximize = self.problem.objective.kind == "max_importance"
+
+        def better(u: float, v: float) -> bool:
+            return u > v if maximize else u < v
+
+        obj, used = res.objective, []
+        for cand in self._candidates(first):
+            if self.form is not None and self.form.encode(cand, self.problem) is None:
+                continue  # excluded by a no-good cut, or not a mask of this model
+            value = self.problem.objective_of(cand)
+            if obj is None or better(value, obj):
+                keep, obj = cand, value
+                used.append("best known mask")
+            break
+        bound = res.bound
+        quick = self.quick[0] if first else None  # no-good cuts are not in it
+        if quick is None and first and res.bound is None and obj is not None:
+            # An incumbent needs a bound: the Lagrangian one if there is time for it.
+            left = self._left()
+            quick = (lagrangian_bound(self.problem, None if left is None
+                                      else time.perf_counter() + max(left, 0.0))
+                     if self._fits(0.5 * self.costs["quick"]) else trivial_bound(self.problem))
+        if quick is not None and (bound is None or not math.isfinite(bound)
+                                  or better(bound, quick)):
+            bound = quick
+            used.append("lagrangian_bound")
+        if not used:
+            return res, keep
+        gap = relative_gap(obj, bound)
+        proven = obj is not None and gap <= self.rel_gap
+        status = (SolutionStatus.OPTIMAL if proven else
+                  SolutionStatus.FEASIBLE if obj is not None else SolutionStatus.NONE)
+        return dataclasses.replace(
+            res, x=None, objective=obj, bound=bound, gap=gap, solution_status=status,
+            termination=Termination.OPTIMAL if proven else res.termination,
+            details={**res.details, "completed_with": used}), keep
 
     def exclude(self, r: AllocationResult) -> None:
-        self.form.exclude(self.form.selection(r.solve.x))
+        x = self.form.encode(r.keep, self.problem)
+        self.form.exclude(self.form.selection(x if x is not None else r.solve.x))
+
+
+def _no_solve(backend: str, be, why: str) -> SolveResult:
+    return SolveResult(termination=Termination.TIME_LIMIT, solution_status=SolutionStatus.NONE,
+                       objective=None, bound=None, gap=math.inf, build_time_s=0.0,
+                       solve_time_s=0.0, nodes=0, backend=backend,
+                       backend_version=type(be).version(), message=why)
 
 
 def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, threads, seed,
@@ -263,7 +441,10 @@ def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, th
                              Termination.INFEASIBLE_OR_UNBOUNDED, Termination.UNBOUNDED,
                              Termination.TIME_LIMIT):
         return first
-    rest = None if time_limit_s is None else max(time_limit_s - first.solve_time_s, 0.1)
+    rest = None if time_limit_s is None else time_limit_s - first.solve_time_s - first.build_time_s
+    if rest is not None and rest <= 0:
+        # The first phase's node limit is the engine's own: the user's limit stopped it.
+        return dataclasses.replace(first, termination=Termination.TIME_LIMIT)
     second = be.solve(form.model, dataclasses.replace(
         opts, time_limit_s=rest, extra={},
         warm_start=first.x if first.x is not None else start))
@@ -272,8 +453,6 @@ def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, th
 
 def _merge(a: SolveResult, b: SolveResult, sense: str, rel_gap: float) -> SolveResult:
     """Phase b continues phase a: the better incumbent, the tighter bound, summed effort."""
-    from ..solve.result import SolutionStatus, relative_gap
-
     better = (max if sense == "max" else min)
     cand = [r for r in (a, b) if r.objective is not None]
     best = better(cand, key=lambda r: r.objective) if cand else b
@@ -301,14 +480,16 @@ def _with_build_time(res: SolveResult, formulate_s: float) -> SolveResult:
     return dataclasses.replace(res, build_time_s=res.build_time_s + formulate_s)
 
 
-def verify(problem: AllocationProblem, form: Formulation, res: SolveResult
-           ) -> tuple[np.ndarray | None, SolveResult]:
-    """The keep mask of ``res`` checked against ``problem``: it must break no
-    constraint and be worth what the solver reported (relative 1e-6). The result
-    then carries the problem's own evaluation of the mask as its objective."""
-    if res.x is None:
+def verify(problem: AllocationProblem, form: Formulation | None, res: SolveResult,
+           keep: np.ndarray | None = None) -> tuple[np.ndarray | None, SolveResult]:
+    """The keep mask of ``res`` (``keep`` if given, else decoded from ``res.x``)
+    checked against ``problem``: it must break no constraint and be worth what the
+    solver reported (relative 1e-6). The result then carries the problem's own
+    evaluation of the mask as its objective."""
+    if keep is None and res.x is not None and form is not None:
+        keep = form.decode(res.x)
+    if keep is None:
         return None, res
-    keep = form.decode(res.x)
     viol = problem.violations(keep)
     if viol:
         raise SolutionMismatchError(
@@ -325,14 +506,16 @@ def verify(problem: AllocationProblem, form: Formulation, res: SolveResult
     bound = res.bound
     if bound is not None and math.isfinite(bound):
         # Rounding noise below the tolerance must not put the bound on the wrong side.
-        bound = max(bound, true) if form.model.sense == "max" else min(bound, true)
+        maximize = problem.objective.kind == "max_importance"
+        bound = max(bound, true) if maximize else min(bound, true)
     return keep, dataclasses.replace(res, objective=true, bound=bound,
                                      gap=relative_gap(true, bound))
 
 
-def _result(problem: AllocationProblem, form: Formulation, res: SolveResult,
-            base: dict[str, BaselineResult], total: float) -> AllocationResult:
-    keep, res = verify(problem, form, res)
+def _result(problem: AllocationProblem, form: Formulation | None, res: SolveResult,
+            base: dict[str, BaselineResult], total: float,
+            keep: np.ndarray | None = None) -> AllocationResult:
+    keep, res = verify(problem, form, res, keep)
     dense = problem.usage(np.ones(problem.n, dtype=bool))
     counts = {}
     if keep is not None:
@@ -340,10 +523,10 @@ def _result(problem: AllocationProblem, form: Formulation, res: SolveResult,
     return AllocationResult(
         problem_name=problem.name,
         keep=keep,
-        kept_ids=[problem.ids[i] for i in np.flatnonzero(keep)] if keep is not None else [],
+        kept_ids=problem.ids_of(keep) if keep is not None else [],
         solve=res,
-        formulation=form.kind,
-        model_stats=form.model.stats(),
+        formulation=form.kind if form is not None else "none",
+        model_stats=form.model.stats() if form is not None else {},
         objective_kind=problem.objective.kind,
         retained_importance=problem.retained(keep) if keep is not None else None,
         total_importance=problem.total_importance(),
@@ -353,40 +536,6 @@ def _result(problem: AllocationProblem, form: Formulation, res: SolveResult,
         baselines=base,
         total_time_s=total,
     )
-
-
-def explain_infeasible(problem: AllocationProblem, backend: str = "highs") -> str:
-    """Which constraint families, dropped one at a time, make the problem feasible."""
-    families = {
-        "budgets": ("budgets", []),
-        "count bounds": ("count_bounds", []),
-        "width multiples": ("multiples", []),
-        "groups": ("groups", []),
-        "implications": ("implications", []),
-        "equal counts": ("equal_counts", []),
-        "latency cap": ("latency_cap", None),
-    }
-    culprits = []
-    be = get_backend(backend)
-    for label, (attr, empty) in families.items():
-        if not getattr(problem, attr):
-            continue
-        q = copy.copy(problem)
-        setattr(q, attr, empty)
-        try:
-            q.diagnose()
-        except InfeasibleProblemError:
-            continue
-        r = be.solve(formulate(q, integer_pairs=backend == "cpsat").model,
-                     _options(backend, 10.0, 1e-4, None, 0, False))
-        if r.has_solution:
-            culprits.append(label)
-    if culprits:
-        return ("No selection satisfies every constraint. Dropping any one of these families "
-                "makes the problem feasible, so they conflict with the rest: "
-                + ", ".join(culprits) + ".")
-    return ("No selection satisfies every constraint, and no single constraint family is "
-            "to blame alone: several conflict together.")
 
 
 @dataclass(frozen=True)
@@ -429,14 +578,13 @@ def pareto_front(
     total = q.dense_total(resource)
     values = sorted(float(b) * total if relative else float(b) for b in budgets)
     q.add_budget(resource, max=values[-1])
-    form = formulate(q, integer_pairs=backend == "cpsat")
-    row = form.budget_rows[-1]
-    base_upper = form.model.row_upper[row]  # for the largest budget, constants included
+    form = formulate(q, integer_only=backend == "cpsat")
+    fixed = q.fixed_costs[resource]
     be = get_backend(backend)
     out: list[ParetoPoint] = []
     prev = None
     for v in values:
-        form.model.row_upper[row] = base_upper + (v - values[-1])
+        form.set_budget(len(form.budget_rows) - 1, -np.inf, v - fixed)
         q.budgets[-1] = type(q.budgets[-1])(resource, max=v)
         try:
             q.diagnose()
@@ -445,8 +593,8 @@ def pareto_front(
             continue
         opts = _options(backend, time_limit_s, rel_gap, None, 0, False,
                         prev if be.supports_warm_start else None)
-        r = be.solve(form.model, opts)
-        keep = form.decode(r.x) if r.x is not None else None
+        r = form.unscale(be.solve(form.model, opts))
+        keep, r = verify(q, form, r)
         out.append(ParetoPoint(
             budget=v, objective=r.objective, bound=r.bound, gap=r.gap,
             termination=r.termination.value,

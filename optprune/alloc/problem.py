@@ -18,9 +18,26 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import InfeasibleProblemError, ValidationError, check
-from .schema import validate_document
+from .schema import RESCALE, validate_document
 
 FORMAT = "optprune.allocation/1"
+
+# The usable range of scores, costs and the like (problem.schema.json states the
+# same): float64 holds 15-16 significant digits, solvers compare against absolute
+# tolerances, and CP-SAT needs every scaled coefficient in a 64-bit integer.
+MAX_MAGNITUDE = 1e15
+MAX_LIMIT = 1e18  # budgets, caps and floors: sums of many costs
+MAX_MULTIPLE = 10**9
+
+
+def check_range(values: Any, what: str, kind: str, limit: float = MAX_MAGNITUDE) -> None:
+    """ValidationError if some finite entry of ``values`` exceeds ``limit`` in size."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    big = np.flatnonzero(np.isfinite(a) & (np.abs(a) > limit))
+    if big.size:
+        raise ValidationError(
+            f"{what} must lie within [-{limit:.0e}, {limit:.0e}]; entry {big[0]} is "
+            f"{a[big[0]]:.6g}. Rescale: {RESCALE[kind]}.")
 
 Slot = tuple[str, str]
 
@@ -138,6 +155,7 @@ class AllocationProblem:
                 f"The 'score' of AllocationProblem must be finite; {bad.size} are NaN or "
                 f"infinite (first: structure {self.ids[bad[0]]!r} = {self.score[bad[0]]})."
             )
+        check_range(self.score, "The 'score' of AllocationProblem", "score")
         if len(set(self.ids)) != n:
             seen, dup = set(), None
             for i in self.ids:
@@ -161,12 +179,14 @@ class AllocationProblem:
                     f"The costs[{r!r}] of AllocationProblem must be non-negative; structure "
                     f"{self.ids[neg[0]]!r} costs {a[neg[0]]}."
                 )
+            check_range(a, f"The costs[{r!r}] of AllocationProblem", "cost")
             self.costs[str(r)] = a
         self.fixed_costs = {r: 0.0 for r in self.costs}
         for r, v in (fixed_costs or {}).items():
             self._check_resource(r, "fixed_costs")
-            check(math.isfinite(v) and v >= 0, f"fixed_costs[{r!r}] of AllocationProblem",
-                  "a finite non-negative number", v)
+            check(math.isfinite(v) and 0 <= v <= MAX_LIMIT,
+                  f"fixed_costs[{r!r}] of AllocationProblem",
+                  f"a non-negative number at most {MAX_LIMIT:.0e}", v)
             self.fixed_costs[r] = float(v)
         self.budgets: list[Budget] = []
         self.count_bounds: list[CountBound] = []
@@ -182,8 +202,19 @@ class AllocationProblem:
         self._index: dict[str, int] | None = None
         self._slots: dict[Slot, np.ndarray] | None = None
         self._valued: np.ndarray | None = None
+        self._orders: dict[Slot, np.ndarray] | None = None
 
     # ------------------------------------------------------------- structure
+    @property
+    def score(self) -> np.ndarray:
+        return self._score
+
+    @score.setter
+    def score(self, value: np.ndarray) -> None:
+        # Slot orders follow the scores; a new score array drops them.
+        self._score = value
+        self._orders = None
+
     @property
     def n(self) -> int:
         return self.layer.size
@@ -191,6 +222,12 @@ class AllocationProblem:
     @property
     def resources(self) -> list[str]:
         return list(self.costs)
+
+    def ids_of(self, keep: np.ndarray) -> list[str]:
+        """The ids of the structures ``keep`` selects, in index order."""
+        if getattr(self, "_ids_array", None) is None or self._ids_array.size != self.n:
+            self._ids_array = np.asarray(self.ids, dtype=object)
+        return self._ids_array[np.asarray(keep, dtype=bool)].tolist()
 
     def index(self, sid: str) -> int:
         if self._index is None:
@@ -202,10 +239,20 @@ class AllocationProblem:
     def slots(self) -> dict[Slot, np.ndarray]:
         """(layer, kind) -> structure indices, in first-appearance order."""
         if self._slots is None:
-            groups: dict[Slot, list[int]] = {}
-            for i, key in enumerate(zip(self.layer.tolist(), self.kind.tolist())):
-                groups.setdefault(key, []).append(i)
-            out = {(str(k[0]), str(k[1])): np.asarray(v, dtype=np.int64) for k, v in groups.items()}
+            # Runs of equal (layer, kind) found in numpy; runs of one key joined.
+            n = self.n
+            change = np.flatnonzero((self.layer[1:] != self.layer[:-1])
+                                    | (self.kind[1:] != self.kind[:-1])) + 1
+            starts = np.concatenate([[0], change]).astype(np.int64)
+            ends = np.concatenate([change, [n]]).astype(np.int64)
+            runs: dict[Slot, list[int]] = {}
+            for r, (lay, kd) in enumerate(zip(self.layer[starts].tolist(),
+                                              self.kind[starts].tolist())):
+                runs.setdefault((str(lay), str(kd)), []).append(r)
+            out = {}
+            for key, rs in runs.items():
+                out[key] = (np.arange(starts[rs[0]], ends[rs[0]]) if len(rs) == 1 else
+                            np.concatenate([np.arange(starts[r], ends[r]) for r in rs]))
             self._slots = out
         return self._slots
 
@@ -239,14 +286,18 @@ class AllocationProblem:
         """Usage of ``resource`` (fixed + kept) at most ``max`` / at least ``min``;
         with ``relative`` both are fractions of the dense model's total."""
         if resource == "latency":
-            raise ValidationError("Use add_latency_cap() for the staircase latency budget.")
+            raise ValidationError(
+                "A budget on 'latency' is a latency cap over the slots' staircase tables: "
+                "in a problem file, constraints.latency.cap (with constraints.latency.tables); "
+                "in Python, add_latency_table() and add_latency_cap().")
         self._check_resource(resource, "a budget")
         check(max is not None or min is not None, f"A budget on {resource!r}",
               "given a 'max' or a 'min'", None)
         for v, what in ((max, "max"), (min, "min")):
             if v is not None:
-                check(math.isfinite(v) and v >= 0, f"The '{what}' of the budget on {resource!r}",
-                      "a finite non-negative number", v)
+                check(math.isfinite(v) and 0 <= v <= MAX_LIMIT,
+                      f"The '{what}' of the budget on {resource!r}",
+                      f"a non-negative number at most {MAX_LIMIT:.0e}", v)
                 if relative:
                     check(v <= 1.0 or what == "min", f"The relative '{what}' of the budget on "
                           f"{resource!r}", "in [0, 1]", v)
@@ -274,8 +325,10 @@ class AllocationProblem:
         """Each matching slot keeps a multiple of ``multiple`` structures:
         {0, m, 2m, ...}, or {m, 2m, ...} when ``allow_zero`` is False."""
         self.matching_slots(layer, kind)
-        check(isinstance(multiple, (int, np.integer)) and multiple >= 1,
-              "The 'multiple' of a width multiple", "a positive integer", multiple)
+        check(isinstance(multiple, (int, np.integer)) and not isinstance(multiple, bool)
+              and 1 <= multiple <= MAX_MULTIPLE,
+              "The 'multiple' of a width multiple", f"an integer in [1, {MAX_MULTIPLE:.0e}]",
+              multiple)
         self.multiples.append(Multiple(layer, kind, int(multiple), bool(allow_zero)))
         return self
 
@@ -325,8 +378,8 @@ class AllocationProblem:
         for sl in (slot_a, slot_b):
             if sl not in self.slots():
                 raise ValidationError(f"Unknown slot {sl!r} in a pair cost.")
-        check(math.isfinite(coef) and coef >= 0, "The 'coef' of a pair cost",
-              "a finite non-negative number", coef)
+        check(math.isfinite(coef) and 0 <= coef <= MAX_MAGNITUDE, "The 'coef' of a pair cost",
+              f"a non-negative number at most {MAX_MAGNITUDE:.0e}", coef)
         self.pair_costs.append(PairCost(resource, slot_a, slot_b, float(coef)))  # type: ignore[arg-type]
         return self
 
@@ -342,6 +395,7 @@ class AllocationProblem:
         check(bool(np.all(np.isfinite(t)) and np.all(t >= 0)),
               f"The latency table of ({layer!r}, {kind!r})", "finite and non-negative",
               "NaN, infinite or negative entries")
+        check_range(t, f"The latency table of ({layer!r}, {kind!r})", "cost")
         self.latency_tables[(layer, kind)] = LatencyTable(layer, kind, t)
         return self
 
@@ -350,7 +404,8 @@ class AllocationProblem:
         the dense latency when ``relative``)."""
         check(bool(self.latency_tables), "A latency cap", "preceded by latency tables",
               "no tables")
-        check(math.isfinite(cap) and cap >= 0, "The latency cap", "finite and non-negative", cap)
+        check(math.isfinite(cap) and 0 <= cap <= MAX_LIMIT, "The latency cap",
+              f"a non-negative number at most {MAX_LIMIT:.0e}", cap)
         self.latency_cap = float(cap * self.dense_latency() if relative else cap)
         return self
 
@@ -387,12 +442,14 @@ class AllocationProblem:
                 f"allowed); values[{bad[0]}] is {v[bad[0]]}.")
         check(bool(np.isfinite(v).any()), f"The slot values of ({layer!r}, {kind!r})",
               "finite for at least one width", "-inf everywhere")
+        check_range(v, f"The slot values of ({layer!r}, {kind!r})", "score")
         pos = None
         if order is not None:
             pos = self._order_positions(slot, order)
         self._check_width_slot(slot, "slot values")
         self.slot_values[slot] = SlotValues(layer, kind, v, pos)
         self._valued = None
+        self._orders = None
         return self
 
     def _order_positions(self, slot: Slot, order: Any) -> np.ndarray:
@@ -444,11 +501,14 @@ class AllocationProblem:
         """The slot's members (structure indices) in keep order: the first k are
         kept at width k in width mode. Slot values' own order, else by score
         descending (ties by index)."""
-        idx = self.slots()[slot]
-        sv = self.slot_values.get(slot)
-        if sv is not None and sv.order is not None:
-            return idx[sv.order]
-        return idx[np.lexsort((idx, -self.score[idx]))]
+        if self._orders is None:
+            self._orders = {}
+        if slot not in self._orders:
+            idx = self.slots()[slot]
+            sv = self.slot_values.get(slot)
+            self._orders[slot] = (idx[sv.order] if sv is not None and sv.order is not None
+                                  else idx[np.argsort(-self.score[idx], kind="stable")])
+        return self._orders[slot]
 
     def slot_curve(self, slot: Slot) -> np.ndarray:
         """Importance of the slot by kept count k = 0..width along ``slot_order``:
@@ -480,9 +540,11 @@ class AllocationProblem:
               kind)
         if resource != "latency":
             self._check_resource(str(resource), "the objective")
-        check(importance_floor is not None and math.isfinite(importance_floor),
-              "The 'importance_floor' of a min_resource objective", "a finite number",
-              importance_floor)
+        check(importance_floor is not None and math.isfinite(importance_floor)
+              and abs(importance_floor) <= MAX_LIMIT,
+              "The 'importance_floor' of a min_resource objective",
+              f"a number within [-{MAX_LIMIT:.0e}, {MAX_LIMIT:.0e}] (a fraction of the dense "
+              "importance when 'relative', the default)", importance_floor)
         self.objective = Objective(kind, resource, float(importance_floor), relative)
         return self
 
@@ -734,7 +796,7 @@ class AllocationProblem:
             p.add_pair_cost(pc["resource"], tuple(pc["slot_a"]), tuple(pc["slot_b"]), pc["coef"])
         for b in c.get("budgets", []):
             p.add_budget(b["resource"], max=b.get("max"), min=b.get("min"),
-                         relative=b.get("relative", False))
+                         relative=b.get("relative", False))  # defaults: see the schema
         for b in c.get("count_bounds", []):
             p.add_count_bounds(b.get("layer"), b.get("kind"), b.get("min"), b.get("max"),
                                b.get("relative", False))
@@ -771,10 +833,21 @@ class AllocationProblem:
         path = Path(path)
         if not path.exists():
             raise ValidationError(f"The problem file {str(path)!r} does not exist.")
+        if path.is_dir():
+            raise ValidationError(f"The problem file {str(path)!r} is a directory; give a JSON file.")
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValidationError(f"The problem file {str(path)!r} is not UTF-8 text ({exc.reason} "
+                                  f"at byte {exc.start}); save it as UTF-8 JSON.") from exc
         except json.JSONDecodeError as exc:
             raise ValidationError(f"The problem file {str(path)!r} is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise ValidationError(f"The problem file {str(path)!r} nests arrays or objects too "
+                                  "deeply to read; a problem document is a few levels deep.") from exc
+        except OSError as exc:
+            raise ValidationError(f"The problem file {str(path)!r} cannot be read: "
+                                  f"{exc.strerror or exc}.") from exc
         return cls.from_dict(d)
 
 

@@ -27,6 +27,32 @@ MAX_DEPTH = 12
 
 _SCHEMA: dict[str, Any] | None = None
 
+# How to bring numbers into the usable range (said with every range error).
+RESCALE = {
+    "score": "multiplying every score (and slot value) by one positive number does not "
+             "change the optimal selection",
+    "cost": "express the resource in larger units (millions of parameters, say), dividing "
+            "its costs, fixed costs, pair costs and absolute budgets by the same number",
+}
+
+
+def _hint(where: str, message: str) -> str:
+    if "maximum" not in message and "minimum" not in message:
+        return ""
+    if "score" in where or "slot_values" in where or "importance_floor" in where:
+        return f" Rescale: {RESCALE['score']}."
+    if where.startswith(("structures/costs", "fixed_costs", "constraints/budgets",
+                         "constraints/pair_costs", "constraints/latency")):
+        return f" Rescale: {RESCALE['cost']}."
+    return ""
+
+
+def _short(message: str) -> str:
+    """Long digit runs (a 400-digit integer) shortened in a message."""
+    import re
+
+    return re.sub(r"\d{25,}", lambda m: f"<a {len(m.group())}-digit number>", message)
+
 
 def schema() -> dict[str, Any]:
     global _SCHEMA
@@ -125,14 +151,16 @@ def validate_document(d: Any) -> None:
         for i, v in enumerate(arr):
             why = _check_simple(v, item)
             if why:
-                raise ValidationError(f"The problem document is invalid at {where}/{i}: {why}")
+                raise ValidationError(f"The problem document is invalid at {where}/{i}: "
+                                      f"{_short(why)}." + _hint(where, why))
     validator = jsonschema.Draft202012Validator(sch)
     errors = sorted(validator.iter_errors(skeleton), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         more = f" ({len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ValidationError(f"The problem document is invalid at {where}: {e.message}{more}")
+        raise ValidationError(f"The problem document is invalid at {where}: "
+                              f"{_short(e.message)}{more}." + _hint(where, e.message))
 
 
-__all__ = ["validate_document", "schema", "SCHEMA_PATH", "MAX_DEPTH"]
+__all__ = ["validate_document", "schema", "SCHEMA_PATH", "MAX_DEPTH", "RESCALE"]

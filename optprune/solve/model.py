@@ -98,14 +98,22 @@ class LinearModel:
     def objective_value(self, x: np.ndarray) -> float:
         return float(self.c @ np.asarray(x, dtype=np.float64) + self.offset)
 
-    def max_violation(self, x: np.ndarray) -> float:
-        """Largest violation of any row, column bound or integrality by ``x``."""
+    def max_violation(self, x: np.ndarray, relative: bool = False) -> float:
+        """Largest violation of any row, column bound or integrality by ``x``. With
+        ``relative``, each row's violation is divided by max(1, |its bound|) (a
+        budget of 10^9 parameters broken by one parameter is broken by 1e-9)."""
         x = np.asarray(x, dtype=np.float64)
         ax = self.A @ x
         v = [0.0]
         if ax.size:
-            v.append(float(np.max(np.maximum(self.row_lower - ax, 0.0))))
-            v.append(float(np.max(np.maximum(ax - self.row_upper, 0.0))))
+            lo_scale = hi_scale = 1.0
+            if relative:
+                lo_scale = np.maximum(1.0, np.abs(np.where(np.isfinite(self.row_lower),
+                                                           self.row_lower, 0.0)))
+                hi_scale = np.maximum(1.0, np.abs(np.where(np.isfinite(self.row_upper),
+                                                           self.row_upper, 0.0)))
+            v.append(float(np.max(np.maximum(self.row_lower - ax, 0.0) / lo_scale)))
+            v.append(float(np.max(np.maximum(ax - self.row_upper, 0.0) / hi_scale)))
         v.append(float(np.max(np.maximum(self.col_lower - x, 0.0), initial=0.0)))
         v.append(float(np.max(np.maximum(x - self.col_upper, 0.0), initial=0.0)))
         xi = x[self.integrality]
@@ -151,11 +159,17 @@ class LinearModel:
                 f"The model file name must end in .mps or .lp; got {path.name!r}."
             )
         h = highs_from_model(self)
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        status = h.writeModel(str(tmp))
-        if not tmp.exists() or str(status).endswith("kError"):
-            raise OSError(f"HiGHS could not write {path}: status {status}")
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            # HiGHS picks the format from the suffix: the temporary name ends in it.
+            real = tmp.with_suffix("")
+            status = h.writeModel(str(real))
+            if not real.exists() or str(status).endswith("kError"):
+                real.unlink(missing_ok=True)
+                raise OSError(f"HiGHS could not write {path}: status {status}")
+            os.replace(real, tmp)
+
+        replace_atomic(path, write)
         if sidecar:
             write_json_atomic(path.with_suffix(".json"), self.sidecar())
         return path
@@ -361,11 +375,29 @@ def _from_highs_inf(a: np.ndarray) -> np.ndarray:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON through a temporary file and a rename: never a partial file."""
+    """Write JSON through a temporary file and a rename: never a partial file.
+
+    The temporary file has a unique name in the target's directory, so concurrent
+    writers of one path never share it (the last rename wins, whole)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    return replace_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def replace_atomic(path: Path, write: Any) -> Path:
+    """Call ``write(tmp)`` on a fresh temporary path beside ``path``, then rename it
+    to ``path``; the temporary file is removed if anything fails."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

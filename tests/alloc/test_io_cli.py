@@ -106,3 +106,92 @@ def test_console_script_runs():
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert all(d[b]["available"] for b in ("highs", "cpsat", "scip", "pyomo"))
+
+
+def _bad_documents(d: dict) -> dict[str, bytes]:
+    """Files the command must refuse with one line: numbers outside the usable
+    range (a 400-digit integer, 1e300 scores, a multiple of 1e30), nesting too deep
+    to read, and a file that is not UTF-8."""
+    text = json.dumps(d)
+    at = text.index('"score": [') + len('"score": [')
+    end = text.index(",", at)
+    huge = d | {"structures": d["structures"] | {"score": [1e300] * len(d["structures"]["ids"])}}
+    mult = json.loads(text)
+    mult["constraints"]["multiples"] = [{"layer": "l0", "kind": "head", "multiple": 1e30}]
+    return {
+        "400-digit score": (text[:at] + "1" + "0" * 400 + text[end:]).encode(),
+        "1e300 scores": json.dumps(huge).encode(),
+        "multiple 1e30": json.dumps(mult).encode(),
+        "deep nesting": b"[" * 100_000 + b"]" * 100_000,
+        "latin-1": text.replace('"allocation"', '"allocati\u00f3n"').encode("latin-1"),
+    }
+
+
+@pytest.mark.parametrize("case", ["400-digit score", "1e300 scores", "multiple 1e30",
+                                  "deep nesting", "latin-1"])
+def test_unreadable_or_out_of_range_files_fail_in_one_line(tmp_path, capsys, case):
+    path = tmp_path / "p.json"
+    path.write_bytes(_bad_documents(small_problem().to_dict())[case])
+    out = tmp_path / "res.json"
+    assert main(["allocate", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optprune allocate: error:") and err.count("\n") == 1, err
+    assert not out.exists()
+    if case in ("400-digit score", "1e300 scores"):
+        assert "Rescale" in err and "1000000000000000" in err  # the usable range and the fix
+
+
+@pytest.mark.parametrize("where", ["directory", "missing directory"])
+def test_an_unwritable_out_path_fails_before_the_solve(tmp_path, capsys, monkeypatch, where):
+    import optprune.alloc.engine as engine
+
+    def never(*a, **k):
+        raise AssertionError("solved although the output path cannot be written")
+
+    monkeypatch.setattr(engine, "allocate", never)
+    path = small_problem().write_json(tmp_path / "p.json")
+    out = tmp_path if where == "directory" else tmp_path / "no" / "res.json"
+    assert main(["allocate", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optprune allocate: error: --out") and err.count("\n") == 1, err
+
+
+def test_cpsat_refuses_numbers_beyond_64_bits_in_one_line(tmp_path, capsys):
+    """Scores within the usable range whose scaled integers overflow CP-SAT's 64
+    bits: refused with the scale named (HiGHS solves the same file)."""
+    p = small_problem()
+    p.score = np.arange(p.n) * 1e13 + 0.123456
+    path = p.write_json(tmp_path / "p.json")
+    out = tmp_path / "res.json"
+    assert main(["allocate", str(path), "--backend", "cpsat", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optprune allocate: error: The 'cpsat' backend") and "scaled by 1e+06" in err
+    assert not out.exists()
+    assert main(["allocate", str(path), "--out", str(out)]) == 0
+    assert out.exists()
+
+
+def test_concurrent_writers_of_one_path_all_succeed(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from optprune.solve.model import write_json_atomic
+
+    target = tmp_path / "res.json"
+    docs = [{"writer": i, "payload": list(range(2000))} for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda d: write_json_atomic(target, d), docs))
+    assert json.loads(target.read_text()) in docs  # whole, from one writer
+    assert [f.name for f in tmp_path.iterdir()] == ["res.json"]  # no temporary left
+
+
+def test_cli_runs_every_example_builder_and_says_when_nothing_was_found(capsys):
+    assert main(["allocate", "--example", "unequal-20k", "--no-baselines", "--json",
+                 "--time-limit", "30"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["problem"] == "unequal-20000" and d["objective"] is not None
+    assert d["bound"] >= d["objective"]
+    assert main(["allocate", "--example", "resnet-18", "--gqa-implications"]) == 2
+    assert "LLaMA" in capsys.readouterr().err
+    assert main(["allocate", "--example", "llama-70b", "--time-limit", "1e-6"]) == 0
+    out = capsys.readouterr().out
+    assert "objective -" in out and "no feasible selection found" in out

@@ -186,3 +186,21 @@ def test_bad_input_is_named():
         SolveOptions(rel_gap=2)
     with pytest.raises(BackendUnavailableError, match="expected one of"):
         solve(knapsack(0), backend="gurobi")
+
+
+def test_cpsat_refuses_coefficients_beyond_64_bits_and_names_the_scale():
+    """A coefficient or a whole expression that does not fit CP-SAT's 64-bit
+    integers after scaling is refused with the scale named; HiGHS solves the
+    objective cases."""
+    fine = dict(A=[[1.0, 1.0]], row_lower=[-np.inf], row_upper=[1.0], col_lower=[0, 0],
+                col_upper=[1, 1], integrality=[True, True], sense="max")
+    one = LinearModel(c=[1e-6, 1e13], **fine)  # integral at scale 1e6: 1e19 > 2^62
+    with pytest.raises(ValidationError, match=r"objective scaled by 1e\+06 has 1e\+19"):
+        solve(one, backend="cpsat")
+    assert solve(one, backend="highs").objective == pytest.approx(1e13)
+    many = LinearModel(c=[3e18, 3e18], **fine)  # each fits, their sum does not
+    with pytest.raises(ValidationError, match=r"objective scaled by 1 reaches 6e\+18"):
+        solve(many, backend="cpsat")
+    row = LinearModel(c=[1.0, 1.0], **(fine | dict(A=[[3e18, 3e18]], row_upper=[3e18])))
+    with pytest.raises(ValidationError, match=r"row 0 scaled by 1 reaches"):
+        solve(row, backend="cpsat")

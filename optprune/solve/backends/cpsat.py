@@ -47,6 +47,33 @@ def integer_scale(values: np.ndarray, max_power: int = 6, tol: float = 1e-9) -> 
     return None
 
 
+_INT64_SAFE = 2.0**62
+
+
+def _row_name(model: LinearModel, i: int) -> str:
+    names = model.row_names or []
+    return f"{i} ({names[i]})" if i < len(names) and names[i] else str(i)
+
+
+def _check_int64(values: np.ndarray, what: str, box: np.ndarray | None = None) -> None:
+    """CP-SAT keeps every coefficient, bound and partial sum of a linear expression
+    in a 64-bit integer: each value and, with the columns' ``box`` (largest |x|), the
+    largest |sum coef * x| must stay within 2^62."""
+    big = np.flatnonzero(np.abs(values) > _INT64_SAFE)
+    how = ("Rescale the problem's numbers (fewer decimals or smaller units) or use the "
+           "'highs' or 'scip' backend.")
+    if big.size:
+        raise ValidationError(
+            f"The 'cpsat' backend needs integer coefficients within +-2^62; {what} has "
+            f"{values[big[0]]:.6g}. {how}")
+    if box is not None:
+        reach = float(np.sum(np.abs(values) * box))
+        if reach > _INT64_SAFE:
+            raise ValidationError(
+                f"The 'cpsat' backend needs every linear expression within +-2^62; {what} "
+                f"reaches {reach:.6g} (sum of |coefficient| x largest |variable|). {how}")
+
+
 def scale_objective(c: np.ndarray, target: float = 1e7) -> float:
     s = integer_scale(c)
     if s is not None:
@@ -95,6 +122,7 @@ class CpSatBackend(Backend):
         cp = cp_model.CpModel()
         xs = [cp.new_int_var(int(lo[j]), int(hi[j]), f"x{j}") for j in range(n)]
 
+        box = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
         csr = model.A.tocsr()
         max_row_err = 0.0
         for i in range(model.num_rows):
@@ -108,6 +136,10 @@ class CpSatBackend(Backend):
                 err = float(np.max(np.abs(iv - vals * s) / np.maximum(np.abs(vals * s), 1e-12)))
                 max_row_err = max(max_row_err, err)
             rl, ru = model.row_lower[i] * s, model.row_upper[i] * s
+            _check_int64(np.concatenate([iv, [rl if np.isfinite(rl) else 0.0,
+                                              ru if np.isfinite(ru) else 0.0]]),
+                         f"row {_row_name(model, i)} scaled by {s:g}")
+            _check_int64(iv, f"row {_row_name(model, i)} scaled by {s:g}", box[cols])
             lb = int(math.ceil(rl - 1e-9)) if np.isfinite(rl) else cp_model.INT_MIN
             ub = int(math.floor(ru + 1e-9)) if np.isfinite(ru) else cp_model.INT_MAX
             expr = cp_model.LinearExpr.weighted_sum([xs[j] for j in cols], iv.astype(np.int64).tolist())
@@ -116,7 +148,7 @@ class CpSatBackend(Backend):
         c = model.c
         scale = scale_objective(c) if np.any(c) else 1.0
         ic = np.round(c * scale)
-        box = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
+        _check_int64(ic, f"the objective scaled by {scale:g}", box)
         obj_err = float(np.sum(np.abs(ic - c * scale) / scale * box))
         nz = np.flatnonzero(ic)
         obj = cp_model.LinearExpr.weighted_sum([xs[j] for j in nz], ic[nz].astype(np.int64).tolist())
