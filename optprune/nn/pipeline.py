@@ -9,13 +9,20 @@ choice, reconstruction (formulations/reconstruction.md).
 3. **Exact search**: the allocation problem (exact parameter/MAC costs and every
    constraint the caller set) with slot s worth -delta_s(k_s)
    (``AllocationProblem.set_slot_values``), solved for its ``k_best`` best
-   allocations, each proven (``alloc.allocate_k_best``).
-4. **Measured choice**: every candidate is reconstructed layer by layer
+   allocations, each proven (``alloc.allocate_k_best``); and the same problem with
+   every structure worth its Fisher saliency (Kwon et al.'s objective, here solved
+   exactly) for its ``fisher_proposals`` best allocations.
+4. **Measured choice**: every distinct candidate is reconstructed layer by layer
    (``reconstruct.reconstruct``) and its calibration loss measured; the lowest wins.
-   The per-slot losses are not additive (pruning several slots compounds), so the
-   proven optimum of their sum is a proposal, and the measurement decides.
+   The per-slot losses are not additive (pruning several slots compounds) and the
+   Fisher saliency is a second-order estimate, so the proven optimum of either sum is
+   a proposal, and the measurement decides. (Neither objective wins everywhere: on
+   the digits ViT the curves' allocations were as good or slightly better, on
+   all-MiniLM-L6-v2 with a cheap curve setting the Fisher one was clearly better;
+   benchmarks/BENCHMARKS.md.)
 
-``k_best = 1`` skips the choice (the proven optimum of the curves' objective).
+``curves=False`` skips stage 2 (the Fisher proposals alone, several times faster on a
+large model); a single candidate skips the choice.
 """
 
 from __future__ import annotations
@@ -68,6 +75,10 @@ class CalibrationOptions:
         per-slot losses are (0: skip; costs one calibration pass each).
     curve_samples: calibration samples the curves (and the measured choice) use: the
         first ones of ``data`` (None: all). The Fisher and the reconstruction use all.
+    curves: measure the per-slot curves and propose the ``k_best`` allocations of
+        their sum (False: only the Fisher proposals, ``k_best`` of them).
+    fisher_proposals: best allocations of the summed Fisher saliency added to the
+        measured choice when ``curves`` is on (0: none).
     """
 
     k_best: int = 4
@@ -82,10 +93,17 @@ class CalibrationOptions:
     reconstruct_scope: str = "all"
     batch_size: int = 128
     seed: int = 0
+    curves: bool = True
+    fisher_proposals: int = 1
 
     def __post_init__(self) -> None:
         check(isinstance(self.k_best, int) and self.k_best >= 1, "The 'k_best' of "
               "CalibrationOptions", "an int >= 1", self.k_best)
+        check(isinstance(self.fisher_proposals, int) and self.fisher_proposals >= 0,
+              "The 'fisher_proposals' of CalibrationOptions", "an int >= 0",
+              self.fisher_proposals)
+        check(isinstance(self.curves, bool), "The 'curves' of CalibrationOptions",
+              "True or False", self.curves)
         check(self.order in ("block", "diag", "layerwise"), "The 'order' of "
               "CalibrationOptions", "'block', 'diag' or 'layerwise'", self.order)
         check(self.fisher_labels in ("auto", "data", "model"), "The 'fisher_labels' of "
@@ -158,8 +176,6 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
     """Run the pipeline on ``structures`` (whose groups are ``problem``'s structures,
     in order) with calibration ``data``; ``fisher``: stage 1's result if already
     computed. ``structures.model`` is not changed."""
-    from ..alloc import allocate_k_best
-
     opts = options or CalibrationOptions()
     check(problem.n == len(structures.groups), "The problem of calibrated_selection",
           f"built from these structures ({len(structures.groups)} groups)", problem.n)
@@ -170,47 +186,54 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
     t = time.perf_counter()
     ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit,
                    alpha=opts.curve_alpha, max_samples=opts.curve_samples)
-    curves = measure_curves(ev, problem, slot_orders(structures, fr, opts.order, ev),
-                            max_widths=opts.max_widths, refit=refit)
+    curves: dict[tuple[str, str], SlotCurve] = {}
+    if opts.curves:
+        curves = measure_curves(ev, problem, slot_orders(structures, fr, opts.order, ev),
+                                max_widths=opts.max_widths, refit=refit)
     times["curves"] = time.perf_counter() - t
     t = time.perf_counter()
-    q = calibrated_problem(problem, structures, curves)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # fewer masks: said below, as an error
-        results = allocate_k_best(q, opts.k_best, backend=backend, time_limit_s=time_limit_s,
-                                  rel_gap=rel_gap, baselines=False)
+    proposals: list[tuple[str, Any]] = []
+    if opts.curves:
+        proposals += [("curves", r) for r in _search(
+            calibrated_problem(problem, structures, curves), opts.k_best, backend,
+            time_limit_s, rel_gap)]
+    n_fisher = opts.fisher_proposals if opts.curves else opts.k_best
+    if n_fisher:
+        pf = copy.deepcopy(problem)
+        pf.score = fr.saliency
+        proposals += [("fisher", r) for r in _search(pf, n_fisher, backend, time_limit_s,
+                                                     rel_gap)]
     times["search"] = time.perf_counter() - t
-    if not results or results[0].keep is None:
-        raise ValidationError(
-            "The solver stopped without any allocation; raise time_limit_s.")
-    if len(results) < opts.k_best and all(r.solve.is_optimal for r in results):
-        raise ValidationError(
-            f"The 'k_best' of the pipeline must be at most the number of distinct allocations "
-            f"that satisfy the constraints ({len(results)}); got {opts.k_best}. Pass "
-            f"CalibrationOptions(k_best={len(results)}) or loosen the constraints.")
-    unproven = [i for i, r in enumerate(results) if r.solve.termination.value != "optimal"]
+    unproven = [i for i, (_, r) in enumerate(proposals)
+                if r.solve.termination.value != "optimal"]
     if unproven:
         warnings.warn(
-            f"{len(unproven)} of {len(results)} proposed allocations are not proven optimal "
-            f"(gaps {[results[i].solve.gap for i in unproven]}); the measured choice still "
-            "applies, but raise time_limit_s for a proof.", stacklevel=3)
+            f"{len(unproven)} of {len(proposals)} proposed allocations are not proven optimal "
+            f"(gaps {[proposals[i][1].solve.gap for i in unproven]}); the measured choice "
+            "still applies, but raise time_limit_s for a proof.", stacklevel=3)
     t = time.perf_counter()
     candidates = []
     best = (math.inf, -1, None, None)
     alpha: float | None = None
-    for i, r in enumerate(results):
-        if r.keep is None:
-            continue
+    seen: dict[bytes, int] = {}
+    for i, (source, r) in enumerate(proposals):
         keep = r.keep
-        work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
-        row = {"rank": i, "objective": r.solve.objective, "bound": r.solve.bound,
-               "gap": r.solve.gap, "termination": r.solve.termination.value,
-               "predicted_loss": -float(r.solve.objective) if r.solve.objective is not None else None,
-               "loss_masked": ev.loss(keep, refit=False),
+        row = {"rank": i, "source": source, "objective": r.solve.objective,
+               "bound": r.solve.bound, "gap": r.solve.gap,
+               "termination": r.solve.termination.value,
+               "predicted_loss": (-float(r.solve.objective) if source == "curves"
+                                  and r.solve.objective is not None else None),
                "usage": r.usage}
+        twin = seen.setdefault(np.asarray(keep, dtype=bool).tobytes(), i)
+        if twin != i:  # the same keep set from the other objective: measured once
+            row["same_as"] = twin
+            candidates.append(row)
+            continue
+        work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
+        row["loss_masked"] = ev.loss(keep, refit=False)
         rec = None
         if refit:
-            # The ridge is chosen once, on the solver's best proposal (a whole refit per
+            # The ridge is chosen once, on the first proposal (a whole refit per
             # alpha); the other proposals are refit with it.
             rec = reconstruct(work, keep, data, batch_size=opts.batch_size,
                               alphas=opts.alphas if alpha is None else (alpha,),
@@ -224,14 +247,34 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
             best = (measured, i, work, rec)
     times["choice"] = time.perf_counter() - t
     add = None
-    if opts.additivity_samples > 0:
+    if opts.additivity_samples > 0 and curves:
         t = time.perf_counter()
         add = additivity(ev, problem, curves, opts.additivity_samples, opts.seed, refit=refit,
                          extra={"fisher": fr.saliency})
         times["additivity"] = time.perf_counter() - t
     _, chosen, work, rec = best
-    keep = results[chosen].keep
+    keep = proposals[chosen][1].keep
     return CalibratedSelection(keep=keep, structures=work, fisher=fr, curves=curves,
                                candidates=candidates, chosen=chosen, reconstruction=rec,
                                additivity=add, times_s=times,
-                               allocation=results[chosen].to_dict())
+                               allocation=proposals[chosen][1].to_dict())
+
+
+def _search(q: AllocationProblem, k: int, backend: str, time_limit_s: float | None,
+            rel_gap: float) -> list[Any]:
+    """The ``k`` best allocations of ``q``, each proven (or said not to be)."""
+    from ..alloc import allocate_k_best
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fewer masks: said below, as an error
+        results = allocate_k_best(q, k, backend=backend, time_limit_s=time_limit_s,
+                                  rel_gap=rel_gap, baselines=False)
+    results = [r for r in results if r.keep is not None]
+    if not results:
+        raise ValidationError("The solver stopped without any allocation; raise time_limit_s.")
+    if len(results) < k and all(r.solve.is_optimal for r in results):
+        raise ValidationError(
+            f"The 'k_best' of the pipeline must be at most the number of distinct allocations "
+            f"that satisfy the constraints ({len(results)}); got {k}. Pass "
+            f"CalibrationOptions(k_best={len(results)}) or loosen the constraints.")
+    return results

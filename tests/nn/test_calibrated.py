@@ -277,22 +277,46 @@ def test_pipeline_proposals_are_proven_distinct_and_the_measured_best_is_chosen(
     p, _ = build_problem(ss, np.ones(len(ss.groups)), 0.6)
     sel = calibrated_selection(ss, p, (x, y), CalibrationOptions(k_best=3, batch_size=32))
     cands = sel.candidates
-    assert len(cands) == 3
-    objs = [c["objective"] for c in cands]
+    assert [c["source"] for c in cands] == ["curves"] * 3 + ["fisher"]
+    objs = [c["objective"] for c in cands[:3]]
     assert objs == sorted(objs, reverse=True)
     assert all(c["termination"] == "optimal" for c in cands)
-    # Each proposal's objective is minus the sum of its slots' measured losses.
-    measured = [c["loss_reconstructed"] for c in cands]
-    assert sel.chosen == int(np.argmin(measured))
+    # The measured choice: the lowest reconstructed loss among the distinct proposals.
+    measured = {c["rank"]: c["loss_reconstructed"] for c in cands if "same_as" not in c}
+    assert sel.chosen == min(measured, key=measured.get)
     keep = sel.keep
-    tot = 0.0
-    for s, ix in ss.layer_kind_index().items():
-        tot += sel.curves[s].delta[int(keep[ix].sum())]
-    assert cands[sel.chosen]["objective"] == pytest.approx(-tot, abs=1e-9)
     assert ss.predict(keep)["params"] <= 0.6 * ss.dense_params
+    # A curves proposal's objective is minus the sum of its slots' measured losses; the
+    # Fisher proposal is the proven maximum of the summed saliency (at least that of the
+    # chosen, feasible, keep set).
+    if cands[sel.chosen]["source"] == "curves":
+        tot = sum(sel.curves[s].delta[int(keep[ix].sum())]
+                  for s, ix in ss.layer_kind_index().items())
+        assert cands[sel.chosen]["objective"] == pytest.approx(-tot, abs=1e-9)
+    assert cands[3]["objective"] >= float(sel.fisher.saliency[keep].sum()) - 1e-12
     # The chosen model is the reconstructed one, measured as reported.
     ev = Evaluator(ss, (x, y), batch_size=32)
     assert ev.loss(keep, on=sel.structures) == pytest.approx(measured[sel.chosen], rel=1e-6)
+
+
+def test_pipeline_without_curves_measures_the_fisher_proposals_only():
+    from optprune.alloc import allocate
+    from optprune.nn.pipeline import CalibrationOptions, calibrated_selection
+    from optprune.nn.pruning import build_problem
+
+    m, x, y = _tiny_vit(3)
+    ss = discover(m, (1, 4, 4))
+    p, _ = build_problem(ss, np.zeros(len(ss.groups)), 0.6)
+    sel = calibrated_selection(ss, p, (x, y), CalibrationOptions(k_best=2, batch_size=32,
+                                                                 curves=False))
+    assert [c["source"] for c in sel.candidates] == ["fisher", "fisher"]
+    assert sel.curves == {}
+    # The first proposal is the exact maximum of the summed Fisher saliency.
+    q, _ = build_problem(ss, sel.fisher.saliency, 0.6)
+    best = allocate(q, baselines=False)
+    assert sel.candidates[0]["objective"] == pytest.approx(best.solve.objective, rel=1e-9)
+    with pytest.raises(ValidationError, match="fisher_proposals"):
+        CalibrationOptions(fisher_proposals=-1)
 
 
 def test_default_prune_is_the_pipeline_and_leaves_the_model_alone():
@@ -306,7 +330,7 @@ def test_default_prune_is_the_pipeline_and_leaves_the_model_alone():
     assert rep.importance == "calibrated" and rep.reconstructed
     assert rep.after["params"] == rep.predicted["params"] <= 0.6 * rep.before["params"]
     assert {"fisher", "curves", "search", "choice"} <= set(rep.stages["times_s"])
-    assert len(rep.stages["candidates"]) == 2
+    assert len(rep.stages["candidates"]) == 3  # two of the curves, one of the Fisher
     for k, v in m.state_dict().items():
         assert torch.equal(v, state[k]), k
     # The pruned model computes the measured (reconstructed) variant: its loss is the
