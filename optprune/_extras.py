@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
+from typing import Any, Callable
 
 from .errors import MissingExtraError
 
@@ -40,3 +42,24 @@ def require(module: str, extra: str | None = None, purpose: str = "") -> ModuleT
             f"The optional dependency '{module}'{why} is not installed. "
             f"Install it with: pip install -c constraints.txt 'optprune[{extra}]'"
         ) from exc
+
+
+def lazy_getattr(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A module-level ``__getattr__`` for ``package`` that imports ``table[name]`` on first
+    use and caches the attribute in the package (PEP 562). A module path in the table is
+    absolute when it starts with ``optprune.``, else relative to ``package``.
+
+    Use: ``__getattr__ = lazy_getattr(__name__, _LAZY)``; it keeps ``import package``
+    light (no torch) until a name that needs it is touched.
+    """
+
+    def __getattr__(name: str) -> Any:
+        mod = table.get(name)
+        if mod is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        path = mod if mod.startswith("optprune.") else f"{package}.{mod}"
+        value = getattr(importlib.import_module(path), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return __getattr__
