@@ -15,9 +15,7 @@ Names are imported lazily so that the command line starts without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._extras import lazy_getattr
 from ..errors import TrainingDivergedError
 
 _MODULES = {
@@ -50,10 +48,7 @@ __all__ += ["BertGates", "ScatterHidden", "apply_bert_gate_masks", "bert_masks_p
 assert set(__all__) == {*_LAZY, "TrainingDivergedError"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:
