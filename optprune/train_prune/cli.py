@@ -4,7 +4,6 @@ digits ViT (pre-trained first, about 10 s), with the exact final decision."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from typing import Any
@@ -105,8 +104,9 @@ def _dense(args: argparse.Namespace):
 
 def _write(args: argparse.Namespace, report: dict[str, Any]) -> None:
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=float)
+        from ..experiments.jsonio import write_json_atomic
+
+        write_json_atomic(args.json, report)
         print(f"report written to {args.json}")
 
 
