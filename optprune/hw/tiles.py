@@ -38,11 +38,13 @@ import torch
 from torch import nn
 
 from ..errors import InfeasibleProblemError, ValidationError, check
+from ..experiments.training import fit
 from .mapping import Gemm, model_gemms, total_cycles
 from .systolic import fold_cycles, parse_array
 
 __all__ = ["TileGrid", "tile_grids", "tile_importance", "SaspResult", "sasp_prune",
-           "threshold_keep", "apply_tile_masks", "block_mask", "tiled_linear", "MATRIX_KINDS"]
+           "threshold_keep", "apply_tile_masks", "block_mask", "finetune_masked", "tiled_linear",
+           "MATRIX_KINDS"]
 
 MATRIX_KINDS = ("qkv", "proj", "ffn_in", "ffn_out")
 
@@ -374,6 +376,27 @@ def apply_tile_masks(model: nn.Module, grids: Sequence[TileGrid], keep: dict[str
             w = mods[g.module].weight
             w.mul_(block_mask(g, keep[g.module]).to(w.dtype))
     return m
+
+
+def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor,
+                    y: torch.Tensor, epochs: int = 3, lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """Fine-tune ``model`` in place by the kit's :func:`~optprune.experiments.fit`
+    (the demo's fine-tuning: AdamW, cosine schedule) with the dropped tiles held at zero:
+    ``masks`` (module name -> 0/1 weight mask, e.g. :func:`block_mask`) is applied before
+    training and again after every step. Returns the model."""
+    mods = dict(model.named_modules())
+    missing = sorted(set(masks) - set(mods))
+    check(not missing, "The masked modules", "modules of the model", missing)
+
+    def reapply(_step: int = -1) -> None:
+        with torch.no_grad():
+            for name, m in masks.items():
+                w = mods[name].weight
+                w.mul_(m.to(device=w.device, dtype=w.dtype))
+
+    reapply()
+    fit(model, x, y, epochs=epochs, lr=lr, seed=seed, after_step=reapply)
+    return model
 
 
 def tiled_linear(x: np.ndarray, weight: np.ndarray, keep: np.ndarray, rows: int, cols: int,
