@@ -75,14 +75,16 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, Any
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None,
+                    hint: str = "") -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU). With
     ``kind``, the spec must name that model family. Raises CheckpointError naming the
-    file for anything else."""
+    file for anything else; ``hint`` (how to make such a file) ends a missing file's
+    message."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"The checkpoint {str(path)!r} does not exist (or is not a "
-                              "file).")
+                              f"file).{' ' + hint if hint else ''}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
