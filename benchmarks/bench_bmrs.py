@@ -25,7 +25,6 @@ distance below the chord from f = 0 to the largest f).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -44,7 +43,8 @@ from optprune.alloc import allocate  # noqa: E402
 from optprune.nn import discover, score  # noqa: E402
 from optprune.nn import build_problem  # noqa: E402
 from optprune.nn.models import MLP  # noqa: E402
-from optprune.nn.train import accuracy, load_digits_split  # noqa: E402
+from optprune.experiments import accuracy, load_digits_split  # noqa: E402
+from optprune.experiments.jsonio import write_json_atomic  # noqa: E402
 
 FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975]
 BASELINES = ("l2", "e_theta", "snr")
@@ -283,8 +283,7 @@ def main(argv=None) -> int:
     print(markdown(out))
     print(f"total time {time.perf_counter() - t0:.1f}s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json_atomic(args.json, out)
     return 0
 
 

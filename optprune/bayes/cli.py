@@ -41,7 +41,7 @@ def run_bmrs_cmd(args: argparse.Namespace) -> int:
     from ..errors import check
     from ..experiments.jsonio import write_json_atomic
     from ..nn.models import MLP
-    from ..nn.train import accuracy, load_digits_split
+    from ..experiments import accuracy, load_digits_split
     from . import attach_noise, bmrs_allocate, train_svi
 
     check(args.epochs >= 1, "The '--epochs' of optprune bmrs", "a positive integer", args.epochs)

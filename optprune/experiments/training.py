@@ -245,6 +245,9 @@ def fit(model: nn.Module, x: Source, y: torch.Tensor | None = None, *,
           "'batch_loss', not both", "both")
     check(isinstance(checkpoint_every, int) and checkpoint_every >= 1, "The 'checkpoint_every'",
           "a positive integer", checkpoint_every)
+    if checkpoint_path is not None:  # fail before training, not after it
+        check(Path(checkpoint_path).parent.is_dir(), "The folder of 'checkpoint_path'",
+              "an existing directory", str(checkpoint_path))
     hist = FitHistory()
     t0 = time.perf_counter()
     n = None if callable(x) else x.shape[0]
