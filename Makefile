@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,hf,onnx,dist]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,torch,hf,onnx,dist]'
 	touch $(STAMP)
 
 demo: $(STAMP)
