@@ -144,7 +144,7 @@ def run_model(name, make, shape, flat, data, epochs, prune_start, seed, log,
     nm.set_keep(np.ones(n, dtype=bool))
     for m in (*RULES, "N_no2pi"):
         # N_no2pi: BMRS_N without the -0.5 ln(2 pi) of the Gaussian normalizer, i.e. the
-        # formula as summarized in METHODS.md section 5 (formulations/bmrs.md, tests).
+        # closed form as usually summarized (formulations/bmrs.md, tests).
         df = (evidence_change(nm, m) if m != "N_no2pi"
               else evidence_change(nm, "N") + 0.5 * np.log(2 * np.pi))
         keep = df < 0

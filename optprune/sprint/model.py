@@ -8,7 +8,7 @@ Block l (pre-norm):
 ``m`` is the head mask, shape (L, H_max) for the whole batch or (B, L, H_max) for one
 configuration per row; m_{l,h} = 0 zeroes head h's output *before* the output
 projection, which is exactly removing that head's contribution W_o[:, h] o_h (SPRINT's
-pruning of one head, METHODS.md §4). Weights are never touched; ``without_heads``
+pruning of one head, formulations/sprint.md). Weights are never touched; ``without_heads``
 builds the physically smaller model and tests check the two agree.
 
 Layers may have different head counts (even 0). Generation uses a key/value cache;
