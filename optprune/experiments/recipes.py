@@ -15,12 +15,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..errors import check
-from ..nn.models import ViT
+from ..nn.models import Block, ViT
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Digits, load_digits_split
 from .training import accuracy, fit
@@ -74,10 +74,11 @@ def vit_spec(vit: ViT) -> dict[str, Any]:
     check(isinstance(vit, ViT), "The model", "an optprune.nn.models.ViT", type(vit).__name__)
     patch = int(vit.patch_embed.kernel_size[0])
     side = int(round((vit.pos_embed.shape[1] - 1) ** 0.5))
+    blocks = [cast(Block, b) for b in vit.blocks]
     return {"kind": "vit", "dim": int(vit.patch_embed.out_channels),
-            "heads": [int(b.attn.num_heads) for b in vit.blocks],
-            "head_dim": int(vit.blocks[0].attn.head_dim) if len(vit.blocks) else 1,
-            "ffn": [int(b.mlp.fc1.out_features) for b in vit.blocks],
+            "heads": [int(b.attn.num_heads) for b in blocks],
+            "head_dim": int(blocks[0].attn.head_dim) if blocks else 1,
+            "ffn": [int(b.mlp.fc1.out_features) for b in blocks],
             "patch": patch, "image_size": side * patch,
             "in_channels": int(vit.patch_embed.in_channels),
             "n_classes": int(vit.head.out_features)}

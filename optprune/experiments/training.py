@@ -129,8 +129,11 @@ class _Guard:
 def _first_nonfinite(model: nn.Module, grads: bool) -> str | None:
     """Name of the first parameter (``grads``: gradient) holding NaN/inf, else None; one
     fused norm over all tensors, so the check costs one sync."""
-    named = [(n, p.grad if grads else p) for n, p in model.named_parameters()]
-    named = [(n, t) for n, t in named if t is not None]
+    named: list[tuple[str, torch.Tensor]] = []
+    for n, p in model.named_parameters():
+        t = p.grad if grads else p
+        if t is not None:
+            named.append((n, t))
     if not named:
         return None
     norms = torch.stack(torch._foreach_norm([t for _, t in named]))
@@ -248,88 +251,112 @@ def fit(model: nn.Module, x: Source, y: torch.Tensor | None = None, *,
     if checkpoint_path is not None:  # fail before training, not after it
         check(Path(checkpoint_path).parent.is_dir(), "The folder of 'checkpoint_path'",
               "an existing directory", str(checkpoint_path))
-    hist = FitHistory()
-    t0 = time.perf_counter()
     n = None if callable(x) else x.shape[0]
     total = steps if steps is not None else (epochs or 0) * math.ceil((n or 1) / batch_size)
     if total == 0:
         model.eval()
-        return hist
+        return FitHistory()
     opt = _optimizer(model, params, lr, weight_decay)
-    sched = _scheduler(opt, schedule, total, lr, schedule_steps)
-    guard = _Guard(model, check_finite == "all", checkpoint_path, spec)
-    lf = loss_fn or nn.functional.cross_entropy
-
-    def one_batch(xb: torch.Tensor, yb: torch.Tensor, step: int, ep: int) -> torch.Tensor:
-        if batch_loss is None:
-            return lf(model(xb), yb)
-        out = batch_loss(xb, yb, step, ep)
-        if isinstance(out, tuple):
-            out, logs = out
-            hist.logs.append(dict(logs))
-        return out
-
-    bar = _progress(progress, total, "step") if epochs is None else _progress(progress, epochs,
-                                                                              "epoch")
-    ep_prev, ep_sum, ep_n = 0, 0.0, 0
-    guard.save(0, 0)
+    run = _Run(model, opt, _scheduler(opt, schedule, total, lr, schedule_steps),
+               _Guard(model, check_finite == "all", checkpoint_path, spec), hint,
+               _loss_of(model, loss_fn, batch_loss), clip_grad_norm, after_step, after_epoch,
+               epochs is not None)
+    run.bar = (_progress(progress, total, "step") if epochs is None
+               else _progress(progress, epochs, "epoch"))
+    t0 = time.perf_counter()
     model.train()
     for step, (ep, xb, yb) in enumerate(_batches(x, y, epochs, steps, batch_size, seed)):
-        if ep > ep_prev:  # a pass ended: record it, run the hook, checkpoint
-            _end_epoch(hist, ep_prev, ep_sum, ep_n, after_epoch, bar, model)
-            ep_prev, ep_sum, ep_n = ep, 0.0, 0
-            guard.save(step, ep)
+        if ep > run.epoch:  # a pass ended: record it, run the hook, checkpoint
+            run.end_epoch()
+            run.epoch = ep
+            run.guard.save(step, ep)
         elif epochs is None and step % checkpoint_every == 0 and step > 0:
-            guard.save(step, 0)
-        loss = one_batch(xb, yb, step, ep)
-        where = ep if epochs is not None else None
-        if not torch.isfinite(loss):
-            raise guard.fail(f"loss {loss.item()}", step, where, hint)
-        opt.zero_grad()
-        loss.backward()
-        bad = guard.bad_gradient()
-        if bad is not None:
-            raise guard.fail(f"gradient of {bad}", step, where, hint)
-        if clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        opt.step()
-        if sched is not None:
-            sched.step()
-        if after_step is not None:
-            after_step(step)
-            model.train()
-        bad = guard.bad_parameter()
-        if bad is not None:
-            raise guard.fail(bad, step, where, hint)
-        value = loss.item()
-        hist.loss.append(value)
-        hist.steps = step + 1
-        ep_sum, ep_n = ep_sum + value * xb.shape[0], ep_n + xb.shape[0]
-        if epochs is None and bar is not None:
-            bar.update(1)
+            run.guard.save(step, 0)
+        run.step(step, xb, yb)
         if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
-            hist.stopped_by_time_limit = True
+            run.hist.stopped_by_time_limit = True
             break
-    if epochs is not None and ep_n:
-        _end_epoch(hist, ep_prev, ep_sum, ep_n, after_epoch, bar, model)
-    if bar is not None:
-        bar.close()
-    model.eval()
-    if checkpoint_path is not None:
-        guard.save(hist.steps, len(hist.epoch_loss))
-        guard.write()
-    hist.time_s = time.perf_counter() - t0
-    return hist
+    return run.finish(checkpoint_path is not None, time.perf_counter() - t0)
 
 
-def _end_epoch(hist: FitHistory, ep: int, total: float, n: int,
-               after_epoch: Callable[[int], None] | None, bar: Any, model: nn.Module) -> None:
-    hist.epoch_loss.append(total / n)
-    if after_epoch is not None:
-        after_epoch(ep)
-        model.train()
-    if bar is not None:
-        bar.update(1)
+def _loss_of(model: nn.Module,
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+             batch_loss: BatchLoss | None) -> BatchLoss:
+    if batch_loss is not None:
+        return batch_loss
+    lf = loss_fn or nn.functional.cross_entropy
+    return lambda xb, yb, _step, _epoch: lf(model(xb), yb)
+
+
+class _Run:
+    """One :func:`fit`: the optimizer step with its checks, the epoch bookkeeping."""
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LRScheduler | None, guard: _Guard, hint: str,
+                 loss: BatchLoss, clip: float | None, after_step: Callable[[int], None] | None,
+                 after_epoch: Callable[[int], None] | None, epochs_mode: bool) -> None:
+        self.model, self.opt, self.sched, self.guard, self.hint = model, opt, sched, guard, hint
+        self.loss, self.clip = loss, clip
+        self.after_step, self.after_epoch, self.epochs_mode = after_step, after_epoch, epochs_mode
+        self.hist = FitHistory()
+        self.bar: Any = None
+        self.epoch, self.ep_sum, self.ep_n = 0, 0.0, 0
+        guard.save(0, 0)
+
+    def _fail(self, what: str, step: int) -> TrainingDivergedError:
+        return self.guard.fail(what, step, self.epoch if self.epochs_mode else None, self.hint)
+
+    def step(self, step: int, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        out = self.loss(xb, yb, step, self.epoch if self.epochs_mode else -1)
+        if isinstance(out, tuple):
+            out, logs = out
+            self.hist.logs.append(dict(logs))
+        loss = out
+        if not torch.isfinite(loss):
+            raise self._fail(f"loss {loss.item()}", step)
+        self.opt.zero_grad()
+        loss.backward()
+        bad = self.guard.bad_gradient()
+        if bad is not None:
+            raise self._fail(f"gradient of {bad}", step)
+        if self.clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        if self.after_step is not None:
+            self.after_step(step)
+            self.model.train()
+        bad = self.guard.bad_parameter()
+        if bad is not None:
+            raise self._fail(bad, step)
+        value = loss.item()
+        self.hist.loss.append(value)
+        self.hist.steps = step + 1
+        self.ep_sum, self.ep_n = self.ep_sum + value * xb.shape[0], self.ep_n + xb.shape[0]
+        if not self.epochs_mode and self.bar is not None:
+            self.bar.update(1)
+
+    def end_epoch(self) -> None:
+        self.hist.epoch_loss.append(self.ep_sum / self.ep_n)
+        self.ep_sum, self.ep_n = 0.0, 0
+        if self.after_epoch is not None:
+            self.after_epoch(self.epoch)
+            self.model.train()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def finish(self, write: bool, time_s: float) -> FitHistory:
+        if self.epochs_mode and self.ep_n:
+            self.end_epoch()
+        if self.bar is not None:
+            self.bar.close()
+        self.model.eval()
+        if write:
+            self.guard.save(self.hist.steps, len(self.hist.epoch_loss))
+            self.guard.write()
+        self.hist.time_s = time_s
+        return self.hist
 
 
 def _progress(desc: str | None, total: int, unit: str) -> Any:
