@@ -186,8 +186,8 @@ class SprintTransformer(nn.Module):
 
         Drops head h's rows of W_q, W_k, W_v (and biases) and its columns of W_o.
         """
-        pruned = set((int(layer), int(h)) for layer, h in pruned)
-        for layer, h in pruned:
+        drop = {(int(layer), int(h)) for layer, h in pruned}
+        for layer, h in drop:
             if not (0 <= layer < len(self.heads) and 0 <= h < self.heads[layer]):
                 raise ValidationError(f"There is no head {h} in layer {layer}; the model has "
                                       f"heads per layer {list(self.heads)}.")
