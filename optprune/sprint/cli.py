@@ -172,10 +172,8 @@ def run_answer(args: argparse.Namespace) -> int:
     print(f"question {q.text}= ({q.steps} steps, {q.difficulty}); N={args.n}, lambda={args.lam}, "
           f"backend {sol.backend}: objective {sol.objective:.4f} "
           f"({'optimal' if sol.optimal else 'not proven optimal'}, gap {sol.gap:.2e})")
-    for cand in out["candidates"]:
-        a = cand["answer"]
-        print(f"  {cand['configuration']:<12} p={cand['predicted_accuracy']:.3f}  "
-              f"answer {a if a >= 0 else 'malformed'}")
+    for c, w, a in zip(chosen, weights, ans):
+        print(f"  {c.id:<12} p={float(w):.3f}  answer {int(a) if a >= 0 else 'malformed'}")
     print(f"majority answer {final}; correct answer {q.answer}: "
           f"{'right' if final == q.answer else 'wrong'}")
     return 0

@@ -242,7 +242,7 @@ def generate(model: SprintTransformer, prompt: torch.Tensor, max_new_tokens: int
     """
     check(temperature >= 0, "The 'temperature' parameter", "non-negative", temperature)
     model.eval()
-    caches = [[] for _ in model.blocks]
+    caches: list[list[torch.Tensor]] = [[] for _ in model.blocks]
     logits = model(prompt, head_mask, caches)[:, -1]
     step_id = int(model.step_ids(prompt[:1])[0, -1])
     out = []

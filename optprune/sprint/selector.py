@@ -233,7 +233,8 @@ class ContrastiveSelector:
         return self
 
 
-def majority_vote(candidates: Sequence[int], weights: Sequence[float] | None = None) -> int:
+def majority_vote(candidates: Sequence[int] | np.ndarray,
+                  weights: Sequence[float] | np.ndarray | None = None) -> int:
     """Most frequent valid answer (-1 = malformed is ignored); ties go to the larger
     summed weight, then to the answer seen first. -1 if every candidate is malformed."""
     tally: dict[int, list[float]] = {}
