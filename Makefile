@@ -29,6 +29,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check optprune tests benchmarks
+	$(VENV)/bin/mypy optprune
 
 clean:
 	rm -rf $(VENV) build *.egg-info
