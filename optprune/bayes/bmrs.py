@@ -132,9 +132,9 @@ def evidence_change(model: NoisyModel, method: str = "N") -> np.ndarray:
     kind, p = _method(method)
     a, b = model.interval
     mu, sigma = _frozen_aware_posterior(model)
-    if kind == "normal":
+    if kind == "normal" or p is None:
         return delta_f_normal(mu, sigma, a, b)
-    return delta_f_uniform(mu, sigma, int(p), a, b)
+    return delta_f_uniform(mu, sigma, p, a, b)
 
 
 def _frozen_aware_posterior(model: NoisyModel) -> tuple[np.ndarray, np.ndarray]:

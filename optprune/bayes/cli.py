@@ -48,6 +48,7 @@ def run_bmrs_cmd(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     data = load_digits_split(seed=args.seed)
+    shape: tuple[int, ...]
     if args.model == "mlp":
         data, model, shape = data.flat(), MLP(64, [50] * 5, 10), (64,)
     else:

@@ -77,8 +77,9 @@ def train_svi(model: NoisyModel, x: torch.Tensor, y: torch.Tensor, *, epochs: in
     for v, what in ((epochs, "epochs"), (batch_size, "batch_size"),
                     (prune_every_epochs, "prune_every_epochs")):
         check(isinstance(v, int) and v >= 1, f"The '{what}' of train_svi", "a positive integer", v)
-    for v, what in ((lr, "lr"), (noise_lr, "noise_lr")):
-        check(math.isfinite(v) and v > 0, f"The '{what}' of train_svi", "a positive number", v)
+    for rate, what in ((lr, "lr"), (noise_lr, "noise_lr")):
+        check(math.isfinite(rate) and rate > 0, f"The '{what}' of train_svi", "a positive number",
+              rate)
     check(math.isfinite(kl_weight) and kl_weight >= 0, "The 'kl_weight' of train_svi",
           "a non-negative number", kl_weight)
     if prune_during is not None:

@@ -23,6 +23,7 @@ longer than the run stops part-way along it).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,7 @@ class _Guard:
     """The last good state (trainable parameters and buffers; frozen parameters never
     change), restored on divergence."""
 
-    def __init__(self, model: nn.Module, check_all: bool, path: str | Path | None,
+    def __init__(self, model: nn.Module, check_all: bool, path: str | os.PathLike | None,
                  spec: dict[str, Any] | None) -> None:
         self.model, self.check_all, self.path, self.spec = model, check_all, path, spec
         self.good: dict[str, torch.Tensor] = {}
@@ -223,7 +224,7 @@ def fit(model: nn.Module, x: Source, y: torch.Tensor | None = None, *,
         after_step: Callable[[int], None] | None = None,
         after_epoch: Callable[[int], None] | None = None,
         check_finite: str = "loss", checkpoint_every: int = 10,
-        checkpoint_path: str | Path | None = None, spec: dict[str, Any] | None = None,
+        checkpoint_path: str | os.PathLike | None = None, spec: dict[str, Any] | None = None,
         time_limit_s: float | None = None, progress: str | None = None,
         hint: str = "Lower the learning rate.") -> FitHistory:
     """Train ``model`` in place (see the module docstring for batches and schedules); it
