@@ -397,27 +397,26 @@ def size_problem(gates: CompressoGates, scores: dict[str, Any] | None = None,
     that meets the budget."""
     s = scores or gates.scores()
     c = gates.size_coefficients()
-    ids, layers, kinds, sc, cost = [], [], [], [], []
+    ids: list[str] = []
+    layers: list[str] = []
+    kinds: list[str] = []
+    sc: list[Any] = []
+    cost: list[float] = []
+
+    def add(n: int, layer: str, kind: str, id_prefix: str, scores: Any) -> None:
+        """``n`` structures of one (layer, kind), each costing the kind's coefficient."""
+        ids.extend(f"{id_prefix}:{i}" for i in range(n))
+        layers.extend([layer] * n)
+        kinds.extend([kind] * n)
+        sc.extend(list(scores))
+        cost.extend([c[kind]] * n)
+
     nh = gates.hidden.n
-    ids += [f"hidden:{i}" for i in range(nh)]
-    layers += ["hidden"] * nh
-    kinds += ["hidden"] * nh
-    sc += list(s["hidden"])
-    cost += [c["hidden"]] * nh
+    add(nh, "hidden", "hidden", "hidden", s["hidden"])
     for b in range(len(gates.head)):
         attn, mlp = gates.slot_layers(b)
-        hn = gates.head[b].n
-        ids += [f"{attn}:head:{h}" for h in range(hn)]
-        layers += [attn] * hn
-        kinds += ["head"] * hn
-        sc += list(s["heads"][b])
-        cost += [c["head"]] * hn
-        fn = gates.ffn[b].n
-        ids += [f"{mlp}:ffn:{j}" for j in range(fn)]
-        layers += [mlp] * fn
-        kinds += ["ffn"] * fn
-        sc += list(s["ffn"][b])
-        cost += [c["ffn"]] * fn
+        add(gates.head[b].n, attn, "head", f"{attn}:head", s["heads"][b])
+        add(gates.ffn[b].n, mlp, "ffn", f"{mlp}:ffn", s["ffn"][b])
     p = AllocationProblem(ids, layers, kinds, np.asarray(sc),
                           {"params": np.asarray(cost, dtype=np.float64)},
                           fixed_costs={"params": c["const"]}, name="compresso")
