@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,hf,onnx,dist]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,torch,hf,onnx,dist]'
 	touch $(STAMP)
 
 # The bench extra (OMLT, Torch-Pruning). Torch-Pruning goes in first with --no-deps, so
@@ -42,6 +42,7 @@ bench-coverage: $(BENCH_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check optprune tests benchmarks
+	$(VENV)/bin/mypy optprune
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -25,7 +25,6 @@ distance below the chord from f = 0 to the largest f).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -44,7 +43,8 @@ from optprune.alloc import allocate  # noqa: E402
 from optprune.nn import discover, score  # noqa: E402
 from optprune.nn import build_problem  # noqa: E402
 from optprune.nn.models import MLP  # noqa: E402
-from optprune.nn.train import accuracy, load_digits_split  # noqa: E402
+from optprune.experiments import accuracy, load_digits_split  # noqa: E402
+from optprune.experiments.jsonio import write_json_atomic  # noqa: E402
 
 FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975]
 BASELINES = ("l2", "e_theta", "snr")
@@ -144,7 +144,7 @@ def run_model(name, make, shape, flat, data, epochs, prune_start, seed, log,
     nm.set_keep(np.ones(n, dtype=bool))
     for m in (*RULES, "N_no2pi"):
         # N_no2pi: BMRS_N without the -0.5 ln(2 pi) of the Gaussian normalizer, i.e. the
-        # formula as summarized in METHODS.md section 5 (formulations/bmrs.md, tests).
+        # closed form as usually summarized (formulations/bmrs.md, tests).
         df = (evidence_change(nm, m) if m != "N_no2pi"
               else evidence_change(nm, "N") + 0.5 * np.log(2 * np.pi))
         keep = df < 0
@@ -283,8 +283,7 @@ def main(argv=None) -> int:
     print(markdown(out))
     print(f"total time {time.perf_counter() - t0:.1f}s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json_atomic(args.json, out)
     return 0
 
 

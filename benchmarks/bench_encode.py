@@ -1,4 +1,4 @@
-"""Encoder benchmarks, measured side by side in one run (METHODS.md section 10).
+"""Encoder benchmarks, measured side by side in one run (formulations/adversarial.md).
 
 Two experiments, each appending JSON lines to --out (rerun the same command to resume:
 finished rows are skipped):

@@ -67,7 +67,7 @@ def main() -> None:
 
     from optprune.nn.corpus import load_corpus, mean_cosine, pack_token_ids, sentence_embeddings
     from optprune.nn.hf import TokenIdsEncoder, load_minilm
-    from optprune.train_prune import fit, own_rounding
+    from optprune.train_prune import own_rounding, train_steps
     from optprune.train_prune.gates_bert import (ScatterHidden, apply_bert_gate_masks,
                                                  bert_masks_params, exact_allocation_by_counts,
                                                  scoped_params, train_compresso_bert)
@@ -125,9 +125,10 @@ def main() -> None:
             for p in pruned.embeddings.parameters():
                 p.requires_grad_(False)
             t = time.perf_counter()
-            fit(ScatterHidden(TokenIdsEncoder(pruned), masks.hidden), x.float(), y, a.ft_steps,
-                lr=a.ft_lr, batch_size=a.batch_size, loss_fn=cos_loss, seed=seed,
-                params=[p for nm, p in pruned.named_parameters() if nm.startswith("encoder.")])
+            train_steps(ScatterHidden(TokenIdsEncoder(pruned), masks.hidden), x.float(), y,
+                        a.ft_steps, lr=a.ft_lr, batch_size=a.batch_size, loss_fn=cos_loss,
+                        seed=seed, params=[p for nm, p in pruned.named_parameters()
+                                           if nm.startswith("encoder.")])
             t_ft = time.perf_counter() - t
             cos1 = quality(pruned, masks.hidden)
             s = 1.0 - n / n_enc

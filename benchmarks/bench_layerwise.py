@@ -17,7 +17,7 @@ ridge term), reported relative to ||Y||^2:
 
 Layers: the 5 x 50 digits MLP (benchmarks/bench_bmrs.py's recipe, 30 epochs) and its five
 Linear consumers of 50 neurons; a 3 x 24 digits MLP (same training) and its three consumers of
-24; the digits ViT of optprune.train_prune (dim 32, 3 blocks of 4 heads of 8, FFN 64; 15
+24; the digits ViT of optprune.experiments (dim 32, 3 blocks of 4 heads of 8, FFN 64; 15
 epochs) with each block's attention projection (4 head groups of 8 columns) and fc2 (64
 channels); random correlated layers (a factor model: 20, 24 and 48 columns, and 12 heads of 4
 columns). Calibration: 512 training images (the ViT: 512 x 17 tokens); the target is the dense
@@ -44,8 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from optprune.nn.layerwise import (LayerStats, column_groups, exact_selection,  # noqa: E402
                                    greedy_elimination, selection_error, swap_search)
 from optprune.nn.models import MLP  # noqa: E402
-from optprune.nn.train import load_digits_split, train  # noqa: E402
-from optprune.train_prune.vit_digits import pretrained_digits_vit  # noqa: E402
+from optprune.experiments import fit, load_digits_split, pretrained_digits_vit  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75)
 
@@ -71,7 +70,7 @@ def real_layers(n_calib: int, seed: int) -> list[dict]:
     out = []
     for hidden in ([50] * 5, [24] * 3):
         mlp = MLP(64, hidden, 10)
-        train(mlp, flat.x_train, flat.y_train, epochs=30, seed=seed)
+        fit(mlp, flat.x_train, flat.y_train, epochs=30, seed=seed)
         names = [str(i) for i in range(2, 2 * len(hidden) + 1, 2)]
         acts = _capture(mlp, names, flat.x_train[:n_calib])
         mods = dict(mlp.named_modules())

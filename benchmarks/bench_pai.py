@@ -22,7 +22,7 @@ from torch import nn
 
 from optprune.nn import prune
 from optprune.nn.models import SmallCNN
-from optprune.nn.train import accuracy, load_digits_split, train
+from optprune.experiments import accuracy, fit, load_digits_split
 
 
 def latency_ms(model: nn.Module, x: torch.Tensor, reps: int = 30) -> float:
@@ -78,7 +78,7 @@ def run(seed: int, density: float, epochs: int, width: int) -> list[dict]:
     init = {k: v.clone() for k, v in dense.state_dict().items()}
     lat_dense = latency_ms(dense, x_lat)
     n_dense = sum(p.numel() for p in dense.parameters())
-    train(dense, d.x_train, d.y_train, epochs=epochs, seed=seed)
+    fit(dense, d.x_train, d.y_train, epochs=epochs, seed=seed)
     rows.append({"method": "dense", "params": n_dense, "latency_ratio": 1.0,
                  "acc": accuracy(dense, d.x_test, d.y_test), "prune_s": 0.0})
 
@@ -90,7 +90,7 @@ def run(seed: int, density: float, epochs: int, width: int) -> list[dict]:
         pruned, rep = prune(m, crit, density, data=calib, selection="exact", baselines=False)
         t_prune = time.perf_counter() - t0
         lat = latency_ms(pruned, x_lat)
-        train(pruned, d.x_train, d.y_train, epochs=epochs, seed=seed)
+        fit(pruned, d.x_train, d.y_train, epochs=epochs, seed=seed)
         rows.append({"method": f"{crit} structured exact", "params": rep.after["params"],
                      "latency_ratio": lat / lat_dense,
                      "acc": accuracy(pruned, d.x_test, d.y_test), "prune_s": t_prune,
@@ -107,7 +107,7 @@ def run(seed: int, density: float, epochs: int, width: int) -> list[dict]:
                     p.mul_(masks[n])
                 hooks.append(p.register_hook(lambda g, mk=masks[n]: g * mk))
         lat = latency_ms(m, x_lat)  # a masked dense model runs at dense speed
-        train(m, d.x_train, d.y_train, epochs=epochs, seed=seed, weight_decay=0.0)
+        fit(m, d.x_train, d.y_train, epochs=epochs, seed=seed, weight_decay=0.0)
         with torch.no_grad():
             for n, p in m.named_parameters():
                 if n in masks:

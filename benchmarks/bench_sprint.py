@@ -144,9 +144,9 @@ def main(argv=None) -> int:
         print("selector:", json.dumps(res["selector"]))
         print(f"total {res['total_time_s']:.1f} s")
     if args.json:
-        from optprune.sprint.experiment import dump
+        from optprune.experiments.jsonio import write_json_atomic
 
-        dump(out, args.json)
+        write_json_atomic(args.json, out)
     return 0
 
 

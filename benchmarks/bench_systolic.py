@@ -1,6 +1,6 @@
 """Systolic-array latency model, tile-aligned allocation and SASP, measured side by side.
 
-    python benchmarks/bench_systolic.py [--part model,shape,plan,sasp] [--epochs 30]
+    python benchmarks/bench_systolic.py [--part model,shape,plan,sasp] [--epochs 40]
         [--arrays 4,8,16,32] [--rates 0,0.1,0.2,0.3,0.4,0.5] [--finetune-epochs 3]
         [--seeds 0,1,2] [--json OUT]
 
@@ -8,6 +8,9 @@
   (equal cycles asserted on every shape) and against SCALE-Sim when it is installed;
   time per GEMM and the speed ratio.
 * shape: SASP's cycle speedup at the published speech-transformer shape (no accuracy).
+The model is the digits ViT of optprune.experiments (the one recipe and split of every
+digits section of BENCHMARKS.md).
+
 * plan: tile-aligned allocation of heads and FFN channels of the digits ViT under
   cycle caps, exact vs the allocation engine's baselines: retained importance,
   predicted cycles and test accuracy of the masked model (no fine-tuning).
@@ -20,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 
 import numpy as np
 import torch
+
+from optprune.experiments import VIT_EPOCHS
+from optprune.experiments.jsonio import write_json_atomic
 
 torch.set_num_threads(1)
 
@@ -105,28 +110,26 @@ def part_shape(arrays, rates) -> list:
 
 
 def _trained(epochs: int, seed: int = 0):
-    from optprune.hw.experiment import train_vit_digits
+    from optprune.experiments import pretrained_digits_vit
 
-    model, info = train_vit_digits(epochs, seed=seed, dim=64, heads=(4, 4), head_dim=16, ffn=128)
-    print(f"[data seed {seed}] ViT dim 64, heads (4, 4) x 16, FFN 128, 17 tokens; trained "
-          f"{epochs} epochs in {info['train_time_s']:.1f} s; test accuracy {info['test_accuracy']:.4f}")
-    return model, info
+    dv = pretrained_digits_vit(epochs, seed=seed)
+    print(f"[seed {seed}] digits ViT (dim 32, heads (4, 4, 4) x 8, FFN 64, 17 tokens); trained "
+          f"{epochs} epochs in {dv.pretrain_s:.1f} s; test accuracy {dv.test_accuracy:.4f}")
+    return dv
 
 
-def part_plan(model, info, arrays, caps=(0.5, 0.6, 0.7, 0.8, 0.9)) -> list:
-    from optprune.hw.experiment import DIGITS_SHAPE
+def part_plan(dv, arrays, caps=(0.5, 0.6, 0.7, 0.8, 0.9)) -> list:
+    from optprune.experiments import DIGITS_SHAPE, accuracy
     from optprune.hw.plan import plan_allocation
     from optprune.nn.importance import score
     from optprune.nn.structures import discover
 
-    s = discover(model, DIGITS_SHAPE)
-    data = (info["X_train"], info["y_train"])
-    sc = score(s, "taylor", data)
-    Xte, yte = info["X_test"], info["y_test"]
+    s = discover(dv.model, DIGITS_SHAPE)
+    sc = score(s, "taylor", (dv.data.x_train, dv.data.y_train))
 
     def acc(keep):
-        with s.masked(keep) as m, torch.no_grad():
-            return float((m(Xte).argmax(1) == yte).float().mean())
+        with s.masked(keep) as m:
+            return accuracy(m, dv.data.x_test, dv.data.y_test)
 
     out = []
     print("[plan] max Taylor importance s.t. model cycles <= cap x dense (ws); accuracy of the "
@@ -155,12 +158,14 @@ def part_plan(model, info, arrays, caps=(0.5, 0.6, 0.7, 0.8, 0.9)) -> list:
     return out
 
 
-def part_sasp(model, info, arrays, rates, ft_epochs, max_rate=0.75, seed=0) -> list:
-    from optprune.hw.experiment import DIGITS_SHAPE, accuracy, finetune_masked
-    from optprune.hw.tiles import (MATRIX_KINDS, apply_tile_masks, block_mask, sasp_prune,
-                                   tile_grids, tile_importance)
+def part_sasp(dv, arrays, rates, ft_epochs, max_rate=0.75, seed=0) -> list:
+    from optprune.errors import InfeasibleProblemError
+    from optprune.experiments import DIGITS_SHAPE, accuracy
+    from optprune.hw.tiles import (MATRIX_KINDS, apply_tile_masks, block_mask, finetune_masked,
+                                   sasp_prune, tile_grids, tile_importance)
 
-    Xtr, ytr, Xte, yte = info["X_train"], info["y_train"], info["X_test"], info["y_test"]
+    model = dv.model
+    Xtr, ytr, Xte, yte = dv.data.as_tuple()
     base_acc = accuracy(model, Xte, yte)
     ft_dense = finetune_masked(copy.deepcopy(model), {}, Xtr, ytr, ft_epochs, seed=1)
     base_ft = accuracy(ft_dense, Xte, yte)
@@ -169,14 +174,22 @@ def part_sasp(model, info, arrays, rates, ft_epochs, max_rate=0.75, seed=0) -> l
     print(f"  {'array':>5} {'rate':>4} {'method':>9} {'tiles':>9} {'speedup':>7} {'acc':>6} "
           f"{'acc ft':>6} {'same as exact':>13}")
     out = []
+    bounds = {k: max_rate for k in MATRIX_KINDS}
     for a in arrays:
         grids, dense = tile_grids(model, DIGITS_SHAPE, f"{a}x{a}")
         sc = tile_importance(model, grids, "frobenius", normalize="matrix")
         exact_keep = None
         for rate in rates:
             for method in ("exact", "threshold"):
-                r = sasp_prune(grids, dense, sc, prune_rate=rate, method=method,
-                               max_rate={k: max_rate for k in MATRIX_KINDS})
+                try:
+                    r = sasp_prune(grids, dense, sc, prune_rate=rate, method=method,
+                                   max_rate=bounds)
+                except InfeasibleProblemError:  # fewer tiles per matrix than the rate needs
+                    out.append({"seed": seed, "array": a, "rate": rate, "method": method,
+                                "infeasible": True})
+                    print(f"  {a:>5} {rate:>4} {method:>9} infeasible: at most {max_rate} of "
+                          "each matrix's tiles may go")
+                    break
                 same = exact_keep is not None and all(
                     np.array_equal(r.keep[g.module], exact_keep[g.module]) for g in grids)
                 if method == "exact":
@@ -194,7 +207,8 @@ def part_sasp(model, info, arrays, rates, ft_epochs, max_rate=0.75, seed=0) -> l
                        "prune_rate": r.prune_rate, "speedup": r.speedup,
                        "cycles": r.cycles, "dense_cycles": r.dense_cycles, "acc": acc0,
                        "acc_ft": acc_ft, "retained": r.retained_importance / r.total_importance,
-                       "same_as_exact": same if method == "threshold" else None}
+                       "same_as_exact": same if method == "threshold" else None,
+                       "infeasible": False}
                 out.append(row)
                 print(f"  {a:>5} {rate:>4} {method:>9} {r.kept_tiles:>4}/{r.n_tiles:<4} "
                       f"{r.speedup:7.3f} {acc0:6.4f} {acc_ft:6.4f} "
@@ -206,7 +220,7 @@ def part_sasp(model, info, arrays, rates, ft_epochs, max_rate=0.75, seed=0) -> l
           "fine-tuned):")
     for a in arrays:
         ok = [r for r in out if r["array"] == a and r["method"] == "exact"
-              and r["acc_ft"] >= ref - 0.01]
+              and not r["infeasible"] and r["acc_ft"] >= ref - 0.01]
         best = max(ok, key=lambda r: r["rate"]) if ok else None
         if best:
             print(f"    {a:>2}x{a:<2}: rate {best['rate']:.1f}, speedup {best['speedup']:.3f}, "
@@ -225,6 +239,9 @@ def _sasp_summary(rows, arrays, rates) -> None:
         cells = []
         for r in rates:
             sel = [x for x in rows if x["array"] == a and x["rate"] == r and x["method"] == "exact"]
+            if any(x["infeasible"] for x in sel):
+                cells.append("infeasible")
+                continue
             d0 = np.mean([100 * (max(x["dense_acc"], x["dense_acc_ft"]) - x["acc"]) for x in sel])
             d1 = np.mean([100 * (max(x["dense_acc"], x["dense_acc_ft"]) - x["acc_ft"]) for x in sel])
             cells.append(f"{d0:5.1f}/{d1:4.1f} x{sel[0]['speedup']:.2f}")
@@ -234,7 +251,7 @@ def _sasp_summary(rows, arrays, rates) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", default="model,shape,plan,sasp")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=VIT_EPOCHS, help="pre-training epochs")
     ap.add_argument("--arrays", default="4,8,16,32")
     ap.add_argument("--rates", default="0,0.1,0.2,0.3,0.4,0.5")
     ap.add_argument("--finetune-epochs", type=int, default=3)
@@ -254,20 +271,18 @@ def main(argv=None) -> int:
     if parts & {"plan", "sasp"}:
         res["sasp"] = []
         for i, seed in enumerate(seeds):
-            model, info = _trained(args.epochs, seed)
-            res.setdefault("dense_test_accuracy", []).append(info["test_accuracy"])
+            dv = _trained(args.epochs, seed)
+            res.setdefault("dense_test_accuracy", []).append(dv.test_accuracy)
             if "plan" in parts and i == 0:
-                res["plan"] = part_plan(model, info, arrays)
+                res["plan"] = part_plan(dv, arrays)
             if "sasp" in parts:
-                res["sasp"] += part_sasp(model, info, arrays, rates, args.finetune_epochs,
-                                         seed=seed)
+                res["sasp"] += part_sasp(dv, arrays, rates, args.finetune_epochs, seed=seed)
         if "sasp" in parts and len(seeds) > 1:
             _sasp_summary(res["sasp"], arrays, rates)
     res["total_s"] = time.perf_counter() - t0
     print(f"total {res['total_s']:.1f} s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1, default=float)
+        write_json_atomic(args.json, res)
     return 0
 
 

@@ -13,17 +13,21 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_train_prune.py [--seeds 0,1]
         [--epochs 15] [--gate-steps 400] [--period 150] [--recovery 150] [--json OUT]
 
-Every accuracy is on the held-out quarter of scikit-learn's digits (450 images).
+The model is the digits ViT of optprune.experiments (the one recipe and split of every
+digits section of BENCHMARKS.md), pre-trained only --epochs (15, not the recipe's 40: short on
+purpose, so every arm that trains further can be compared with the others). Every accuracy
+is on the held-out quarter of scikit-learn's digits (450 images).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
+
+from optprune.experiments.jsonio import write_json_atomic
 
 
 def main() -> None:
@@ -45,25 +49,19 @@ def main() -> None:
     summarize(runs)
     print(f"\ntotal time {time.perf_counter() - t0:.0f} s")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(runs, f, indent=1)
+        write_json_atomic(a.json, runs)
 
 
 def one_seed(a, seed: int) -> dict:
-    from optprune.nn.models import ViT
-    from optprune.nn.train import accuracy, load_digits_split, train
-    from optprune.train_prune import (evaluate_masks, exact_allocation, fit,
-                                      one_shot_prune, own_rounding, plan_removal,
-                                      progressive_prune, train_compresso)
+    from optprune.experiments import accuracy, pretrained_digits_vit
+    from optprune.train_prune import (evaluate_masks, exact_allocation, one_shot_prune,
+                                      own_rounding, plan_removal, progressive_prune,
+                                      train_compresso, train_steps)
 
-    d = load_digits_split(seed=seed)
-    torch.manual_seed(seed)
-    vit = ViT(dim=32, heads=(4, 4, 4), head_dim=8, ffn=64)
-    t = time.perf_counter()
-    train(vit, d.x_train, d.y_train, epochs=a.epochs, seed=seed)
-    out = {"seed": seed, "dense_acc": accuracy(vit, d.x_test, d.y_test),
-           "dense_params": sum(p.numel() for p in vit.parameters()),
-           "pretrain_s": time.perf_counter() - t, "compresso": [], "loreshear": []}
+    dv = pretrained_digits_vit(epochs=a.epochs, seed=seed)
+    vit, d = dv.model, dv.data
+    out = {"seed": seed, "dense_acc": dv.test_accuracy, "dense_params": dv.dense_params,
+           "pretrain_s": dv.pretrain_s, "compresso": [], "loreshear": []}
     print(f"seed {seed}: dense ViT {out['dense_params']} params, test acc {out['dense_acc']:.4f}")
 
     for target in (0.3, 0.5):
@@ -83,7 +81,7 @@ def one_seed(a, seed: int) -> dict:
         for name, m in masks.items():
             ev = evaluate_masks(res, m, d.x_test, d.y_test)
             pruned = ev.pop("model")
-            fit(pruned, d.x_train, d.y_train, a.finetune, lr=1e-3, seed=seed)
+            train_steps(pruned, d.x_train, d.y_train, a.finetune, lr=1e-3, seed=seed)
             ev["accuracy_finetuned"] = accuracy(pruned, d.x_test, d.y_test)
             row[name] = ev
         row["total_s"] = time.perf_counter() - t

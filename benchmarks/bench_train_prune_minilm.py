@@ -56,7 +56,7 @@ def train_arm(bert, x, y, steps: int, a, seed: int = 0, shrink_plan=None) -> dic
     ``shrink_plan`` the plan's removed groups (and their adapter entries) shrink to
     zero over the steps. Returns the shrink record (or {}) and the trained count."""
     from optprune.nn.hf import TokenIdsEncoder
-    from optprune.train_prune import add_lora, fit, merge_lora, progressive_shrink
+    from optprune.train_prune import add_lora, merge_lora, progressive_shrink, train_steps
 
     if a.lora:
         pm = add_lora(bert, a.lora, LORA_TARGETS)
@@ -73,8 +73,8 @@ def train_arm(bert, x, y, steps: int, a, seed: int = 0, shrink_plan=None) -> dic
                                  loss_fn=cos_loss, trainable=params, seed=seed)
         out.update(shr)
     else:
-        fit(enc, x, y, steps, lr=lr, batch_size=a.batch_size, loss_fn=cos_loss, params=params,
-            seed=seed)
+        train_steps(enc, x, y, steps, lr=lr, batch_size=a.batch_size, loss_fn=cos_loss,
+                    params=params, seed=seed)
     if a.lora:
         merge_lora(pm, trainable=False)
     return out

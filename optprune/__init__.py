@@ -10,8 +10,7 @@ The main entry points, imported lazily so that ``import optprune`` stays light
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._extras import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -30,7 +29,4 @@ __all__ = ["AllocationProblem", "LinearModel", "SolveOptions", "__version__", "a
            "discover", "pareto_front", "prune", "solve"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'optprune' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from ._extras import missing_extra
 from .errors import OptpruneError
 
 # Modules that define ``add_parsers(subparsers)``; each subcommand sets
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except OptpruneError as exc:
         print(f"optprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # a command of an extra that is not installed
+        err = missing_extra(exc)
+        if err is None:
+            raise
+        print(f"optprune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head and the like
         return 0

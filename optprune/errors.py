@@ -37,6 +37,11 @@ class SolutionMismatchError(OptpruneError, RuntimeError):
     constraint or is worth other than the solver reported. Never returned as a result."""
 
 
+class CheckpointError(OptpruneError, ValueError):
+    """A model file that cannot be read back (missing, damaged, another program's or
+    another format), or a checkpoint that cannot be written; the message names the file."""
+
+
 class TrainingDivergedError(OptpruneError, RuntimeError):
     """A loss (or gradient, or parameter) became NaN or infinite. The model was reset to
     its last good checkpoint, which the error carries: ``checkpoint`` (name -> tensor),

@@ -135,7 +135,7 @@ def run_allocate(args: argparse.Namespace) -> int:
 
 
 def _default(o: Any) -> Any:
-    from ..solve.model import _json_default
+    from ..experiments.jsonio import json_default as _json_default
 
     return _json_default(o)
 

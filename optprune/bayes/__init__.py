@@ -7,8 +7,7 @@ Names are imported lazily so that the command line starts without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._extras import lazy_getattr
 
 _LAZY = {
     "METHODS": "bmrs",
@@ -63,7 +62,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -20,8 +20,9 @@ structure switched off. No threshold is tuned. Two reduced priors (formulations/
   Note 0.5 ln(s2q / (sigma^2 s_p^2)) = -0.5 ln(sigma^2 + s_p^2) and
   mu^2/sigma^2 + m_p^2/s_p^2 - mq^2/s2q = (mu - m_p)^2 / (sigma^2 + s_p^2): the form above
   is the textbook one without its catastrophic cancellation (m_p^2/s_p^2 = 4e14), and it
-  keeps the -0.5 ln(2 pi) of the Gaussian normalizer that the summary in
-  METHODS.md section 5 leaves out (checked against numerical integration in the tests).
+  keeps the -0.5 ln(2 pi) of the Gaussian normalizer that the usual summary of the closed
+  form leaves out (formulations/bmrs.md; checked against numerical integration in the
+  tests).
   As s_p -> 0, dF -> ln((b - a) q(a)): the Savage-Dickey ratio at theta = e^a.
 * BMRS_U: p~ = U[a', b'] with a' = ln 2^-23, b' = ln 2^-p (p = 8 or 4: the values an
   8- or 4-bit fixed-point number rounds to zero):
@@ -131,9 +132,9 @@ def evidence_change(model: NoisyModel, method: str = "N") -> np.ndarray:
     kind, p = _method(method)
     a, b = model.interval
     mu, sigma = _frozen_aware_posterior(model)
-    if kind == "normal":
+    if kind == "normal" or p is None:
         return delta_f_normal(mu, sigma, a, b)
-    return delta_f_uniform(mu, sigma, int(p), a, b)
+    return delta_f_uniform(mu, sigma, p, a, b)
 
 
 def _frozen_aware_posterior(model: NoisyModel) -> tuple[np.ndarray, np.ndarray]:

@@ -36,19 +36,19 @@ def lenet5():
 
 
 def run_bmrs_cmd(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from ..errors import check
+    from ..experiments.jsonio import write_json_atomic
     from ..nn.models import MLP
-    from ..nn.train import accuracy, load_digits_split
+    from ..experiments import accuracy, load_digits_split
     from . import attach_noise, bmrs_allocate, train_svi
 
     check(args.epochs >= 1, "The '--epochs' of optprune bmrs", "a positive integer", args.epochs)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     data = load_digits_split(seed=args.seed)
+    shape: tuple[int, ...]
     if args.model == "mlp":
         data, model, shape = data.flat(), MLP(64, [50] * 5, 10), (64,)
     else:
@@ -79,7 +79,6 @@ def run_bmrs_cmd(args: argparse.Namespace) -> int:
           f"{report['params_dense']}; test accuracy {acc:.4f} (before the selection "
           f"{acc_train_end:.4f})")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1, default=float)
+        write_json_atomic(args.out, report)
         print(f"report written to {args.out}")
     return 0

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -134,6 +134,10 @@ class NoiseLayer(nn.Module):
     """The posterior of ``n`` structures of one (layer, kind): ``mu`` and ``log_sigma``
     (parameters) and ``mask`` (buffer; 0 = pruned, its theta is 0)."""
 
+    mask: torch.Tensor
+    frozen_mu: torch.Tensor
+    frozen_log_sigma: torch.Tensor
+
     def __init__(self, n: int, layer: str, kind: str, mu_init: float = 0.0,
                  log_sigma_init: float = -2.0, a: float = -20.0, b: float = 0.0,
                  log_sigma_range: tuple[float, float] = (-10.0, 4.0)) -> None:
@@ -222,6 +226,8 @@ class NoisyModel(nn.Module):
     ``group_slot[i]``/``group_pos[i]`` locate group i in the noise layers.
     """
 
+    _perm: torch.Tensor
+
     def __init__(self, base: nn.Module, structures: Any, noise: dict[str, NoiseLayer]) -> None:
         super().__init__()
         self.base = base
@@ -269,7 +275,10 @@ class NoisyModel(nn.Module):
 
     # ----------------------------------------------------------------- theta
     def layers(self) -> list[NoiseLayer]:
-        return [self.noise[k] for k in self._keys]
+        return [self._layer(k) for k in self._keys]
+
+    def _layer(self, key: str) -> NoiseLayer:
+        return cast(NoiseLayer, self.noise[key])
 
     def _assemble(self, per_layer: list[torch.Tensor]) -> torch.Tensor:
         cat = torch.cat(per_layer, dim=1)[:, self._perm]
@@ -324,8 +333,8 @@ class NoisyModel(nn.Module):
     @torch.no_grad()
     def posterior(self) -> tuple[np.ndarray, np.ndarray]:
         """(mu, sigma) per group, in the order of ``structures.groups`` (float64)."""
-        mus = {k: self.noise[k].params64()[0] for k in self._keys}
-        sig = {k: self.noise[k].params64()[1] for k in self._keys}
+        mus = {k: self._layer(k).params64()[0] for k in self._keys}
+        sig = {k: self._layer(k).params64()[1] for k in self._keys}
         return self._per_group(mus), self._per_group(sig)
 
     @property
@@ -335,18 +344,18 @@ class NoisyModel(nn.Module):
 
     def keep_mask(self) -> np.ndarray:
         """True where a structure is still in the model."""
-        return self._per_group({k: self.noise[k].mask > 0 for k in self._keys}).astype(bool)
+        return self._per_group({k: self._layer(k).mask > 0 for k in self._keys}).astype(bool)
 
     @torch.no_grad()
     def set_keep(self, keep: Sequence[bool] | np.ndarray) -> None:
         """Set the mask of every group (False = pruned; pruned posteriors are frozen).
         A structure set back to True is restored with its frozen posterior."""
-        keep = self.structures.check_keep(keep)
+        keep_arr = self.structures.check_keep(keep)
         for k in self._keys:
-            lay = self.noise[k]
+            lay = self._layer(k)
             idx = [i for i, s in enumerate(self.group_slot) if s == k]
             pos = torch.as_tensor([self.group_pos[i] for i in idx])
-            want = torch.as_tensor(keep[idx])
+            want = torch.as_tensor(keep_arr[idx])
             drop = torch.zeros(lay.n, dtype=torch.bool)
             drop[pos[~want]] = True
             revive = torch.zeros(lay.n, dtype=torch.bool)
@@ -440,7 +449,8 @@ def attach_noise(model: nn.Module, input_shape: Sequence[int], *, exclude: Seque
     check(len(log_sigma_range) == 2 and log_sigma_range[0] < log_sigma_range[1],
           "The 'log_sigma_range' of attach_noise", "(low, high) with low < high",
           log_sigma_range)
-    noise = {k: NoiseLayer(n, lay, kind, mu_init, log_sigma_init, a, b, tuple(log_sigma_range))
+    noise = {k: NoiseLayer(n, lay, kind, mu_init, log_sigma_init, a, b,
+                            (float(log_sigma_range[0]), float(log_sigma_range[1])))
              for k, (lay, kind, n) in sizes.items()}
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

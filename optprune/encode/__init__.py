@@ -1,4 +1,4 @@
-"""Pruned ReLU networks as adversarial-example MIPs (METHODS.md section 10).
+"""Pruned ReLU networks as adversarial-example MIPs (formulations/adversarial.md).
 
 network.py: torch / scikit-learn / ONNX -> one float64 numpy Network;
 bounds.py: interval, symbolic (back-substitution), LP and progressive (LP then MIP)

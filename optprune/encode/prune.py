@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import ValidationError, check
 
 __all__ = ["digits_data", "train_mlp", "prune_neurons", "finetune", "accuracy",
-           "PruneReport", "prune_and_finetune", "neuron_scores", "SELECTIONS"]
+           "NeuronPruneReport", "prune_and_finetune", "neuron_scores", "SELECTIONS"]
 
 SELECTIONS = ("layerwise", "exact")
 
@@ -236,7 +236,7 @@ def finetune(model: Any, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: flo
 
 
 @dataclass(frozen=True)
-class PruneReport:
+class NeuronPruneReport:
     keep_fraction: float
     hidden_before: list[int]
     hidden_after: list[int]
@@ -254,7 +254,7 @@ def _params(model: Any) -> int:
 
 def prune_and_finetune(model: Any, keep_fraction: float, data: tuple, seed: int = 0,
                        finetune_epochs: int = 20, selection: str = "layerwise",
-                       importance: str = "norm_product") -> tuple[Any, PruneReport]:
+                       importance: str = "norm_product") -> tuple[Any, NeuronPruneReport]:
     """Prune (``selection``, see the module docstring) to the size of ``keep_fraction``
     of each hidden layer, fine-tune, report accuracy."""
     from torch import nn
@@ -265,6 +265,6 @@ def prune_and_finetune(model: Any, keep_fraction: float, data: tuple, seed: int 
     if finetune_epochs:
         pruned = finetune(pruned, Xtr, ytr, finetune_epochs, seed=seed)
     widths = lambda m: [L.out_features for L in m if isinstance(L, nn.Linear)][:-1]  # noqa: E731
-    return pruned, PruneReport(keep_fraction, widths(model), widths(pruned), _params(model),
+    return pruned, NeuronPruneReport(keep_fraction, widths(model), widths(pruned), _params(model),
                                _params(pruned), accuracy(model, Xte, yte),
                                accuracy(pruned, Xte, yte), selection, info or None)

@@ -8,8 +8,7 @@ loads torch when first used (so ``optprune systolic cycles`` stays light).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._extras import lazy_getattr
 
 _LAZY = {
     **{n: "optprune.hw.systolic" for n in (
@@ -28,7 +27,4 @@ _LAZY = {
 __all__ = list(_LAZY)  # noqa: PLE0605 (built from the lazy table)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'optprune.hw' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -36,11 +36,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         q = ss.add_parser(name, help=helptext, description=helptext)
         q.add_argument("--array", required=True, metavar="RxC")
         q.add_argument("--model", default="vit-digits", choices=["vit-digits", "vit"],
-                       help="vit-digits: optprune's ViT trained on sklearn digits for "
-                       "--epochs; vit: the same ViT untrained")
-        q.add_argument("--epochs", type=int, default=10, help="training epochs of vit-digits")
-        q.add_argument("--heads", default="4,4", help="heads per block, e.g. 4,4")
-        q.add_argument("--ffn", type=int, default=128, help="FFN width")
+                       help="vit-digits: the digits ViT of optprune.experiments (width 32, 3 "
+                       "blocks of 4 heads of 8, FFN 64) trained --epochs on the digits split; "
+                       "vit: the same ViT untrained")
+        q.add_argument("--epochs", type=int, default=None,
+                       help="training epochs of vit-digits (default: the recipe's, "
+                       "optprune.experiments.VIT_EPOCHS)")
         q.add_argument("--batch", type=int, default=1, help="samples per inference batch")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--backend", default="highs")
@@ -110,51 +111,38 @@ def run_cycles(args: argparse.Namespace) -> int:
     return 0
 
 
-def _heads(spec: str) -> tuple[int, ...]:
-    try:
-        h = tuple(int(v) for v in spec.split(",") if v.strip())
-    except ValueError:
-        h = ()
-    if not h or any(v < 0 for v in h):
-        raise ValidationError(f"--heads must be a comma-separated list of head counts such as "
-                              f"4,4; got {spec!r}.")
-    return h
-
-
-def _model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+def _model(args: argparse.Namespace) -> Any:
     import torch
 
-    from .experiment import train_vit_digits
+    from ..experiments.recipes import VIT_EPOCHS, pretrained_digits_vit
 
     torch.set_num_threads(1)
-    epochs = args.epochs if args.model == "vit-digits" else 0
-    if args.epochs < 0:
-        raise ValidationError(f"--epochs must be a non-negative integer; got {args.epochs}.")
-    return train_vit_digits(epochs, seed=args.seed, heads=_heads(args.heads), ffn=args.ffn)
+    epochs = VIT_EPOCHS if args.epochs is None else args.epochs
+    if epochs < 0:
+        raise ValidationError(f"--epochs must be a non-negative integer; got {epochs}.")
+    return pretrained_digits_vit(epochs if args.model == "vit-digits" else 0, seed=args.seed)
 
 
 def run_plan(args: argparse.Namespace) -> int:
     from ..nn.importance import score
     from ..nn.structures import discover
     from ..solve import get_backend
-    from .experiment import DIGITS_SHAPE
+    from ..experiments.data import DIGITS_SHAPE
     from .plan import plan_allocation
     from .systolic import check_dataflow, parse_array
 
     parse_array(args.array)
     check_dataflow(args.dataflow)
     get_backend(args.backend)
-    model, info = _model(args)
-    s = discover(model, DIGITS_SHAPE)
-    data = (info["X_train"], info["y_train"])
-    sc = score(s, args.importance, data)
+    dv = _model(args)
+    s = discover(dv.model, DIGITS_SHAPE)
+    sc = score(s, args.importance, (dv.data.x_train, dv.data.y_train))
     r = plan_allocation(s, sc, args.array, args.dataflow, batch=args.batch,
                         latency_cap=args.latency_cap, importance_floor=args.importance_floor,
                         params_budget=args.params_budget, min_keep=args.min_keep,
                         align=not args.no_align, backend=args.backend)
     d = r.to_dict()
-    d["model"] = {"name": args.model, "test_accuracy": info["test_accuracy"],
-                  "epochs": info["epochs"]}
+    d["model"] = {"name": args.model, "test_accuracy": dv.test_accuracy, "epochs": dv.epochs}
     if args.json:
         print(json.dumps(d))
         return 0
@@ -186,23 +174,25 @@ def _max_rate(spec: str) -> dict[str, float]:
 
 def run_sasp(args: argparse.Namespace) -> int:
     from ..solve import get_backend
-    from .experiment import DIGITS_SHAPE, accuracy
+    from ..experiments.data import DIGITS_SHAPE
+    from ..experiments.training import accuracy
     from .systolic import parse_array
     from .tiles import apply_tile_masks, sasp_prune, tile_grids, tile_importance
 
     parse_array(args.array)
     get_backend(args.backend)
     max_rate = _max_rate(args.max_rate)
-    model, info = _model(args)
+    dv = _model(args)
+    model, data = dv.model, dv.data
     grids, dense = tile_grids(model, DIGITS_SHAPE, args.array, batch=args.batch)
-    sc = tile_importance(model, grids, args.importance, (info["X_train"], info["y_train"]),
+    sc = tile_importance(model, grids, args.importance, (data.x_train, data.y_train),
                          DIGITS_SHAPE, normalize=args.normalize)
     r = sasp_prune(grids, dense, sc, prune_rate=args.prune_rate, cycle_cap=args.cycle_cap,
                    max_rate=max_rate, method=args.method, backend=args.backend)
     pruned = apply_tile_masks(model, grids, r.keep)
     d = r.to_dict()
-    d["test_accuracy_dense"] = info["test_accuracy"]
-    d["test_accuracy_pruned"] = accuracy(pruned, info["X_test"], info["y_test"])
+    d["test_accuracy_dense"] = dv.test_accuracy
+    d["test_accuracy_pruned"] = accuracy(pruned, data.x_test, data.y_test)
     if args.json:
         d["per_matrix"] = r.per_matrix
         print(json.dumps(d))

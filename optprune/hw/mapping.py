@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import UnsupportedModuleError, ValidationError, check
-from .systolic import check_dataflow, gemm_cycles, parse_array
+from .systolic import ArrayConfig, check_dataflow, gemm_cycles, parse_array
 
 __all__ = ["Gemm", "linear_gemm", "conv2d_gemm", "transformer_block_gemms", "model_gemms",
            "total_cycles", "SlotLatency", "LatencyModel", "latency_model"]
@@ -58,8 +58,8 @@ class Gemm:
     def __post_init__(self) -> None:
         for what in ("M", "K", "N", "count"):
             v = getattr(self, what)
-            check(isinstance(v, (int, np.integer)) and v >= 1, f"The {what} of GEMM {self.name!r}",
-                  "a positive integer", v)
+            check(isinstance(v, (int, np.integer)) and bool(v >= 1),
+                  f"The {what} of GEMM {self.name!r}", "a positive integer", v)
 
     @property
     def macs(self) -> int:
@@ -249,6 +249,41 @@ class LatencyModel:
                 "slots": [s.to_dict() for s in self.slots]}
 
 
+def _slot_cuts(structures: Any, layer: str, kind: str, idx: np.ndarray,
+               by_weight: dict[str, int]) -> dict[int, tuple[int, int]]:
+    """GEMM index -> (dimension of its weight, entries per structure) that the slot's
+    structures cut; every structure of a slot must cut the same amount."""
+    per_slot: dict[int, tuple[int, int]] = {}
+    for tname, dim, _ in structures.groups[int(idx[0])].slices:
+        if tname not in by_weight:
+            continue
+        sizes = {sum(len(sl) for n, d, sl in structures.groups[int(i)].slices
+                     if n == tname and d == dim) for i in idx}
+        if len(sizes) != 1:
+            raise ValidationError(f"The structures of slot ({layer!r}, {kind!r}) cut "
+                                  f"{tname!r} by different amounts {sorted(sizes)}; latency "
+                                  "tables need equal-size structures per slot.")
+        per_slot[by_weight[tname]] = (dim, sizes.pop())
+    return per_slot
+
+
+def _cut_cycles(g: Gemm, dim: int, per: int, w: int, a: ArrayConfig, dataflow: str) -> np.ndarray:
+    """Cycles of GEMM ``g`` with k = 0..w structures of ``per`` entries kept along ``dim``
+    of its weight (0: output rows, N shrinks; 1: input columns, K shrinks, a conv input
+    channel being ``kernel_taps`` rows); 0 where a dimension is empty."""
+    removed = (w - np.arange(w + 1)) * per
+    M = np.full(w + 1, g.M)
+    if dim == 0:
+        N, K = g.N - removed, np.full(w + 1, g.K)
+    else:
+        N, K = np.full(w + 1, g.N), g.K - removed * g.kernel_taps
+    live = (N > 0) & (K > 0)
+    c = np.zeros(w + 1, dtype=np.int64)
+    if live.any():
+        c[live] = gemm_cycles(M[live], K[live], N[live], a, dataflow) * g.count
+    return c
+
+
 def latency_model(structures: Any, array: Any, dataflow: str, batch: int = 1) -> LatencyModel:
     """Staircase latency tables for every slot of a ``StructureSet`` (see module doc).
 
@@ -266,19 +301,7 @@ def latency_model(structures: Any, array: Any, dataflow: str, batch: int = 1) ->
     cuts: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}  # slot -> gemm -> (dim, per)
     heads: dict[tuple[str, str], list[int]] = {}
     for (layer, kind), idx in structures.layer_kind_index().items():
-        g0 = structures.groups[int(idx[0])]
-        per_slot: dict[int, tuple[int, int]] = {}
-        for tname, dim, _ in g0.slices:
-            if tname not in by_weight:
-                continue
-            gi = by_weight[tname]
-            sizes = {sum(len(sl) for n, d, sl in structures.groups[int(i)].slices
-                         if n == tname and d == dim) for i in idx}
-            if len(sizes) != 1:
-                raise ValidationError(f"The structures of slot ({layer!r}, {kind!r}) cut "
-                                      f"{tname!r} by different amounts {sorted(sizes)}; latency "
-                                      "tables need equal-size structures per slot.")
-            per_slot[gi] = (dim, sizes.pop())
+        per_slot = _slot_cuts(structures, layer, kind, idx, by_weight)
         for gi in per_slot:
             if gi in owner and owner[gi] != (layer, kind):
                 raise ValidationError(
@@ -295,27 +318,16 @@ def latency_model(structures: Any, array: Any, dataflow: str, batch: int = 1) ->
     slots = []
     for (layer, kind), idx in structures.layer_kind_index().items():
         w = int(idx.size)
-        k = np.arange(w + 1)
         table = np.zeros(w + 1, dtype=np.int64)
         names = []
         for gi, (dim, per) in cuts[(layer, kind)].items():
-            g = gemms[gi]
-            removed = (w - k) * per
-            M = np.full(w + 1, g.M)
-            if dim == 0:  # output rows of the weight: N shrinks
-                N, K = g.N - removed, np.full(w + 1, g.K)
-            else:  # input columns: K shrinks (a conv input channel is kernel_taps rows)
-                N, K = np.full(w + 1, g.N), g.K - removed * g.kernel_taps
-            live = (N > 0) & (K > 0)
-            c = np.zeros(w + 1, dtype=np.int64)
-            if live.any():
-                c[live] = gemm_cycles(M[live], K[live], N[live], a, dataflow) * g.count
-            table += c
-            names.append(g.name)
+            table += _cut_cycles(gemms[gi], dim, per, w, a, dataflow)
+            names.append(gemms[gi].name)
         for gi in heads.get((layer, kind), []):
             g = gemms[gi]
             per_head = int(gemm_cycles(g.M, g.K, g.N, a, dataflow))
-            table += per_head * (g.count // modules[layer].num_heads) * k
+            n_heads = int(cast(MultiHeadAttention, modules[layer]).num_heads)
+            table += per_head * (g.count // n_heads) * np.arange(w + 1)
             names.append(g.name)
         slots.append(SlotLatency(layer, kind, w, tuple(names), table))
     fixed = sum(g.cycles(a, dataflow) for i, g in enumerate(gemms) if i not in owner)

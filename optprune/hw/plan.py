@@ -82,7 +82,7 @@ def build_problem(structures: Any, scores: np.ndarray, lm: LatencyModel, align: 
                           fixed_costs={"params": float(structures.fixed_params)}, name=name)
     aligned: dict[str, int] = {}
     for s in lm.slots:
-        p.add_latency_table(s.layer, s.kind, s.table)
+        p.add_latency_table(s.layer, s.kind, s.table.tolist())
         m = aligned_multiple(s.steps, s.width) if align else None
         if m is not None and m > 1:
             p.add_multiple(s.layer, s.kind, m)
@@ -153,13 +153,13 @@ def plan_allocation(structures: Any, scores: Any, array: Any, dataflow: str = "w
     for nm, b in res.baselines.items():
         base[nm] = {"retained_importance": b.objective, "feasible": b.feasible,
                     "cycles": int(round(b.usage["latency"] + lm.fixed_cycles))}
-    s = res.solve
+    sol = res.solve
     return PlanResult(
-        array=lm.array, dataflow=lm.dataflow, batch=batch, termination=s.termination.value,
-        objective=s.objective, bound=s.bound,
-        gap=None if s.gap is None or not np.isfinite(s.gap) else float(s.gap),
+        array=lm.array, dataflow=lm.dataflow, batch=batch, termination=sol.termination.value,
+        objective=sol.objective, bound=sol.bound,
+        gap=None if sol.gap is None or not np.isfinite(sol.gap) else float(sol.gap),
         retained_importance=res.retained_importance, total_importance=res.total_importance,
         dense_cycles=lm.dense_cycles, cycles=cycles,
         speedup=(lm.dense_cycles / cycles) if cycles else None, layers=layers, aligned=aligned,
-        keep=keep, solve_time_s=s.solve_time_s, baselines=base,
+        keep=keep, solve_time_s=sol.solve_time_s, baselines=base,
         baseline_keep={nm: b.keep for nm, b in res.baselines.items()})

@@ -1,6 +1,6 @@
 """Run one GEMM through SCALE-Sim (PyPI ``scalesim``, optional) for the cross-check.
 
-Notes from running SCALE-Sim 3.0.0 (``shared/METHODS.md`` section 9): it fails with
+Notes from running SCALE-Sim 3.0.0 (formulations/systolic.md, section 5): it fails with
 numpy 2.4 and works with numpy 2.3.x, so run it in its own environment; GEMM
 topology rows must end with a trailing comma (``Layer, M, N, K,``); a layout CSV is
 required even with custom layouts off (a header-only file works); every config

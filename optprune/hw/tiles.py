@@ -38,11 +38,13 @@ import torch
 from torch import nn
 
 from ..errors import InfeasibleProblemError, ValidationError, check
+from ..experiments.training import fit
 from .mapping import Gemm, model_gemms, total_cycles
 from .systolic import fold_cycles, parse_array
 
 __all__ = ["TileGrid", "tile_grids", "tile_importance", "SaspResult", "sasp_prune",
-           "threshold_keep", "apply_tile_masks", "block_mask", "tiled_linear", "MATRIX_KINDS"]
+           "threshold_keep", "apply_tile_masks", "block_mask", "finetune_masked", "tiled_linear",
+           "MATRIX_KINDS"]
 
 MATRIX_KINDS = ("qkv", "proj", "ffn_in", "ffn_out")
 
@@ -169,15 +171,18 @@ def _tile_scores(model: nn.Module, grids: Sequence[TileGrid], method: str, data:
         raise ValidationError("Taylor tile importance needs data=(X, y) to take gradients on.")
     from ..nn.calib import batches
 
-    check(input_shape is not None, "The 'input_shape' of Taylor tile importance",
-          "the shape of one sample", input_shape)
+    if input_shape is None:
+        raise ValidationError("The 'input_shape' of Taylor tile importance must be the shape "
+                              "of one sample; got None.")
+    shape = tuple(input_shape)
     weights = [mods[g.module].weight for g in grids]
     grads = [torch.zeros_like(w) for w in weights]
     n = 0
     was = model.training
     model.eval()
     try:
-        for x, y in batches(data, tuple(input_shape), batch_size, "taylor", need_targets=True):
+        for x, y in batches(data, shape, batch_size, "taylor", need_targets=True):
+            assert y is not None  # need_targets=True
             loss = nn.functional.cross_entropy(model(x), y, reduction="sum")
             for acc, gr in zip(grads, torch.autograd.grad(loss, weights)):
                 acc += gr
@@ -265,11 +270,52 @@ def sasp_prune(grids: Sequence[TileGrid], dense_gemms: Sequence[Gemm], scores: d
         a matrix's tiles that may be dropped (default 1 = no bound).
     method: ``exact`` (the allocation engine) or ``threshold`` (magnitude baseline).
     """
+    rates = _check_sasp(grids, scores, prune_rate, cycle_cap, max_rate, method)
+    fixed = total_cycles(dense_gemms, f"{grids[0].rows}x{grids[0].cols}", "ws")
+    n_tiles = sum(g.n_tiles for g in grids)
+    target = _Target(prune_rate, cycle_cap, fixed, fixed + sum(g.dense_cycles for g in grids),
+                     None if prune_rate is None else math.ceil(prune_rate * n_tiles - 1e-9))
+    if method == "threshold":
+        keep = _threshold_tiles(grids, scores, rates, target)
+        return _sasp_result(grids, scores, keep, method, target, "heuristic", None, 0.0)
+    res = _exact_tiles(grids, scores, rates, target, backend, time_limit_s)
+    keep, pos = {}, 0
+    for g in grids:
+        keep[g.module] = res.keep[pos: pos + g.n_tiles].reshape(g.shape)
+        pos += g.n_tiles
+    return _sasp_result(grids, scores, keep, method, target, res.termination.value,
+                        res.solve.bound, res.solve.solve_time_s)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A SASP target: a tile prune rate (``n_drop`` tiles) or a cycle cap, and the
+    model's fixed and dense cycles."""
+
+    prune_rate: float | None
+    cycle_cap: float | None
+    fixed: int
+    dense: int
+    n_drop: int | None
+
+    def __str__(self) -> str:
+        return f"prune_rate={self.prune_rate}, cycle_cap={self.cycle_cap}"
+
+
+def _check_sasp(grids: Sequence[TileGrid], scores: dict[str, np.ndarray],
+                prune_rate: float | None, cycle_cap: float | None,
+                max_rate: dict[str, float] | None, method: str) -> dict[str, float]:
     check((prune_rate is None) != (cycle_cap is None), "The SASP target",
           "exactly one of prune_rate or cycle_cap", f"prune_rate={prune_rate}, cycle_cap={cycle_cap}")
     check(method in ("exact", "threshold"), "The SASP 'method'", "'exact' or 'threshold'", method)
-    max_rate = dict(max_rate or {})
-    for k, v in max_rate.items():
+    if prune_rate is not None:
+        check(isinstance(prune_rate, (int, float)) and 0 <= prune_rate <= 1, "The 'prune_rate'",
+              "a fraction of tiles in [0, 1]", prune_rate)
+    else:
+        check(isinstance(cycle_cap, (int, float)) and 0 < cycle_cap <= 1, "The 'cycle_cap'",
+              "a fraction of the dense cycles in (0, 1]", cycle_cap)
+    rates = dict(max_rate or {})
+    for k, v in rates.items():
         check(k in MATRIX_KINDS or k == "other", f"The max_rate key {k!r}",
               f"one of {MATRIX_KINDS}", k)
         check(isinstance(v, (int, float)) and 0 <= v <= 1, f"max_rate[{k!r}]",
@@ -277,77 +323,75 @@ def sasp_prune(grids: Sequence[TileGrid], dense_gemms: Sequence[Gemm], scores: d
     for g in grids:
         check(g.module in scores and np.shape(scores[g.module]) == g.shape,
               f"The tile scores of {g.module!r}", f"an array of shape {g.shape}",
-              np.shape(scores.get(g.module)))
-    a = f"{grids[0].rows}x{grids[0].cols}"
-    fixed = total_cycles(dense_gemms, a, "ws")
-    n_tiles = sum(g.n_tiles for g in grids)
-    dense = fixed + sum(g.dense_cycles for g in grids)
-    kinds = {g.module: g.kind for g in grids}
-    if prune_rate is not None:
-        check(isinstance(prune_rate, (int, float)) and 0 <= prune_rate <= 1, "The 'prune_rate'",
-              "a fraction of tiles in [0, 1]", prune_rate)
-        n_drop = math.ceil(prune_rate * n_tiles - 1e-9)
-    else:
-        check(isinstance(cycle_cap, (int, float)) and 0 < cycle_cap <= 1, "The 'cycle_cap'",
-              "a fraction of the dense cycles in (0, 1]", cycle_cap)
-    total_imp = float(sum(float(np.sum(scores[g.module])) for g in grids))
-    bound, term, solve_s = None, "heuristic", 0.0
-    if method == "threshold":
-        sc = {g.module: scores[g.module] for g in grids}
-        if prune_rate is not None:
-            keep = threshold_keep(sc, n_drop, max_rate, kinds)
-        else:  # drop tiles by increasing score until the cycles fit
-            keep = threshold_keep(sc, None, max_rate, kinds,
-                                  tile_cycles={g.module: g.cycles_per_tile for g in grids},
-                                  save_cycles=dense - cycle_cap * dense)
-    else:
-        from ..alloc import AllocationProblem, allocate
+              np.shape(scores[g.module]) if g.module in scores else "missing")
+    return rates
 
-        ids, layer, kind, sc, cyc = [], [], [], [], []
-        for g in grids:
-            s = np.asarray(scores[g.module], dtype=np.float64)
-            for ai in range(g.shape[0]):
-                for bi in range(g.shape[1]):
-                    ids.append(g.tile_id(ai, bi))
-                    layer.append(g.module)
-                    kind.append(g.kind)
-                    sc.append(s[ai, bi])
-                    cyc.append(g.cycles_per_tile)
-        p = AllocationProblem(ids, layer, kind, sc, {"tiles": np.ones(len(ids)), "cycles": cyc},
-                              fixed_costs={"tiles": 0.0, "cycles": float(fixed)},
-                              name="sasp-tiles")
-        for k, v in max_rate.items():
-            if k in set(kind) and v < 1:
-                p.add_count_bounds(kind=k, min=1.0 - v, relative=True)
-        if prune_rate is not None:
-            p.add_budget("tiles", max=n_tiles - n_drop)
-        else:
-            p.add_budget("cycles", max=cycle_cap * dense)
-        try:
-            res = allocate(p, backend=backend, time_limit_s=time_limit_s, baselines=False)
-        except InfeasibleProblemError as exc:
-            raise InfeasibleProblemError(
-                f"{exc} The per-matrix max_rate bounds {max_rate} cannot reach the target "
-                f"(prune_rate={prune_rate}, cycle_cap={cycle_cap}).") from exc
-        if res.keep is None:
-            raise InfeasibleProblemError(f"The tile allocation found no solution "
-                                         f"({res.termination.value}); raise time_limit_s.")
-        keep, pos = {}, 0
-        for g in grids:
-            keep[g.module] = res.keep[pos: pos + g.n_tiles].reshape(g.shape)
-            pos += g.n_tiles
-        bound, term, solve_s = res.solve.bound, res.termination.value, res.solve.solve_time_s
-    if method == "threshold":
-        short = {"prune_rate": prune_rate is not None and
-                 sum(int((~keep[g.module]).sum()) for g in grids) < n_drop,
-                 "cycle_cap": cycle_cap is not None and
-                 fixed + sum(int(keep[g.module].sum()) * g.cycles_per_tile for g in grids)
-                 > cycle_cap * dense + 1e-9}
-        if any(short.values()):
-            raise InfeasibleProblemError(
-                f"The magnitude threshold cannot reach the target (prune_rate={prune_rate}, "
-                f"cycle_cap={cycle_cap}) within the per-matrix max_rate bounds {max_rate}.")
-    per, kept_total, cycles, retained = [], 0, fixed, 0.0
+
+def _threshold_tiles(grids: Sequence[TileGrid], scores: dict[str, np.ndarray],
+                     rates: dict[str, float], target: _Target) -> dict[str, np.ndarray]:
+    """The magnitude baseline: drop tiles by increasing score within the per-matrix bounds;
+    raises when the bounds stop it short of the target."""
+    sc = {g.module: scores[g.module] for g in grids}
+    kinds = {g.module: g.kind for g in grids}
+    if target.cycle_cap is None:
+        keep = threshold_keep(sc, target.n_drop, rates, kinds)
+    else:  # drop tiles by increasing score until the cycles fit
+        keep = threshold_keep(sc, None, rates, kinds,
+                              tile_cycles={g.module: g.cycles_per_tile for g in grids},
+                              save_cycles=target.dense - target.cycle_cap * target.dense)
+    dropped = sum(int((~keep[g.module]).sum()) for g in grids)
+    cycles = target.fixed + sum(int(keep[g.module].sum()) * g.cycles_per_tile for g in grids)
+    short = (target.n_drop is not None and dropped < target.n_drop) or (
+        target.cycle_cap is not None and cycles > target.cycle_cap * target.dense + 1e-9)
+    if short:
+        raise InfeasibleProblemError(
+            f"The magnitude threshold cannot reach the target ({target}) within the "
+            f"per-matrix max_rate bounds {rates}.")
+    return keep
+
+
+def _exact_tiles(grids: Sequence[TileGrid], scores: dict[str, np.ndarray],
+                 rates: dict[str, float], target: _Target, backend: str,
+                 time_limit_s: float | None) -> Any:
+    """The exact tile choice by the allocation engine (one structure per tile)."""
+    from ..alloc import AllocationProblem, allocate
+
+    ids, layer, kind, sc, cyc = [], [], [], [], []
+    for g in grids:
+        s = np.asarray(scores[g.module], dtype=np.float64)
+        for ai in range(g.shape[0]):
+            for bi in range(g.shape[1]):
+                ids.append(g.tile_id(ai, bi))
+                layer.append(g.module)
+                kind.append(g.kind)
+                sc.append(float(s[ai, bi]))
+                cyc.append(float(g.cycles_per_tile))
+    p = AllocationProblem(ids, layer, kind, sc, {"tiles": np.ones(len(ids)), "cycles": cyc},
+                          fixed_costs={"tiles": 0.0, "cycles": float(target.fixed)},
+                          name="sasp-tiles")
+    for k, v in rates.items():
+        if k in set(kind) and v < 1:
+            p.add_count_bounds(kind=k, min=1.0 - v, relative=True)
+    if target.n_drop is not None:
+        p.add_budget("tiles", max=len(ids) - target.n_drop)
+    else:
+        p.add_budget("cycles", max=(target.cycle_cap or 1.0) * target.dense)
+    try:
+        res = allocate(p, backend=backend, time_limit_s=time_limit_s, baselines=False)
+    except InfeasibleProblemError as exc:
+        raise InfeasibleProblemError(
+            f"{exc} The per-matrix max_rate bounds {rates} cannot reach the target "
+            f"({target}).") from exc
+    if res.keep is None:
+        raise InfeasibleProblemError(f"The tile allocation found no solution "
+                                     f"({res.termination.value}); raise time_limit_s.")
+    return res
+
+
+def _sasp_result(grids: Sequence[TileGrid], scores: dict[str, np.ndarray],
+                 keep: dict[str, np.ndarray], method: str, target: _Target, term: str,
+                 bound: float | None, solve_s: float) -> SaspResult:
+    per, kept_total, cycles, retained = [], 0, target.fixed, 0.0
     for g in grids:
         k = keep[g.module]
         kt = int(k.sum())
@@ -357,11 +401,14 @@ def sasp_prune(grids: Sequence[TileGrid], dense_gemms: Sequence[Gemm], scores: d
         per.append({"module": g.module, "kind": g.kind, "tiles": g.n_tiles, "kept": kt,
                     "prune_rate": 1 - kt / g.n_tiles, "cycles": kt * g.cycles_per_tile,
                     "dense_cycles": g.dense_cycles})
-    return SaspResult(array=a, method=method, keep=keep, n_tiles=n_tiles, kept_tiles=kept_total,
+    n_tiles = sum(g.n_tiles for g in grids)
+    total_imp = float(sum(float(np.sum(scores[g.module])) for g in grids))
+    return SaspResult(array=f"{grids[0].rows}x{grids[0].cols}", method=method, keep=keep,
+                      n_tiles=n_tiles, kept_tiles=kept_total,
                       prune_rate=1 - kept_total / n_tiles, retained_importance=retained,
-                      total_importance=total_imp, dense_cycles=int(dense), cycles=int(cycles),
-                      fixed_cycles=int(fixed), per_matrix=per, termination=term, bound=bound,
-                      solve_time_s=solve_s)
+                      total_importance=total_imp, dense_cycles=int(target.dense),
+                      cycles=int(cycles), fixed_cycles=int(target.fixed), per_matrix=per,
+                      termination=term, bound=bound, solve_time_s=solve_s)
 
 
 def apply_tile_masks(model: nn.Module, grids: Sequence[TileGrid], keep: dict[str, np.ndarray],
@@ -374,6 +421,27 @@ def apply_tile_masks(model: nn.Module, grids: Sequence[TileGrid], keep: dict[str
             w = mods[g.module].weight
             w.mul_(block_mask(g, keep[g.module]).to(w.dtype))
     return m
+
+
+def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor,
+                    y: torch.Tensor, epochs: int = 3, lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """Fine-tune ``model`` in place by the kit's :func:`~optprune.experiments.fit`
+    (the demo's fine-tuning: AdamW, cosine schedule) with the dropped tiles held at zero:
+    ``masks`` (module name -> 0/1 weight mask, e.g. :func:`block_mask`) is applied before
+    training and again after every step. Returns the model."""
+    mods = dict(model.named_modules())
+    missing = sorted(set(masks) - set(mods))
+    check(not missing, "The masked modules", "modules of the model", missing)
+
+    def reapply(_step: int = -1) -> None:
+        with torch.no_grad():
+            for name, m in masks.items():
+                w = mods[name].weight
+                w.mul_(m.to(device=w.device, dtype=w.dtype))
+
+    reapply()
+    fit(model, x, y, epochs=epochs, lr=lr, seed=seed, after_step=reapply)
+    return model
 
 
 def tiled_linear(x: np.ndarray, weight: np.ndarray, keep: np.ndarray, rows: int, cols: int,

@@ -6,8 +6,7 @@ load torch before a command needs it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._extras import lazy_getattr
 
 _LAZY = {
     "bert_structures": "hf", "load_pruned_bert": "hf", "prune_bert": "hf", "load_pruned": "hf",
@@ -26,7 +25,4 @@ __all__ = ["IMPORTANCE", "Group", "PruneReport", "StructureSet", "apply_mask", "
            "score"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

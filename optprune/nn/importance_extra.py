@@ -73,9 +73,9 @@ its batch (default cross-entropy).
   so heads and neurons share units and one allocation can trade them. With
   ``base="uniform"`` the two kinds are in different units: discover the heads
   alone (``exclude=`` the FFN layers) and pass ``heads_only=True`` to be sure.
-  :func:`head_graphs` returns the chains. Fidelity: this follows METHODS.md §3
-  (heads = nodes, edges = likeness of the heads' attention outputs, importance from
-  the stationary distribution); the edge weights, damping and the redundancy
+  :func:`head_graphs` returns the chains. Fidelity: this follows the published method
+  (formulations/scores.md: heads = nodes, edges = likeness of the heads' attention
+  outputs, importance from the stationary distribution); the edge weights, damping and the redundancy
   orientation are this module's documented choices, not a transcription of the
   GOHSP code, and GOHSP's second stage (ADMM soft pruning) is replaced by the
   allocation MILP.

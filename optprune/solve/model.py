@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
+from ..experiments.jsonio import write_json_atomic
 
 INF = np.inf
 
@@ -374,16 +375,6 @@ def _from_highs_inf(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON through a temporary file and a rename: never a partial file.
-
-    The temporary file has a unique name in the target's directory, so concurrent
-    writers of one path never share it (the last rename wins, whole)."""
-    path = Path(path)
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
-    return replace_atomic(path, lambda tmp: tmp.write_text(text))
-
-
 def replace_atomic(path: Path, write: Any) -> Path:
     """Call ``write(tmp)`` on a fresh temporary path beside ``path``, then rename it
     to ``path``; the temporary file is removed if anything fails."""
@@ -399,22 +390,6 @@ def replace_atomic(path: Path, write: Any) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
 def iter_names(names: Iterable[str] | None, n: int, prefix: str) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ValidationError, check
+from ..experiments.jsonio import write_json_atomic
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -113,7 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
             "costs_mac_per_token": config_costs(model, configs).tolist(),
             "train_question_accuracy": dict(zip([c.id for c in configs], acc.round(4).tolist())),
             "selector_loss": [sel.initial_loss_, sel.final_loss_], **info}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(out / "meta.json", meta)
     print(f"wrote {out}/model.pt, selector.pt, meta.json: {len(configs)} configurations, "
           f"dense accuracy {acc[0]:.3f}, InfoNCE {sel.initial_loss_:.3f} -> "
           f"{sel.final_loss_:.3f}")
@@ -171,17 +172,15 @@ def run_answer(args: argparse.Namespace) -> int:
     print(f"question {q.text}= ({q.steps} steps, {q.difficulty}); N={args.n}, lambda={args.lam}, "
           f"backend {sol.backend}: objective {sol.objective:.4f} "
           f"({'optimal' if sol.optimal else 'not proven optimal'}, gap {sol.gap:.2e})")
-    for cand in out["candidates"]:
-        a = cand["answer"]
-        print(f"  {cand['configuration']:<12} p={cand['predicted_accuracy']:.3f}  "
-              f"answer {a if a >= 0 else 'malformed'}")
+    for c, w, a in zip(chosen, weights, ans):
+        print(f"  {c.id:<12} p={float(w):.3f}  answer {int(a) if a >= 0 else 'malformed'}")
     print(f"majority answer {final}; correct answer {q.answer}: "
           f"{'right' if final == q.answer else 'wrong'}")
     return 0
 
 
 def run_experiment_cmd(args: argparse.Namespace) -> int:
-    from .experiment import ExperimentConfig, dump, markdown_table, run_experiment
+    from .experiment import ExperimentConfig, markdown_table, run_experiment
 
     if not args.ns or min(args.ns) < 1:
         raise ValidationError(f"--ns must be positive integers like 1,2,4; got {args.ns!r}.")
@@ -193,5 +192,5 @@ def run_experiment_cmd(args: argparse.Namespace) -> int:
         print(markdown_table(res, b))
         print()
     if args.out:
-        dump(res, args.out)
+        write_json_atomic(args.out, res)
     return 0

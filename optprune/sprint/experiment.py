@@ -22,8 +22,6 @@ on question q is one entry of a table a_{q,c}, computed once for all pairs.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -227,22 +225,6 @@ def markdown_table(result: dict[str, Any], bucket: str) -> str:
         lines.append(f"| {m} | " + " | ".join(
             "-" if row[str(n)][bucket] is None else f"{row[str(n)][bucket]:.3f}" for n in ns) + " |")
     return "\n".join(lines)
-
-
-def dump(result: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result, indent=2, default=_default) + "\n")
-
-
-def _default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    raise TypeError(type(o).__name__)
 
 
 __all__: Sequence[str] = ["ExperimentConfig", "run_experiment", "markdown_table", "METHODS"]

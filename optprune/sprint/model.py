@@ -8,7 +8,7 @@ Block l (pre-norm):
 ``m`` is the head mask, shape (L, H_max) for the whole batch or (B, L, H_max) for one
 configuration per row; m_{l,h} = 0 zeroes head h's output *before* the output
 projection, which is exactly removing that head's contribution W_o[:, h] o_h (SPRINT's
-pruning of one head, METHODS.md §4). Weights are never touched; ``without_heads``
+pruning of one head, formulations/sprint.md). Weights are never touched; ``without_heads``
 builds the physically smaller model and tests check the two agree.
 
 Layers may have different head counts (even 0). Generation uses a key/value cache;
@@ -18,7 +18,6 @@ masks act after attention, so the cache is valid under any mask.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ValidationError, check
+from ..errors import CheckpointError, ValidationError, check
+from ..experiments.checkpoint import load_checkpoint, save_checkpoint
+from ..experiments.training import fit
 from .task import Question, Tokenizer, generate_questions
 
 
@@ -185,8 +186,8 @@ class SprintTransformer(nn.Module):
 
         Drops head h's rows of W_q, W_k, W_v (and biases) and its columns of W_o.
         """
-        pruned = set((int(layer), int(h)) for layer, h in pruned)
-        for layer, h in pruned:
+        drop = {(int(layer), int(h)) for layer, h in pruned}
+        for layer, h in drop:
             if not (0 <= layer < len(self.heads) and 0 <= h < self.heads[layer]):
                 raise ValidationError(f"There is no head {h} in layer {layer}; the model has "
                                       f"heads per layer {list(self.heads)}.")
@@ -209,20 +210,22 @@ class SprintTransformer(nn.Module):
         return small
 
     # ------------------------------------------------------------------ io
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        torch.save({"spec": asdict(self.spec), "state": self.state_dict()}, path)
-        return path
+    def save(self, path: str | Path, **meta: object) -> Path:
+        """Write the model as a checkpoint of kind "sprint" (optprune.experiments)."""
+        spec = {"kind": "sprint", **asdict(self.spec)}
+        return save_checkpoint(path, self, spec, **meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "SprintTransformer":
-        path = Path(path)
-        if not path.exists():
-            raise ValidationError(f"The model file {str(path)!r} does not exist; "
-                                  "make one with `optprune sprint train`.")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = cls(ModelSpec(**blob["spec"]))
-        model.load_state_dict(blob["state"])
+        """Rebuild a model written by :meth:`save` (any head counts); eval mode."""
+        ck = load_checkpoint(path, kind="sprint", hint="Make one with `optprune sprint train`.")
+        spec = {k: v for k, v in (ck.spec or {}).items() if k != "kind"}
+        try:
+            model = cls(ModelSpec(**spec))
+            model.load_state_dict(ck.state_dict)
+        except (TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"The checkpoint {str(path)!r} does not rebuild a SPRINT "
+                                  f"model: {exc}") from exc
         model.eval()
         return model
 
@@ -239,7 +242,7 @@ def generate(model: SprintTransformer, prompt: torch.Tensor, max_new_tokens: int
     """
     check(temperature >= 0, "The 'temperature' parameter", "non-negative", temperature)
     model.eval()
-    caches = [[] for _ in model.blocks]
+    caches: list[list[torch.Tensor]] = [[] for _ in model.blocks]
     logits = model(prompt, head_mask, caches)[:, -1]
     step_id = int(model.step_ids(prompt[:1])[0, -1])
     out = []
@@ -286,7 +289,10 @@ def train_model(model: SprintTransformer, tok: Tokenizer, *, steps: int = 1500,
                 seed: int = 0, head_dropout: float = 0.0,
                 time_limit_s: float | None = None, schedule_steps: int | None = None,
                 on_step: Callable[[int, SprintTransformer], None] | None = None) -> TrainReport:
-    """Teacher-forced next-token training on fresh random questions each step.
+    """Teacher-forced next-token training on fresh random questions each step, by the
+    kit's :func:`~optprune.experiments.fit` (AdamW, weight decay 0.01, one-cycle
+    schedule, gradients clipped to norm 1, a non-finite loss stops with
+    TrainingDivergedError).
 
     Loss: cross-entropy on the reasoning tokens r_1..r_k, <eos> only. ``head_dropout``
     zeroes each (example, layer, head) with that probability during training (unscaled,
@@ -294,42 +300,30 @@ def train_model(model: SprintTransformer, tok: Tokenizer, *, steps: int = 1500,
     destructive; 0 disables it. ``schedule_steps`` (default ``steps``) is the length of
     the one-cycle learning-rate schedule; a larger value stops training part-way along
     it (an under-trained model whose errors leave room for best-of-N).
+    ``on_step(steps_done, model)`` runs after every step.
     """
     check(steps >= 1, "The 'steps' parameter of train_model", "a positive integer", steps)
     check(0 <= head_dropout < 1, "The 'head_dropout' parameter", "in [0, 1)", head_dropout)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule_steps = max(steps, schedule_steps or steps)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=schedule_steps,
-                                                pct_start=0.1)
-    model.train()
-    losses: list[float] = []
-    t0 = time.perf_counter()
     hmax = max(model.heads)
-    done = 0
-    for step in range(steps):
+
+    def questions(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         qs = generate_questions(batch_size, seed=seed * 1_000_003 + step + 1,
                                 min_steps=min_steps, max_steps=max_steps, modulus=tok.modulus)
-        x, y = batch_examples(tok, qs)
+        return batch_examples(tok, qs)
+
+    def loss(x: torch.Tensor, y: torch.Tensor, _step: int, _epoch: int) -> torch.Tensor:
         hm = None
         if head_dropout > 0:
             hm = (torch.rand(batch_size, len(model.heads), hmax) >= head_dropout).float()
         logits = model(x, hm)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        done = step + 1
-        if on_step is not None:
-            on_step(done, model)
-            model.train()
-        if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
-            break
-    model.eval()
-    return TrainReport(done, time.perf_counter() - t0, float(np.mean(losses[-20:])), losses)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    hook = None if on_step is None else (lambda step: on_step(step + 1, model))
+    h = fit(model, questions, steps=steps, lr=lr, weight_decay=0.01, schedule="onecycle",
+            schedule_steps=schedule_steps, clip_grad_norm=1.0, batch_loss=loss,
+            after_step=hook, time_limit_s=time_limit_s)
+    return TrainReport(h.steps, h.time_s, float(np.mean(h.loss[-20:])), h.loss)
 
 
 def group_by_steps(questions: Sequence[Question]) -> dict[int, np.ndarray]:

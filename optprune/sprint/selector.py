@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ValidationError, check
+from ..errors import CheckpointError, ValidationError, check
+from ..experiments.checkpoint import load_checkpoint, save_checkpoint
+from ..experiments.training import fit
 from .configs import HeadConfig
 from .model import SprintTransformer, group_by_steps
 from .task import Question, Tokenizer
@@ -75,6 +76,10 @@ class _Net(nn.Module):
 class _Calib:
     a: float
     b: np.ndarray
+
+
+_PARAMS = ("embed_dim", "hidden", "temperature", "epochs", "lr", "batch_size", "calib_fraction",
+           "seed")
 
 
 class ContrastiveSelector:
@@ -125,30 +130,25 @@ class ContrastiveSelector:
         cal, tr = perm[:n_cal], perm[n_cal:]
         torch.manual_seed(self.seed)
         self.net_ = _Net(phi.shape[1], c, self.embed_dim, self.hidden)
-        opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr)
         inform = tr[(correct[tr].sum(1) > 0) & (correct[tr].sum(1) < c)]
         check(inform.size >= 2, "The training questions",
               "at least two with some but not all configurations correct", inform.size,
               "Use more training questions or harder ones.")
         x_t = torch.from_numpy(phi[inform])
         pos_t = torch.from_numpy(correct[inform])
-        self.loss_history_: list[float] = []
-        gen = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
             u, v = self.net_(x_t)
             self.initial_loss_ = float(info_nce_loss(u, v, pos_t, self.temperature))
-        for _ in range(self.epochs):
-            order = torch.randperm(len(inform), generator=gen)
-            tot = 0.0
-            for s in range(0, len(order), self.batch_size):
-                b = order[s: s + self.batch_size]
-                u, v = self.net_(x_t[b])
-                loss = info_nce_loss(u, v, pos_t[b], self.temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tot += float(loss.detach()) * len(b)
-            self.loss_history_.append(tot / len(order))
+
+        def loss(xb: torch.Tensor, pb: torch.Tensor, _step: int, _epoch: int) -> torch.Tensor:
+            u, v = self.net_(xb)
+            return info_nce_loss(u, v, pb, self.temperature)
+
+        # Adam: AdamW without weight decay is the same update
+        hist = fit(self.net_, x_t, pos_t, epochs=self.epochs, lr=self.lr,
+                   batch_size=self.batch_size, weight_decay=0.0, seed=self.seed,
+                   schedule="constant", batch_loss=loss)
+        self.loss_history_: list[float] = hist.epoch_loss
         with torch.no_grad():
             u, v = self.net_(x_t)
             self.final_loss_ = float(info_nce_loss(u, v, pos_t, self.temperature))
@@ -196,44 +196,45 @@ class ContrastiveSelector:
 
     # ---------------------------------------------------------------- io
     def save(self, path: str | Path) -> Path:
+        """Write the fitted selector as a checkpoint of kind "sprint.selector"."""
         self._check_fitted()
-        blob = {
-            "configs": self.ids,
-            "params": {k: getattr(self, k) for k in ("embed_dim", "hidden", "temperature",
-                                                     "epochs", "lr", "batch_size",
-                                                     "calib_fraction", "seed")},
-            "state": self.net_.state_dict(),
-            "mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
-            "calib_a": self.calib_.a, "calib_b": torch.from_numpy(self.calib_.b),
-            "dissimilarity": torch.from_numpy(self.dissimilarity_),
-            "train_accuracy": torch.from_numpy(self.train_accuracy_),
-            "loss_history": self.loss_history_,
-        }
-        buf = io.BytesIO()
-        torch.save(blob, buf)
-        Path(path).write_bytes(buf.getvalue())
-        return Path(path)
+        spec = {"kind": "sprint.selector", "configs": self.ids,
+                "params": {k: getattr(self, k) for k in _PARAMS}}
+        state = {**{f"net.{k}": v for k, v in self.net_.state_dict().items()},
+                 "mean": torch.from_numpy(self.mean_), "std": torch.from_numpy(self.std_),
+                 "calib_b": torch.from_numpy(self.calib_.b),
+                 "dissimilarity": torch.from_numpy(self.dissimilarity_),
+                 "train_accuracy": torch.from_numpy(self.train_accuracy_)}
+        return save_checkpoint(path, state, spec, calib_a=self.calib_.a,
+                               loss_history=self.loss_history_,
+                               initial_loss=self.initial_loss_, final_loss=self.final_loss_)
 
     @classmethod
     def load(cls, path: str | Path) -> "ContrastiveSelector":
-        path = Path(path)
-        if not path.exists():
-            raise ValidationError(f"The selector file {str(path)!r} does not exist; "
-                                  "make one with `optprune sprint train`.")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        self = cls([HeadConfig.parse(i) for i in blob["configs"]], **blob["params"])
-        mean = blob["mean"].numpy()
-        self.net_ = _Net(mean.size, len(self.configs), self.embed_dim, self.hidden)
-        self.net_.load_state_dict(blob["state"])
-        self.mean_, self.std_ = mean, blob["std"].numpy()
-        self.calib_ = _Calib(float(blob["calib_a"]), blob["calib_b"].numpy())
-        self.dissimilarity_ = blob["dissimilarity"].numpy()
-        self.train_accuracy_ = blob["train_accuracy"].numpy()
-        self.loss_history_ = list(blob["loss_history"])
+        """Rebuild a selector written by :meth:`save`."""
+        ck = load_checkpoint(path, kind="sprint.selector",
+                             hint="Make one with `optprune sprint train`.")
+        spec, sd = ck.spec or {}, ck.state_dict
+        try:
+            self = cls([HeadConfig.parse(i) for i in spec["configs"]], **spec["params"])
+            mean = sd["mean"].numpy()
+            self.net_ = _Net(mean.size, len(self.configs), self.embed_dim, self.hidden)
+            self.net_.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("net.")})
+            self.mean_, self.std_ = mean, sd["std"].numpy()
+            self.calib_ = _Calib(float(ck.meta["calib_a"]), sd["calib_b"].numpy())
+            self.dissimilarity_ = sd["dissimilarity"].numpy()
+            self.train_accuracy_ = sd["train_accuracy"].numpy()
+            self.loss_history_ = list(ck.meta["loss_history"])
+            self.initial_loss_ = float(ck.meta["initial_loss"])
+            self.final_loss_ = float(ck.meta["final_loss"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"The checkpoint {str(path)!r} does not rebuild a SPRINT "
+                                  f"selector: {type(exc).__name__}: {exc}") from exc
         return self
 
 
-def majority_vote(candidates: Sequence[int], weights: Sequence[float] | None = None) -> int:
+def majority_vote(candidates: Sequence[int] | np.ndarray,
+                  weights: Sequence[float] | np.ndarray | None = None) -> int:
     """Most frequent valid answer (-1 = malformed is ignored); ties go to the larger
     summed weight, then to the answer seen first. -1 if every candidate is malformed."""
     tally: dict[int, list[float]] = {}

@@ -100,6 +100,12 @@ class SubsetProblem:
         return int(self.scores.size)
 
     @property
+    def cost_vector(self) -> np.ndarray:
+        """The costs as an array (1 for every configuration unless given)."""
+        assert self.costs is not None  # set by __post_init__
+        return self.costs
+
+    @property
     def pair_weight(self) -> float:
         return self.lam / (self.n - 1) if self.n > 1 else 0.0
 
@@ -112,7 +118,7 @@ class SubsetProblem:
         s = list(selected)
         if len(set(s)) != self.n:
             return False
-        return self.budget is None or float(self.costs[s].sum()) <= float(self.budget) + 1e-9
+        return self.budget is None or float(self.cost_vector[s].sum()) <= float(self.budget) + 1e-9
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Pairs i < j with a non-zero pair coefficient."""
@@ -143,9 +149,9 @@ class SubsetSolution:
         return d
 
 
-def _solution(problem: SubsetProblem, sel: Sequence[int], bound, gap, optimal, backend, t,
-              details) -> SubsetSolution:
-    sel = tuple(sorted(int(i) for i in sel))
+def _solution(problem: SubsetProblem, selected: Sequence[int], bound: float | None, gap: float,
+              optimal: bool, backend: str, t: float, details: dict[str, Any]) -> SubsetSolution:
+    sel = tuple(sorted(int(i) for i in selected))
     acc = float(problem.scores[list(sel)].sum())
     obj = problem.objective(sel)
     return SubsetSolution(
@@ -192,7 +198,7 @@ def build_milp(problem: SubsetProblem, strengthen: bool = True):
                       names=[f"y[{names[i]},{names[j]}]" for i, j in zip(iu, ju)])
     b.add_rows(np.zeros(c), x, np.ones(c), problem.n, problem.n, count=1, names=["choose_n"])
     if problem.budget is not None:
-        b.add_rows(np.zeros(c), x, problem.costs, -np.inf, float(problem.budget), count=1,
+        b.add_rows(np.zeros(c), x, problem.cost_vector, -np.inf, float(problem.budget), count=1,
                    names=["budget"])
     pos = np.flatnonzero(w >= 0) if strengthen else np.flatnonzero(w > 0)
     if pos.size:  # y_ij - x_i <= 0 and y_ij - x_j <= 0
@@ -214,7 +220,7 @@ def build_milp(problem: SubsetProblem, strengthen: bool = True):
         vals = np.concatenate([np.ones(2 * iu.size), -(problem.n - 1) * np.ones(c)])
         b.add_rows(rows, cols, vals, 0.0, 0.0, count=c)
         if problem.budget is not None:
-            cst = problem.costs
+            cst = problem.cost_vector
             vals = np.concatenate([cst[ju], cst[iu], -(float(problem.budget) - cst)])
             b.add_rows(rows, cols, vals, -np.inf, 0.0, count=c)
     b.metadata = {"formulation": "formulations/sprint.md", "n": problem.n, "lam": problem.lam,
@@ -236,7 +242,8 @@ def solve_milp(problem: SubsetProblem, backend: str = "highs", time_limit_s: flo
     if not res.has_solution:
         raise SolverError(f"The {backend} backend returned no solution for the subset problem "
                           f"(termination {res.termination.value}): {res.message}")
-    sel = np.flatnonzero(res.x[: problem.size] > 0.5)
+    assert res.x is not None  # has_solution
+    sel = np.flatnonzero(res.x[: problem.size] > 0.5).tolist()
     return _solution(problem, sel, res.bound, res.gap, res.is_optimal, backend,
                      time.perf_counter() - t0,
                      {"milp": model.stats(), "strengthen": strengthen,
@@ -267,38 +274,11 @@ def solve_cpsat(problem: SubsetProblem, scale: float = 1e4, time_limit_s: float 
     k_pairs = problem.n * (problem.n - 1) // 2
     err_w = np.sort(np.abs(ws - w * scale))[::-1][:k_pairs].sum() if w.size else 0.0
     rounding_bound = float(err_p + err_w) / scale
-    cost_scale = integer_scale(problem.costs) if problem.budget is not None else 1.0
+    cost_scale = integer_scale(problem.cost_vector) if problem.budget is not None else 1.0
     if cost_scale is None:
         raise ValidationError("CP-SAT needs costs with at most 6 decimals; got costs "
-                              f"{problem.costs[:5]}... Round them or use the MILP backend.")
-    m = cp_model.CpModel()
-    x = [m.NewBoolVar(f"x{i}") for i in range(c)]
-    m.Add(sum(x) == problem.n)
-    ci = [int(round(v * cost_scale)) for v in problem.costs]
-    cap = 0
-    if problem.budget is not None:
-        cap = int(math.floor(problem.budget * cost_scale + 1e-9))
-        m.Add(sum(ci[i] * x[i] for i in range(c)) <= cap)
-    terms = [int(ps[i]) * x[i] for i in range(c) if ps[i] != 0]
-    ys: list[list] = [[] for _ in range(c)]
-    for k, (i, j) in enumerate(zip(iu, ju)):
-        if ws[k] == 0 and not strengthen:
-            continue
-        y = m.NewBoolVar(f"y{i}_{j}")
-        m.AddImplication(y, x[i])
-        m.AddImplication(y, x[j])
-        if ws[k] < 0 or strengthen:
-            m.AddBoolOr([y, x[i].Not(), x[j].Not()])
-        ys[i].append((j, y))
-        ys[j].append((i, y))
-        if ws[k] != 0:
-            terms.append(int(ws[k]) * y)
-    if strengthen and problem.n > 1:
-        for i in range(c):
-            m.Add(sum(y for _, y in ys[i]) == (problem.n - 1) * x[i])
-            if problem.budget is not None:
-                m.Add(sum(ci[j] * y for j, y in ys[i]) <= (cap - ci[i]) * x[i])
-    m.Maximize(sum(terms))
+                              f"{problem.cost_vector[:5]}... Round them or use the MILP backend.")
+    m, x = _cpsat_model(problem, ps, iu, ju, ws, cost_scale, strengthen)
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = workers
     if time_limit_s is not None:
@@ -316,6 +296,45 @@ def solve_cpsat(problem: SubsetProblem, scale: float = 1e4, time_limit_s: float 
                      "strengthen": strengthen})
     gap = abs(bound - sol.objective) / max(abs(sol.objective), 1e-9)
     return SubsetSolution(**{**asdict(sol), "bound": bound, "gap": gap})
+
+
+def _cpsat_model(problem: SubsetProblem, ps: np.ndarray, iu: np.ndarray, ju: np.ndarray,
+                 ws: np.ndarray, cost_scale: float, strengthen: bool) -> tuple[Any, list[Any]]:
+    """The CP-SAT model of the integer-scaled problem: x_i per configuration, y_ij per
+    pair (y_ij = x_i x_j), the choose-N and budget rows, and with ``strengthen`` the RLT
+    rows; returns the model and the x variables."""
+    from ortools.sat.python import cp_model
+
+    c = problem.size
+    m = cp_model.CpModel()
+    x = [m.new_bool_var(f"x{i}") for i in range(c)]
+    m.add(sum(x) == problem.n)
+    ci = [int(round(v * cost_scale)) for v in problem.cost_vector]
+    cap = 0
+    if problem.budget is not None:
+        cap = int(math.floor(problem.budget * cost_scale + 1e-9))
+        m.add(sum(ci[i] * x[i] for i in range(c)) <= cap)
+    terms = [int(ps[i]) * x[i] for i in range(c) if ps[i] != 0]
+    ys: list[list[tuple[int, Any]]] = [[] for _ in range(c)]
+    for k, (i, j) in enumerate(zip(iu, ju)):
+        if ws[k] == 0 and not strengthen:
+            continue
+        y = m.new_bool_var(f"y{i}_{j}")
+        m.add_implication(y, x[i])
+        m.add_implication(y, x[j])
+        if ws[k] < 0 or strengthen:
+            m.add_bool_or([y, ~x[i], ~x[j]])
+        ys[i].append((j, y))
+        ys[j].append((i, y))
+        if ws[k] != 0:
+            terms.append(int(ws[k]) * y)
+    if strengthen and problem.n > 1:
+        for i in range(c):
+            m.add(sum(y for _, y in ys[i]) == (problem.n - 1) * x[i])
+            if problem.budget is not None:
+                m.add(sum(ci[j] * y for j, y in ys[i]) <= (cap - ci[i]) * x[i])
+    m.maximize(sum(terms))
+    return m, x
 
 
 def solve_subset(problem: SubsetProblem, backend: str = "highs", **kwargs) -> SubsetSolution:
@@ -353,7 +372,7 @@ def greedy(problem: SubsetProblem) -> SubsetSolution:
     t0 = time.perf_counter()
     chosen: list[int] = []
     spent = 0.0
-    order_cost = np.sort(problem.costs)
+    order_cost = np.sort(problem.cost_vector)
     w = problem.pair_weight
     for step in range(problem.n):
         left = problem.n - step - 1
@@ -364,7 +383,7 @@ def greedy(problem: SubsetProblem) -> SubsetSolution:
             if problem.budget is not None:
                 # keep room for the cheapest possible completion
                 rest = order_cost[:left].sum() if left else 0.0
-                if spent + problem.costs[i] + rest > problem.budget + 1e-9:
+                if spent + problem.cost_vector[i] + rest > problem.budget + 1e-9:
                     continue
             gain = problem.scores[i] + w * problem.dissimilarity[i, chosen].sum()
             if gain > best_gain:
@@ -372,6 +391,6 @@ def greedy(problem: SubsetProblem) -> SubsetSolution:
         if best < 0:
             raise InfeasibleProblemError("Greedy found no affordable configuration.")
         chosen.append(best)
-        spent += problem.costs[best]
+        spent += problem.cost_vector[best]
     return _solution(problem, chosen, None, math.inf, False, "greedy", time.perf_counter() - t0,
                      {})

@@ -15,9 +15,7 @@ Names are imported lazily so that the command line starts without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._extras import lazy_getattr
 from ..errors import TrainingDivergedError
 
 _MODULES = {
@@ -28,32 +26,25 @@ _MODULES = {
     "gates_bert": ("BertGates", "ScatterHidden", "apply_bert_gate_masks", "bert_masks_params",
                    "bert_param_count", "exact_allocation_by_counts", "prune_bert_hidden",
                    "scoped_params", "train_compresso_bert"),
-    "progressive": ("ProgressiveReport", "RemovalPlan", "add_lora", "fit", "max_reduction",
+    "progressive": ("ProgressiveReport", "RemovalPlan", "add_lora", "max_reduction",
                     "merge_lora", "one_shot_prune", "plan_removal", "progressive_prune",
-                    "progressive_shrink", "removal_masks", "shrink_factor"),
-    "vit_digits": ("DigitsViT", "digits_vit", "load_vit", "pretrained_digits_vit", "save_vit",
-                   "vit_widths"),
+                    "progressive_shrink", "removal_masks", "shrink_factor", "train_steps"),
 }
 _LAZY = {name: mod for mod, names in _MODULES.items() for name in names}
 
-__all__ = ["BETA", "LIMIT_L", "LIMIT_R", "CompressoGates", "CompressoResult", "DigitsViT",
-           "GateMasks", "HardConcreteGate", "ProgressiveReport", "RemovalPlan",
-           "TrainingDivergedError", "add_lora", "apply_gate_masks", "digits_vit",
-           "evaluate_masks", "exact_allocation", "fit", "load_vit", "max_reduction",
-           "merge_lora", "one_shot_prune", "own_rounding", "plan_removal",
-           "pretrained_digits_vit", "progressive_prune", "progressive_shrink", "prune_hidden",
-           "removal_masks", "save_vit", "shrink_factor", "size_problem", "train_compresso",
-           "vit_param_count", "vit_widths"]
+__all__ = ["BETA", "LIMIT_L", "LIMIT_R", "CompressoGates", "CompressoResult", "GateMasks",
+           "HardConcreteGate", "ProgressiveReport", "RemovalPlan", "TrainingDivergedError",
+           "add_lora", "apply_gate_masks", "evaluate_masks", "exact_allocation", "max_reduction",
+           "merge_lora", "one_shot_prune", "own_rounding", "plan_removal", "progressive_prune",
+           "progressive_shrink", "prune_hidden", "removal_masks", "shrink_factor",
+           "size_problem", "train_compresso", "train_steps", "vit_param_count"]
 __all__ += ["BertGates", "ScatterHidden", "apply_bert_gate_masks", "bert_masks_params",
             "bert_param_count", "exact_allocation_by_counts", "prune_bert_hidden",
             "scoped_params", "train_compresso_bert"]
 assert set(__all__) == {*_LAZY, "TrainingDivergedError"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

@@ -4,7 +4,6 @@ digits ViT (pre-trained first, about 10 s), with the exact final decision."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from typing import Any
@@ -53,11 +52,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--epochs", type=int, default=15,
-                   help="pre-training epochs of the dense ViT (default 15)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="pre-training epochs of the dense digits ViT (default: the recipe's, "
+                   "optprune.experiments.VIT_EPOCHS)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="MODEL.pt",
-                   help=f"save {what} (optprune.train_prune.load_vit reads it)")
+                   help=f"save {what} (optprune.experiments.load_vit reads it)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
 
 
@@ -93,10 +93,11 @@ def _check_paths(args: argparse.Namespace, cmd: str) -> None:
 def _dense(args: argparse.Namespace):
     import torch
 
-    from .vit_digits import pretrained_digits_vit
+    from ..experiments.recipes import pretrained_digits_vit
 
     torch.set_num_threads(1)
-    dv = pretrained_digits_vit(epochs=args.epochs, seed=args.seed)
+    dv = pretrained_digits_vit(seed=args.seed,
+                               **({} if args.epochs is None else {"epochs": args.epochs}))
     print(f"digits ViT: {dv.dense_params} params, test accuracy {dv.test_accuracy:.4f} "
           f"(pre-trained {dv.epochs} epochs, {dv.pretrain_s:.1f} s; "
           f"{dv.data.x_test.shape[0]} test images)")
@@ -105,24 +106,26 @@ def _dense(args: argparse.Namespace):
 
 def _write(args: argparse.Namespace, report: dict[str, Any]) -> None:
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=float)
+        from ..experiments.jsonio import write_json_atomic
+
+        write_json_atomic(args.json, report)
         print(f"report written to {args.json}")
 
 
 def run_gates_cmd(args: argparse.Namespace) -> int:
     from .gates import (CompressoGates, evaluate_masks, exact_allocation, own_rounding,
                         train_compresso)
-    from .progressive import fit
     from ..errors import check
-    from ..nn.train import accuracy
-    from .vit_digits import digits_vit, save_vit
+    from ..experiments.recipes import digits_vit, save_vit
+    from ..experiments.training import accuracy
+    from .progressive import train_steps
 
     cmd = "gates"
     _check_paths(args, cmd)
     _check_int(args.steps, "--steps", cmd, 1)
     _check_int(args.finetune, "--finetune", cmd, 0)
-    _check_int(args.epochs, "--epochs", cmd, 0)
+    if args.epochs is not None:
+        _check_int(args.epochs, "--epochs", cmd, 0)
     if args.warmup is not None:
         _check_int(args.warmup, "--warmup", cmd, 1)
         check(args.warmup <= args.steps, f"The '--warmup' of optprune {cmd}",
@@ -156,7 +159,7 @@ def run_gates_cmd(args: argparse.Namespace) -> int:
         ev = evaluate_masks(res, m, d.x_test, d.y_test)
         pruned = models[name] = ev.pop("model")
         if args.finetune:
-            fit(pruned, d.x_train, d.y_train, args.finetune, lr=1e-3, seed=args.seed)
+            train_steps(pruned, d.x_train, d.y_train, args.finetune, lr=1e-3, seed=args.seed)
             ev["accuracy_finetuned"] = accuracy(pruned, d.x_test, d.y_test)
         report["masks"][name.replace(" ", "_")] = ev
         ft = (f", after {args.finetune} fine-tuning steps {ev['accuracy_finetuned']:.4f}"
@@ -179,16 +182,17 @@ def run_gates_cmd(args: argparse.Namespace) -> int:
 
 def run_progressive_cmd(args: argparse.Namespace) -> int:
     from ..errors import check
+    from ..experiments.recipes import digits_vit, save_vit
+    from ..experiments.training import accuracy
     from ..nn.structures import discover
-    from ..nn.train import accuracy
     from .progressive import max_reduction, one_shot_prune, plan_removal, progressive_prune
-    from .vit_digits import digits_vit, save_vit
 
     cmd = "progressive"
     _check_paths(args, cmd)
     _check_int(args.period, "--period", cmd, 1)
     _check_int(args.recovery, "--recovery", cmd, 0)
-    _check_int(args.epochs, "--epochs", cmd, 0)
+    if args.epochs is not None:
+        _check_int(args.epochs, "--epochs", cmd, 0)
     _check_int(args.lora, "--lora", cmd, 0)
     check(math.isfinite(args.protect) and 0 <= args.protect < 1,
           f"The '--protect' of optprune {cmd}", "in [0, 1)", args.protect)

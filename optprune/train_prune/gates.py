@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -71,8 +70,8 @@ from torch import nn
 from .._extras import require
 from ..alloc import AllocationProblem, allocate
 from ..errors import UnsupportedModuleError, ValidationError, check
+from ..experiments.training import accuracy, fit
 from ..nn.models import FeedForward, MultiHeadAttention, ViT
-from ..errors import TrainingDivergedError
 
 __all__ = [
     "LIMIT_L", "LIMIT_R", "BETA", "HardConcreteGate", "CompressoGates", "GateMasks",
@@ -398,27 +397,26 @@ def size_problem(gates: CompressoGates, scores: dict[str, Any] | None = None,
     that meets the budget."""
     s = scores or gates.scores()
     c = gates.size_coefficients()
-    ids, layers, kinds, sc, cost = [], [], [], [], []
+    ids: list[str] = []
+    layers: list[str] = []
+    kinds: list[str] = []
+    sc: list[Any] = []
+    cost: list[float] = []
+
+    def add(n: int, layer: str, kind: str, id_prefix: str, scores: Any) -> None:
+        """``n`` structures of one (layer, kind), each costing the kind's coefficient."""
+        ids.extend(f"{id_prefix}:{i}" for i in range(n))
+        layers.extend([layer] * n)
+        kinds.extend([kind] * n)
+        sc.extend(list(scores))
+        cost.extend([c[kind]] * n)
+
     nh = gates.hidden.n
-    ids += [f"hidden:{i}" for i in range(nh)]
-    layers += ["hidden"] * nh
-    kinds += ["hidden"] * nh
-    sc += list(s["hidden"])
-    cost += [c["hidden"]] * nh
+    add(nh, "hidden", "hidden", "hidden", s["hidden"])
     for b in range(len(gates.head)):
         attn, mlp = gates.slot_layers(b)
-        hn = gates.head[b].n
-        ids += [f"{attn}:head:{h}" for h in range(hn)]
-        layers += [attn] * hn
-        kinds += ["head"] * hn
-        sc += list(s["heads"][b])
-        cost += [c["head"]] * hn
-        fn = gates.ffn[b].n
-        ids += [f"{mlp}:ffn:{j}" for j in range(fn)]
-        layers += [mlp] * fn
-        kinds += ["ffn"] * fn
-        sc += list(s["ffn"][b])
-        cost += [c["ffn"]] * fn
+        add(gates.head[b].n, attn, "head", f"{attn}:head", s["heads"][b])
+        add(gates.ffn[b].n, mlp, "ffn", f"{mlp}:ffn", s["ffn"][b])
     p = AllocationProblem(ids, layers, kinds, np.asarray(sc),
                           {"params": np.asarray(cost, dtype=np.float64)},
                           fixed_costs={"params": c["const"]}, name="compresso")
@@ -571,10 +569,6 @@ class CompressoResult:
         return self.merged_model()
 
 
-def _snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in params.items()}
-
-
 def train_compresso(vit: ViT, x: torch.Tensor, y: torch.Tensor, target: float, *,
                     steps: int = 300, warmup_steps: int | None = None, batch_size: int = 64,
                     lr: float = 3e-3, gate_lr: float = 0.05, lambda_lr: float = 0.2,
@@ -612,90 +606,87 @@ def train_compresso(vit: ViT, x: torch.Tensor, y: torch.Tensor, target: float, *
     _check_target(gates, target, min_hidden)
     loss_fn = loss_fn or F.cross_entropy
 
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        out = pm(x[idx])
-        task = loss_fn(out, y[idx])
+    def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        out = pm(xb)
+        task = loss_fn(out, yb)
         if teacher is not None and distill_weight > 0:
             with torch.no_grad():
-                t_out = teacher(x[idx])
+                t_out = teacher(xb)
             task = task + distill_weight * F.kl_div(
                 F.log_softmax(out, -1), F.log_softmax(t_out, -1), log_target=True,
                 reduction="batchmean")
         return task
 
-    return lagrangian_train(pm, gates, batch_loss, x.shape[0], target, steps=steps,
+    return lagrangian_train(pm, gates, batch_loss, x, y, target, steps=steps,
                             warmup_steps=warmup_steps, batch_size=batch_size, lr=lr,
                             gate_lr=gate_lr, lambda_lr=lambda_lr, seed=seed,
                             checkpoint_every=checkpoint_every, log_every=log_every)
 
 
-def lagrangian_train(pm: nn.Module, gates: CompressoGates, batch_loss: Callable, n: int,
-                     target: float, *, steps: int, warmup_steps: int, batch_size: int,
-                     lr: float, gate_lr: float, lambda_lr: float, seed: int = 0,
-                     checkpoint_every: int = 20, log_every: int = 10) -> CompressoResult:
-    """The training loop shared by every architecture's gates: AdamW on the trainable
-    parameters of ``pm`` (the LoRA adapters), the gates' log_alpha and the two
-    multipliers (gradient reversed), with ``batch_loss(idx)`` the task loss of the
-    rows ``idx`` of n training rows and the Lagrangian of the module docstring."""
+class _Lagrangian(nn.Module):
+    """What the gate training updates, in one module: the peft model (only its LoRA
+    adapters train), the gates and the two multipliers."""
+
+    def __init__(self, pm: nn.Module, gates: CompressoGates) -> None:
+        super().__init__()
+        self.pm, self.gates = pm, gates
+        self.lam = nn.Parameter(torch.zeros(2))
+
+
+def lagrangian_train(pm: nn.Module, gates: CompressoGates,
+                     batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     x: torch.Tensor, y: torch.Tensor, target: float, *, steps: int,
+                     warmup_steps: int, batch_size: int, lr: float, gate_lr: float,
+                     lambda_lr: float, seed: int = 0, checkpoint_every: int = 20,
+                     log_every: int = 10) -> CompressoResult:
+    """The training shared by every architecture's gates, by the kit's
+    :func:`~optprune.experiments.fit` (``steps`` random batches, constant learning
+    rates): AdamW on the trainable parameters of ``pm`` (the LoRA adapters), the gates'
+    log_alpha and the two multipliers (gradient reversed), with ``batch_loss(xb, yb)``
+    the task loss of a batch and the Lagrangian of the module docstring. A non-finite
+    loss restores adapters, gates and multipliers to the last checkpoint (every
+    ``checkpoint_every`` steps) and raises TrainingDivergedError."""
     dense = gates.dense_params()
-    lam = nn.Parameter(torch.zeros(2))
+    work = _Lagrangian(pm, gates)
+    lam = work.lam
     lam.register_hook(lambda g: -g)  # gradient ascent on the multipliers
-    lora_params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([
-        {"params": lora_params, "lr": lr, "weight_decay": 0.0},
+    groups = [
+        {"params": [p for p in pm.parameters() if p.requires_grad], "lr": lr, "weight_decay": 0.0},
         {"params": list(gates.parameters()), "lr": gate_lr, "weight_decay": 0.0},
         {"params": [lam], "lr": lambda_lr, "weight_decay": 0.0},
-    ])
-    tracked = {f"lora.{i}": p for i, p in enumerate(lora_params)}
-    tracked.update({f"gate.{n_}": p for n_, p in gates.named_parameters()})
-    tracked["lambda"] = lam
-    good = _snapshot(tracked)
-    g = torch.Generator().manual_seed(seed)
+    ]
     history: list[dict[str, float]] = []
+    now: dict[str, Any] = {}
+
+    def loss(xb: torch.Tensor, yb: torch.Tensor, step: int, _epoch: int) -> torch.Tensor:
+        task = batch_loss(xb, yb)
+        s = 1.0 - gates.expected_params() / dense
+        t = target * min(1.0, (step + 1) / warmup_steps)
+        now.update(task=task, s=s, t=t)
+        return task + lam[0] * (s - t) + lam[1] * (s - t) ** 2
+
+    def log(step: int) -> None:  # after the update, as the multipliers stand then
+        if step % log_every == 0 or step == steps - 1:
+            history.append({"step": step, "task_loss": float(now["task"].detach()),
+                            "expected_sparsity": float(now["s"].detach()),
+                            "target_now": now["t"], "lambda_1": float(lam[0].detach()),
+                            "lambda_2": float(lam[1].detach())})
+
     gates.attach()
-    gates.train()
-    pm.train()
-    t0 = time.perf_counter()
     try:
-        for step in range(steps):
-            idx = torch.randint(0, n, (batch_size,), generator=g)
-            task = batch_loss(idx)
-            s = 1.0 - gates.expected_params() / dense
-            t = target * min(1.0, (step + 1) / warmup_steps)
-            lag = lam[0] * (s - t) + lam[1] * (s - t) ** 2
-            loss = task + lag
-            if not torch.isfinite(loss):
-                with torch.no_grad():
-                    for k, v in good.items():
-                        tracked[k].copy_(v)
-                raise TrainingDivergedError(
-                    f"Compresso training diverged at step {step} (loss {loss.item()}); the LoRA "
-                    f"weights, gates and multipliers were reset to the last good checkpoint "
-                    f"(step {step - step % checkpoint_every}). Lower lr / gate_lr / lambda_lr.",
-                    step=step, checkpoint=good)
-            if step % checkpoint_every == 0:
-                good = _snapshot(tracked)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step % log_every == 0 or step == steps - 1:
-                history.append({"step": step, "task_loss": float(task.detach()), "expected_sparsity":
-                                float(s.detach()), "target_now": t, "lambda_1": float(lam[0].detach()),
-                                "lambda_2": float(lam[1].detach())})
+        h = fit(work, x, y, steps=steps, batch_size=batch_size, params=groups,
+                schedule="constant", seed=seed, batch_loss=loss, after_step=log,
+                checkpoint_every=checkpoint_every, hint="Lower lr / gate_lr / lambda_lr.")
     finally:
         gates.detach()
-    gates.eval()
-    pm.eval()
-    return CompressoResult(gates, pm, target, history, (float(lam[0].detach()), float(lam[1].detach())),
-                           time.perf_counter() - t0)
+    return CompressoResult(gates, pm, target, history,
+                           (float(lam[0].detach()), float(lam[1].detach())), h.time_s)
 
 
 def evaluate_masks(result: CompressoResult, masks: GateMasks, x: torch.Tensor, y: torch.Tensor
                    ) -> dict[str, Any]:
     """Physically prune the merged ViT to ``masks``; its parameters, sparsity, distance
     from the target and accuracy on (x, y)."""
-    from ..nn.train import accuracy
-
     merged = result.merged_vit()
     dense = sum(p.numel() for p in merged.parameters())
     pruned = apply_gate_masks(merged, masks)

@@ -546,10 +546,10 @@ def train_compresso_bert(bert: nn.Module, x: torch.Tensor, y: torch.Tensor, targ
     enc = TokenIdsEncoder(pm.get_base_model(), pad_token_id)
     loss_fn = loss_fn or _cos_loss
 
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        return loss_fn(enc(x[idx]), y[idx])
+    def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return loss_fn(enc(xb), yb)
 
-    return lagrangian_train(pm, gates, batch_loss, x.shape[0], target, steps=steps,
+    return lagrangian_train(pm, gates, batch_loss, x, y, target, steps=steps,
                             warmup_steps=warmup_steps, batch_size=batch_size, lr=lr,
                             gate_lr=gate_lr, lambda_lr=lambda_lr, seed=seed,
                             checkpoint_every=checkpoint_every, log_every=log_every)

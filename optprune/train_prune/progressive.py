@@ -40,19 +40,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._extras import require
 from ..alloc import allocate
 from ..errors import ValidationError, check
+from ..experiments.training import FitHistory, fit
 from ..nn.importance import score
 from ..nn.pruning import build_problem
 from ..nn.structures import StructureSet, discover
 from ..nn.surgery import apply_mask
-from ..errors import TrainingDivergedError
 
-__all__ = ["RemovalPlan", "ProgressiveReport", "plan_removal", "shrink_factor", "fit",
+__all__ = ["RemovalPlan", "ProgressiveReport", "plan_removal", "shrink_factor", "train_steps",
            "progressive_shrink", "progressive_prune", "one_shot_prune", "add_lora",
            "merge_lora", "removal_masks", "max_reduction"]
 
@@ -174,54 +173,19 @@ def plan_removal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: 
 
 
 # ------------------------------------------------------------------ training
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *, lr: float = 1e-3,
-        batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
-        params: Sequence[nn.Parameter] | None = None, loss_fn: Callable | None = None,
-        after_step: Callable[[int], None] | None = None, checkpoint_every: int = 10,
-        log_every: int = 10) -> list[dict[str, float]]:
-    """``steps`` AdamW steps on random batches (constant lr). ``after_step(t)`` runs
-    after optimizer step t. A non-finite loss restores the model's last good
-    checkpoint (state_dict, every ``checkpoint_every`` steps) and raises
-    TrainingDivergedError."""
-    check(isinstance(steps, int) and steps >= 0, "The number of training 'steps'",
-          "a non-negative integer", steps)
-    check(x.shape[0] == y.shape[0] and x.shape[0] > 0, "The training data",
-          "non-empty x and y of equal length", (tuple(x.shape), tuple(y.shape)))
-    loss_fn = loss_fn or F.cross_entropy
-    params = list(params) if params is not None else [p for p in model.parameters()
-                                                      if p.requires_grad]
-    history: list[dict[str, float]] = []
-    if steps == 0:
-        return history
-    check(len(params) > 0, "The parameters to train", "non-empty", 0,
-          "Every parameter has requires_grad=False; unfreeze some or pass 'params'.")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    good = copy.deepcopy(model.state_dict())
-    good_step = 0
-    model.train()
-    for t in range(steps):
-        idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=g)
-        loss = loss_fn(model(x[idx]), y[idx])
-        if not torch.isfinite(loss):
-            model.load_state_dict(good)
-            model.eval()
-            raise TrainingDivergedError(
-                f"Training diverged at step {t} (loss {loss.item()}); the model was reset to "
-                f"its last good checkpoint (step {good_step}), also kept in the error's "
-                "'checkpoint'. Lower the learning rate.", step=t, checkpoint=good)
-        if t % checkpoint_every == 0:
-            good = copy.deepcopy(model.state_dict())
-            good_step = t
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if after_step is not None:
-            after_step(t)
-        if t % log_every == 0 or t == steps - 1:
-            history.append({"step": t, "loss": float(loss.detach())})
-    model.eval()
-    return history
+def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *,
+                lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
+                params: Sequence[nn.Parameter] | None = None, loss_fn: Callable | None = None,
+                after_step: Callable[[int], None] | None = None,
+                checkpoint_every: int = 10) -> FitHistory:
+    """The step-counted training of the training-based pruners (shrink period,
+    recovery, fine-tuning of a pruned model): ``steps`` AdamW steps at a constant
+    ``lr``, no weight decay, on batches drawn with replacement, by the kit's
+    :func:`~optprune.experiments.fit` (a non-finite loss restores the last checkpoint,
+    every ``checkpoint_every`` steps, and raises TrainingDivergedError)."""
+    return fit(model, x, y, steps=steps, lr=lr, batch_size=batch_size, weight_decay=0.0,
+               seed=seed, params=params, schedule="constant", loss_fn=loss_fn,
+               after_step=after_step, checkpoint_every=checkpoint_every)
 
 
 def removal_masks(structures: StructureSet, keep: np.ndarray, target: nn.Module
@@ -328,8 +292,8 @@ def progressive_shrink(model: nn.Module, plan: RemovalPlan, x: torch.Tensor, y: 
                        checkpoint_every: int = 10) -> dict[str, Any]:
     """Train ``model`` (the plan's model, or a peft wrapper of it) for ``period_steps``
     while shrinking the removed groups by (P - t - 1)/(P - t) after every step.
-    Returns the history and the norm of the removed entries after every step (the
-    last is exactly 0)."""
+    Returns the loss of every step and the norm of the removed entries after every step
+    (the last is exactly 0)."""
     check(isinstance(period_steps, int) and period_steps > 0, "The shrink 'period_steps'",
           "a positive integer", period_steps)
     masks = _tensor_masks(plan.structures, plan.keep, model)
@@ -344,10 +308,10 @@ def progressive_shrink(model: nn.Module, plan: RemovalPlan, x: torch.Tensor, y: 
             norms.append(float(sum(float(tensor[m].double().pow(2).sum()) for tensor, m in masks))
                          ** 0.5)
 
-    hist = fit(model, x, y, period_steps, lr=lr, batch_size=batch_size, seed=seed,
-               params=trainable, loss_fn=loss_fn, after_step=shrink,
-               checkpoint_every=checkpoint_every)
-    return {"history": hist, "removed_norms": norms}
+    hist = train_steps(model, x, y, period_steps, lr=lr, batch_size=batch_size, seed=seed,
+                       params=trainable, loss_fn=loss_fn, after_step=shrink,
+                       checkpoint_every=checkpoint_every)
+    return {"loss": hist.loss, "removed_norms": norms}
 
 
 @dataclass(frozen=True)
@@ -418,8 +382,9 @@ def progressive_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduct
                                   "shrinking period.")
     pruned = apply_mask(ss, plan.keep)
     t3 = time.perf_counter()
-    rec = fit(pruned, x, y, recovery_steps, lr=recovery_lr or lr, batch_size=batch_size,
-              seed=seed + 1, loss_fn=loss_fn, checkpoint_every=checkpoint_every)
+    rec = train_steps(pruned, x, y, recovery_steps, lr=recovery_lr or lr,
+                      batch_size=batch_size, seed=seed + 1, loss_fn=loss_fn,
+                      checkpoint_every=checkpoint_every)
     t4 = time.perf_counter()
     n = sum(p.numel() for p in pruned.parameters())
     report = ProgressiveReport(
@@ -429,8 +394,8 @@ def progressive_prune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduct
         removed_norm_first=shr["removed_norms"][0], removed_norm_last=shr["removed_norms"][-1],
         steps={"period": period_steps, "recovery": recovery_steps}, lora=lora,
         times_s={"plan": t1 - t0, "shrink": t2 - t1, "surgery": t3 - t2, "recovery": t4 - t3},
-        history={"shrink": shr["history"], "removed_norms": shr["removed_norms"],
-                 "recovery": rec})
+        history={"shrink_loss": shr["loss"], "removed_norms": shr["removed_norms"],
+                 "recovery_loss": rec.loss})
     return pruned, report
 
 
@@ -443,5 +408,6 @@ def one_shot_prune(model: nn.Module, plan: RemovalPlan, x: torch.Tensor, y: torc
     input_shape = tuple(input_shape or x.shape[1:])
     ss = discover(copy.deepcopy(model), input_shape)
     pruned = apply_mask(ss, plan.keep)
-    fit(pruned, x, y, finetune_steps, lr=lr, batch_size=batch_size, seed=seed, loss_fn=loss_fn)
+    train_steps(pruned, x, y, finetune_steps, lr=lr, batch_size=batch_size, seed=seed,
+                loss_fn=loss_fn)
     return pruned

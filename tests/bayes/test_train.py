@@ -7,7 +7,7 @@ import torch
 from optprune.bayes import TrainingDivergedError, attach_noise, evidence_change, train_svi
 from optprune.errors import ValidationError
 from optprune.nn.models import MLP
-from optprune.nn.train import accuracy, load_digits_split
+from optprune.experiments import accuracy, load_checkpoint, load_digits_split
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,17 @@ def test_nan_in_data_stops_with_error_and_restores_last_good_checkpoint(digits, 
     for k, v in err.checkpoint.items():
         assert torch.equal(state[k], v)
         assert torch.isfinite(v).all()
-    saved = torch.load(path)
-    assert saved["epoch"] == -1  # the start: no epoch completed
-    assert all(torch.equal(saved["state_dict"][k], v) for k, v in err.checkpoint.items())
+    saved = load_checkpoint(path)
+    assert saved.meta == {"step": 0, "epochs_completed": 0}  # the start: no epoch completed
+    assert all(torch.equal(saved.state_dict[k], v) for k, v in err.checkpoint.items())
+    # a run that completes writes its final state there
+    nm2 = attach_noise(MLP(64, [16], 10), (64,))
+    train_svi(nm2, digits.x_train[:64], digits.y_train[:64], epochs=2, checkpoint_path=path)
+    saved = load_checkpoint(path)
+    assert saved.meta == {"step": 2, "epochs_completed": 2}
+    assert all(torch.equal(saved.state_dict[k], v) for k, v in nm2.state_dict().items())
+    with pytest.raises(ValidationError, match="folder of 'checkpoint_path'"):
+        train_svi(nm2, x, y, epochs=1, checkpoint_path=tmp_path / "no" / "c.pt")
 
 
 def test_exploding_learning_rate_is_caught(digits):

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from optprune.cli import main
 from optprune.errors import InfeasibleProblemError, ValidationError
 from optprune.hw.mapping import total_cycles
-from optprune.hw.tiles import (TileGrid, apply_tile_masks, block_mask, sasp_prune,
-                               threshold_keep, tile_grids, tile_importance, tiled_linear)
+from optprune.hw.tiles import (TileGrid, apply_tile_masks, block_mask, finetune_masked,
+                               sasp_prune, threshold_keep, tile_grids, tile_importance,
+                               tiled_linear)
 from optprune.nn.models import ViT
 
 SHAPE = (1, 8, 8)
@@ -154,8 +155,8 @@ def test_bad_inputs():
 
 
 def test_cli_sasp_json(capsys):
-    assert main(["systolic", "sasp", "--model", "vit", "--array", "16x16", "--heads", "2",
-                 "--ffn", "32", "--prune-rate", "0.25", "--json"]) == 0
+    assert main(["systolic", "sasp", "--model", "vit", "--array", "16x16",
+                 "--prune-rate", "0.25", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["prune_rate"] >= 0.25 and d["speedup"] > 1
     assert d["cycles"] == d["fixed_cycles"] + sum(r["cycles"] for r in d["per_matrix"])
@@ -176,3 +177,22 @@ def test_threshold_with_cycle_cap_meets_the_cap_within_bounds():
                 assert row["prune_rate"] <= 0.5 + 1e-9
     with pytest.raises(InfeasibleProblemError, match="threshold"):
         sasp_prune(grids, dense, sc, prune_rate=0.9, max_rate=bounds, method="threshold")
+
+
+def test_masked_fine_tuning_keeps_dropped_tiles_at_zero_and_trains_the_rest():
+    m = _tiny(1)
+    grids, dense = tile_grids(m, SHAPE, "4x4")
+    r = sasp_prune(grids, dense, tile_importance(m, grids), prune_rate=0.3)
+    pm = apply_tile_masks(m, grids, r.keep)
+    masks = {g.module: block_mask(g, r.keep[g.module]) for g in grids}
+    before = {n: p.detach().clone() for n, p in pm.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, *SHAPE, generator=g), torch.randint(0, 10, (64,), generator=g)
+    finetune_masked(pm, masks, x, y, epochs=2, lr=1e-2)
+    mods = dict(pm.named_modules())
+    for name, mk in masks.items():
+        w = mods[name].weight
+        assert torch.all(w[mk == 0] == 0)  # dropped tiles: exactly zero after every step
+        assert not torch.equal(w, before[f"{name}.weight"])  # kept tiles trained
+    with pytest.raises(ValidationError, match="modules of the model"):
+        finetune_masked(pm, {"nope": masks[grids[0].module]}, x, y)

@@ -38,6 +38,19 @@ def test_answer_prints_a_checked_vote(trained, capsys, backend):
     assert out["correct"] == (out["answer"] == out["correct_answer"])
 
 
+def test_answer_text_lists_the_json_candidates(trained, capsys):
+    argv = ["sprint", "answer", "--dir", str(trained), "3+4*2", "-n", "3"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    for c in out["candidates"]:
+        a = c["answer"]
+        assert (f"{c['configuration']:<12} p={c['predicted_accuracy']:.3f}  "
+                f"answer {a if a >= 0 else 'malformed'}") in text
+    assert f"majority answer {out['answer']}; correct answer {out['correct_answer']}" in text
+
+
 def test_answer_objectives_agree_across_backends(trained, capsys):
     vals = []
     for backend in ("highs", "cpsat", "brute"):

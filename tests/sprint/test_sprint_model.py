@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from optprune.errors import ValidationError
+from optprune.errors import CheckpointError, ValidationError
 from optprune.sprint.configs import HeadConfig, candidate_configs, config_costs, config_masks
 from optprune.sprint.model import (SprintTransformer, answer, answer_table,
                                    batch_examples, default_model, generate, train_model)
@@ -156,3 +156,16 @@ def test_experiment_recipe_trains_to_graded_accuracy():
     steps = np.array([q.steps for q in qs])
     assert ok.mean() > 0.6
     assert ok[steps <= 3].mean() > ok[steps >= 7].mean()
+
+
+def test_save_load_round_trip_of_a_pruned_model(tmp_path):
+    tok, model = _model()
+    small = model.without_heads([(0, 1), (2, 0), (2, 3)])
+    path = small.save(tmp_path / "m.pt", steps=3)
+    back = SprintTransformer.load(path)
+    assert back.heads == small.heads == (2, 2, 2)
+    x, _ = batch_examples(tok, generate_questions(4, seed=1))
+    with torch.no_grad():
+        assert torch.equal(back(x), small.eval()(x))
+    with pytest.raises(CheckpointError, match="none.pt.*optprune sprint train"):
+        SprintTransformer.load(tmp_path / "none.pt")

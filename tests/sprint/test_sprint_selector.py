@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from optprune.errors import ValidationError
+from optprune.errors import CheckpointError, ValidationError
 from optprune.sprint.configs import HeadConfig, candidate_configs
-from optprune.sprint.model import default_model
+from optprune.sprint.model import SprintTransformer, default_model
 from optprune.sprint.selector import (ContrastiveSelector, info_nce_loss, majority_vote,
                                       question_features)
 from optprune.sprint.task import Tokenizer, generate_questions
@@ -72,8 +72,11 @@ def test_same_seed_same_selector_and_save_load(tmp_path):
     assert a.loss_history_ == b.loss_history_
     path = a.save(tmp_path / "sel.pt")
     c = ContrastiveSelector.load(path)
-    assert np.allclose(c.predicted_accuracy(feats), a.predicted_accuracy(feats))
-    assert c.ids == a.ids
+    assert np.array_equal(c.predicted_accuracy(feats), a.predicted_accuracy(feats))
+    assert c.ids == a.ids and c.loss_history_ == a.loss_history_
+    assert (c.initial_loss_, c.final_loss_) == (a.initial_loss_, a.final_loss_)
+    with pytest.raises(CheckpointError, match="must hold a 'sprint' model"):
+        SprintTransformer.load(path)
 
 
 def test_unknown_configurations_and_unfitted_selector():

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from optprune.cli import main
-from optprune.nn.train import accuracy, load_digits_split
-from optprune.train_prune import load_vit
+from optprune.experiments import accuracy, load_digits_split, load_vit
 
 pytest.importorskip("peft")
 

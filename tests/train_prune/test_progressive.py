@@ -13,8 +13,9 @@ from torch import nn
 from optprune.errors import ValidationError
 from optprune.nn import apply_mask, discover
 from optprune.nn.models import MLP, ViT
-from optprune.train_prune import (TrainingDivergedError, fit, one_shot_prune, plan_removal,
-                                  progressive_prune, progressive_shrink, shrink_factor)
+from optprune.train_prune import (TrainingDivergedError, one_shot_prune, plan_removal,
+                                  progressive_prune, progressive_shrink, shrink_factor,
+                                  train_steps)
 from optprune.train_prune.progressive import _tensor_masks
 
 torch.set_num_threads(1)
@@ -142,13 +143,13 @@ def test_plan_with_given_structures_and_importance_options():
         plan_removal(None, x, y, 0.3, structures="not a set")
 
 
-def test_fit_refuses_a_model_with_nothing_to_train():
+def test_train_steps_refuses_a_model_with_nothing_to_train():
     vit = tiny_vit()
     for p in vit.parameters():
         p.requires_grad_(False)
     x, y = toy_data(8)
     with pytest.raises(ValidationError, match="requires_grad=False"):
-        fit(vit, x, y, 2)
+        train_steps(vit, x, y, 2)
 
 
 def test_progressive_prune_end_to_end_and_one_shot_baseline():
@@ -229,4 +230,4 @@ def test_diverging_training_keeps_last_good_checkpoint():
         assert torch.equal(v, states["at_checkpoint"][k])
         assert torch.equal(v, ei.value.checkpoint[k])
     with pytest.raises(TrainingDivergedError):
-        fit(vit, x, y, 3, loss_fn=lambda o, t: o.sum() * float("nan"))
+        train_steps(vit, x, y, 3, loss_fn=lambda o, t: o.sum() * float("nan"))
