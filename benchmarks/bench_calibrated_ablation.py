@@ -3,8 +3,9 @@ time, same budget, same seeds; one-shot test accuracy on the digits test split a
 shifted copy (outside the calibration domain, as in bench_calibrated), calibration KL of
 the chosen model, and test accuracy after identical fine-tuning).
 
-Variants: ``default``; ``k1`` (the proven optimum of the curves' objective, no measured
-choice); ``k8``; ``order-diag`` / ``order-layerwise`` (keep order within a layer);
+Variants: ``default``; ``curves-only`` (no Fisher proposal in the measured choice);
+``k1`` (the proven optimum of the curves' objective and the Fisher one, measured);
+``k8``; ``order-diag`` / ``order-layerwise`` (keep order within a layer);
 ``fisher-model`` (one draw of model labels instead of the data's); ``scope-consumers``
 (only the layers that lost inputs are refit); ``curves-bias-refit`` (the curves refit
 only the consumers' biases, not their weights); ``fisher-exact`` (no curves: the summed
@@ -36,6 +37,7 @@ from bench_calibrated import FAMILIES, shifted  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "curves-only": {"fisher_proposals": 0},
     "k1": {"k_best": 1},
     "k8": {"k_best": 8},
     "order-diag": {"order": "diag"},
