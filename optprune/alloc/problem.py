@@ -737,7 +737,8 @@ class AllocationProblem:
             best = float(np.clip(self.score[~self._valued_mask()], 0, None).sum())
             best += sum(float(np.max(sv.values[self.allowed_counts(s)]))
                         for s, sv in self.slot_values.items() if self.allowed_counts(s).size)
-            if floor > best + 1e-9 * max(1.0, abs(best)):
+            # The tolerance of violations(): a floor a selection meets within it is met.
+            if floor > best + 1e-6 * max(1.0, abs(floor)):
                 raise InfeasibleProblemError(
                     f"The importance floor {floor:.6g} exceeds the most any selection can "
                     f"retain ({best:.6g})."

@@ -271,3 +271,15 @@ def test_k_best_refuses_bad_k(k):
     p = AllocationProblem(None, ["a"], ["h"], [1.0], {"params": [1.0]})
     with pytest.raises(ValidationError, match="positive integer"):
         allocate_k_best(p, k)
+
+
+def test_a_floor_met_within_the_feasibility_tolerance_is_not_called_infeasible():
+    # Found by the property test above: nothing can retain more than 0, the floor is
+    # 3e-7; the checker (violations, tolerance 1e-6) accepts every selection, so the
+    # up-front diagnosis must not refuse the problem.
+    p = AllocationProblem(None, ["a"] * 3, ["neuron"] * 3, [-1.0, -2.0, 0.0],
+                          {"params": np.ones(3)})
+    p.set_objective("min_resource", "params", 3e-7, relative=False)
+    r = allocate(p, baselines=False)
+    assert r.solve.is_optimal and p.violations(r.keep) == []
+    assert r.solve.objective == pytest.approx(p.objective_of(r.keep))
