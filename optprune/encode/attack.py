@@ -12,10 +12,16 @@ over a pruned network, HiGHS keeps every improving incumbent
 (``mip_improving_solution_save``), each is judged on the reference, and the best
 verified one is returned.
 
-Outcome: ``adversarial`` (a verified witness), ``robust`` (proved: margin bound <= 0,
-or the decision / minimal-distortion MIP is infeasible), or ``unknown`` (a limit
-stopped the solver first, or a witness failed verification). A limit is a result:
-the incumbent, its bound and the gap are returned.
+Outcome: ``adversarial`` (a verified witness), ``robust`` (proved: the solver ran and
+its dual bound on the margin is <= 0, or it proved the decision / minimal-distortion MIP
+infeasible), or ``unknown`` (a limit stopped the solver first, a witness failed
+verification, or the solver failed: termination ``error``, with the solver's message in
+``message`` and no objective or bound). A limit is a result: the incumbent, its bound and
+the gap are returned. A solver error is never read as a bound.
+
+Threads: HiGHS runs one thread scheduler per process, sized by the first run that needs
+it (the LP bounds' runs, for instance), and refuses a later run whose ``threads`` differs.
+A ``threads`` request is honored: the scheduler is rebuilt at the requested size.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +40,13 @@ from .bounds import compute_bounds
 from .formulate import AttackSpec, Encoding, Region, encode
 from .network import Network, as_network
 
-__all__ = ["AttackResult", "Reference", "attack", "solve_encoding", "margin_of"]
+__all__ = ["AttackResult", "Reference", "attack", "solve_encoding", "margin_of",
+           "run_highs", "PROOF_TERMINATIONS"]
+
+# Terminations after which the solver's dual bound is a proof (it searched and stopped on a
+# limit or on optimality). After "error" or "other" a reported bound means nothing.
+PROOF_TERMINATIONS = frozenset({"optimal", "time_limit", "node_limit", "solution_limit",
+                                "interrupted"})
 
 
 def margin_of(logits: np.ndarray, label: int, target: int | None) -> float:
@@ -97,6 +109,7 @@ class AttackResult:
     nodes: int | None
     incumbents_checked: int
     stats: dict[str, Any]
+    message: str = ""                 # why the outcome is "unknown" (limit, error, ...)
 
     def to_dict(self, with_witness: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -107,6 +120,22 @@ class AttackResult:
         return d
 
 
+def run_highs(h: Any, threads: int | None) -> Any:
+    """``h.run()`` with ``threads`` honored (module docstring): when HiGHS refuses the run
+    because its process-wide scheduler has another size (kError, model status kNotset),
+    the scheduler is rebuilt with ``threads`` and the run repeated."""
+    import highspy
+
+    if threads is not None:
+        h.setOptionValue("threads", int(threads))
+    status = h.run()
+    if (threads is not None and status == highspy.HighsStatus.kError
+            and h.getModelStatus() == highspy.HighsModelStatus.kNotset):
+        highspy.Highs.resetGlobalScheduler(True)
+        status = h.run()
+    return status
+
+
 def _highs_solve(enc: Encoding, options: SolveOptions, save_incumbents: bool,
                  stop_at_first: bool) -> tuple[SolveResult, list[np.ndarray]]:
     """HiGHS directly, so that improving incumbents can be kept for the surrogate mode."""
@@ -115,14 +144,16 @@ def _highs_solve(enc: Encoding, options: SolveOptions, save_incumbents: bool,
     t0 = time.perf_counter()
     h = new_highs(options.log)
     pass_model(h, enc.model)
-    apply_options(h, options, enc.model.is_mip)
+    # threads are set by run_highs, which can rebuild the scheduler; apply_options would
+    # only warn that the running pool has another size
+    apply_options(h, replace(options, threads=None), enc.model.is_mip)
     if save_incumbents:
         h.setOptionValue("mip_improving_solution_save", True)
     if stop_at_first:
         h.setOptionValue("mip_max_improving_sols", 1)
     build = time.perf_counter() - t0
     t1 = time.perf_counter()
-    h.run()
+    run_highs(h, options.threads)
     dt = time.perf_counter() - t1
     res = read_result(h, enc.model, options, build, dt, HighsBackend.version())
     sols: list[np.ndarray] = []
@@ -165,23 +196,40 @@ def solve_encoding(enc: Encoding, backend: str = "highs", options: SolveOptions 
         pred = int(np.argmax(ref.logits(witness)))
         dist = region.distance(witness)
     term = res.termination.value
-    if verified:
-        outcome = "adversarial"
-    elif spec.objective == "margin" and res.bound is not None and res.bound <= 0 and not surrogate:
-        outcome = "robust"
-    elif spec.objective in ("decision", "min_distortion") and term == "infeasible" and not surrogate:
-        outcome = "robust"
-    else:  # a proof over a pruned surrogate says nothing about the dense reference
-        outcome = "unknown"
+    outcome, message = _outcome(term, res, spec.objective, bool(verified), surrogate,
+                                best is not None)
+    searched = term in PROOF_TERMINATIONS or term == "infeasible"
     st = enc.stats()
     return AttackResult(
-        outcome=outcome, termination=term, objective=res.objective, bound=res.bound,
-        gap=res.gap, witness=witness, verified=verified, reference_margin=rmargin,
+        outcome=outcome, termination=term, objective=res.objective if searched else None,
+        bound=res.bound if searched else None, gap=res.gap if searched else None,
+        witness=witness, verified=verified, reference_margin=rmargin,
         mip_margin=mmargin, predicted_class=pred, distance=dist,
         bounds_time_s=enc.bounds.time_s, build_time_s=enc.build_time_s,
         solve_time_s=res.solve_time_s, nodes=res.nodes, incumbents_checked=len(sols),
-        stats=st,
+        stats=st, message=message,
     )
+
+
+def _outcome(term: str, res: SolveResult, objective: str, verified: bool, surrogate: bool,
+             had_witness: bool) -> tuple[str, str]:
+    """(outcome, message): robust only on a proof, i.e. a dual bound <= 0 from a search
+    that ran (PROOF_TERMINATIONS), or infeasibility of the decision / distortion MIP."""
+    if verified:
+        return "adversarial", ""
+    if term not in PROOF_TERMINATIONS and term != "infeasible":
+        return "unknown", (f"the solver stopped with termination {term!r} "
+                           f"({res.message or 'no message'}); nothing is proven")
+    if surrogate:  # a proof over a pruned surrogate says nothing about the dense reference
+        return "unknown", "surrogate mode: no incumbent was verified on the reference"
+    if objective == "margin" and res.bound is not None and res.bound <= 0:
+        return "robust", ""
+    if objective in ("decision", "min_distortion") and term == "infeasible":
+        return "robust", ""
+    if had_witness:
+        return "unknown", "the witness failed verification on the reference network"
+    return "unknown", (f"not proven: termination {term!r}, bound {res.bound}, "
+                       f"gap {res.gap:.3g}")
 
 
 def attack(network: Any, x0: Any, label: int, *, radius: float, norm: str = "linf",
