@@ -89,7 +89,9 @@ def _variant(selection: str, keep: float) -> str:
 def dense_vs_pruned(args: argparse.Namespace) -> None:
     import torch
 
-    from optprune.encode.prune import accuracy, digits_data, prune_and_finetune, train_mlp
+    from optprune.encode.prune import (
+        accuracy, describe_selection, digits_data, prune_and_finetune, train_mlp,
+    )
 
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -114,7 +116,11 @@ def dense_vs_pruned(args: argparse.Namespace) -> None:
             for sel in selections:
                 pruned, rep = prune_and_finetune(dense, args.keep, data, seed=seed,
                                                  finetune_epochs=args.finetune_epochs,
-                                                 selection=sel)
+                                                 selection=sel,
+                                                 time_limit_s=args.selection_time_limit,
+                                                 require_optimal=args.require_optimal)
+                print(f"{a} s{seed} {sel}: widths {rep.hidden_after}, selection "
+                      f"{describe_selection(rep.allocation)}", flush=True)
                 nets[_variant(sel, args.keep)] = (pruned, rep.test_accuracy_after,
                                                   rep.hidden_after, rep.allocation)
             for v, (net, acc, hidden, alloc) in nets.items():
@@ -177,6 +183,12 @@ def summarize(done: dict, args: argparse.Namespace, attacks: list, selections: l
                       f"{acc['dense']:.4f} | {acc[pv]:.4f} | {100 * drop:+.1f} pt | "
                       f"{sol['dense']} | {sol[pv]} | {sg['dense']:.2f} | {sg[pv]:.2f} | "
                       f"{sg['dense'] / sg[pv]:.2f}x | {bins['dense']:.0f} / {bins[pv]:.0f} |")
+    unproven = sorted({(x["arch"], x["seed"], x["variant"], x["allocation"].get("gap"))
+                       for x in rows if x.get("allocation") and not x["allocation"].get(
+                           "proven", x["allocation"].get("status") == "optimal")},
+                      key=str)
+    for a, seed, v, gap in unproven:
+        print(f"selection NOT proven optimal (incumbent used): {a} seed {seed} {v}, gap {gap}")
     for sel in selections:
         pv = _variant(sel, args.keep)
         tout = [x["key"] for x in rows if x["variant"] == "dense" and not x["solved"]]
@@ -252,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--selections", default="layerwise",
                    help="comma list of layerwise (same fraction per layer) and exact "
                         "(allocation at the same parameter count)")
+    p.add_argument("--selection-time-limit", type=float, default=60.0,
+                   help="time limit (s) of the exact neuron selection")
+    p.add_argument("--require-optimal", action="store_true",
+                   help="refuse an exact selection the solver did not prove optimal")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--finetune-epochs", type=int, default=20)
     p.add_argument("--group-lasso", type=float, default=1e-4)

@@ -27,17 +27,54 @@ fine-tuned.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ValidationError, check
+from ..errors import OptpruneError, ValidationError, check
 
 __all__ = ["digits_data", "train_mlp", "prune_neurons", "finetune", "accuracy",
-           "PruneReport", "prune_and_finetune", "neuron_scores", "SELECTIONS"]
+           "PruneReport", "prune_and_finetune", "neuron_scores", "SELECTIONS",
+           "UnprovenSelectionWarning", "UnprovenSelectionError", "describe_selection",
+           "judge_selection"]
 
 SELECTIONS = ("layerwise", "exact")
+
+
+class UnprovenSelectionWarning(UserWarning):
+    """The exact neuron selection was used although the solver did not prove it optimal."""
+
+
+class UnprovenSelectionError(OptpruneError, RuntimeError):
+    """The exact neuron selection was not proven optimal and ``require_optimal`` was set."""
+
+
+def judge_selection(info: dict, require_optimal: bool, stacklevel: int = 4) -> None:
+    """Refuse (``require_optimal``) or warn about a selection that is not proven optimal."""
+    if info.get("proven"):
+        return
+    what = f"The exact neuron selection is {describe_selection(info)}"
+    if require_optimal:
+        raise UnprovenSelectionError(
+            f"{what}; require_optimal=True refuses it. Raise time_limit_s, or pass "
+            "require_optimal=False to use the incumbent (with a warning).")
+    warnings.warn(f"{what}; its incumbent is used for surgery. Raise time_limit_s or pass "
+                  "require_optimal=True to refuse it.", UnprovenSelectionWarning,
+                  stacklevel=stacklevel)
+
+
+def describe_selection(info: dict | None) -> str:
+    """One line on an exact selection's proof: "optimal" or its termination and gap."""
+    if not info:
+        return "layerwise (no solve)"
+    if info.get("proven"):
+        return "optimal"
+    gap = info.get("gap")
+    gap_s = "inf" if gap is None or not math.isfinite(gap) else f"{gap:.3g}"
+    return (f"NOT proven optimal: {info.get('status')} after the {info.get('time_limit_s')} s "
+            f"limit, gap {gap_s} (objective {info.get('objective')}, bound {info.get('bound')})")
 
 
 def digits_data(seed: int = 0, test_fraction: float = 0.3):
@@ -141,8 +178,8 @@ def _mlp_params(widths: Sequence[int]) -> int:
 
 
 def _exact_keep(model: Any, budget_params: int, importance: str, data: tuple | None,
-                time_limit_s: float | None, min_keep: int | float = 1
-                ) -> tuple[list[np.ndarray], dict]:
+                time_limit_s: float | None, min_keep: int | float = 1,
+                require_optimal: bool = False) -> tuple[list[np.ndarray], dict]:
     import torch
 
     from ..nn.pruning import build_problem
@@ -172,24 +209,33 @@ def _exact_keep(model: Any, budget_params: int, importance: str, data: tuple | N
     p, _ = build_problem(structures, scores, frac, None, None, min_keep, False, None,
                          name="encode-neurons")
     r = allocate(p, backend="highs", time_limit_s=time_limit_s, rel_gap=1e-9, baselines=False)
+    info = {"status": r.solve.termination.value, "objective": r.solve.objective,
+            "bound": r.solve.bound, "budget_params": int(budget_params),
+            "gap": r.solve.gap if math.isfinite(r.solve.gap) else None,
+            "proven": r.solve.termination.value == "optimal", "time_limit_s": time_limit_s}
     if r.keep is None:
-        raise ValidationError(f"The neuron allocation stopped ({r.solve.termination.value}) "
-                              "without a selection; raise time_limit_s.")
+        raise UnprovenSelectionError(
+            f"The exact neuron selection stopped ({info['status']}, time limit {time_limit_s} s) "
+            "without any selection; raise time_limit_s or use selection='layerwise'.")
+    judge_selection(info, require_optimal)
     keep_idx: list[list[int]] = [[] for _ in lin[:-1]]
     for g, k, w in zip(structures.groups, r.keep, where):
         if k:
             keep_idx[w].append(g.index)
-    info = {"status": r.solve.termination.value, "objective": r.solve.objective,
-            "bound": r.solve.bound, "gap": r.solve.gap, "budget_params": int(budget_params)}
     return [np.array(sorted(v), dtype=np.int64) for v in keep_idx], info
 
 
 def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise", *,
                   budget_params: int | None = None, importance: str = "norm_product",
                   data: tuple | None = None, time_limit_s: float | None = 60.0,
-                  min_keep: int | float = 1, return_info: bool = False) -> Any:
+                  min_keep: int | float = 1, require_optimal: bool = False,
+                  return_info: bool = False) -> Any:
     """A new, physically smaller ``nn.Sequential`` keeping the best neurons (module
-    docstring). ``return_info`` also returns the allocation's proof (exact only).
+    docstring). ``return_info`` also returns the allocation's proof (exact only):
+    status, objective, bound, gap, ``proven`` and the ``time_limit_s`` it ran under.
+    ``time_limit_s``, ``require_optimal`` (exact only): the solver's limit, and whether an
+    unproven selection is refused (``UnprovenSelectionError``) rather than used with an
+    ``UnprovenSelectionWarning``.
 
     ``min_keep`` (exact only): the fewest neurons any hidden layer keeps (an int, or a
     float fraction of its width). The default 1 lets the solver make a layer as narrow as
@@ -210,7 +256,7 @@ def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise"
             widths = [len(k) for k in _layerwise_keep(model, keep_fraction)]
             budget_params = _mlp_params([lin[0].in_features, *widths, lin[-1].out_features])
         keep_idx, info = _exact_keep(model, int(budget_params), importance, data, time_limit_s,
-                                     min_keep)
+                                     min_keep, require_optimal)
     new: list[nn.Module] = []
     prev = None
     for k, L in enumerate(lin):
@@ -254,14 +300,19 @@ def _params(model: Any) -> int:
 
 def prune_and_finetune(model: Any, keep_fraction: float, data: tuple, seed: int = 0,
                        finetune_epochs: int = 20, selection: str = "layerwise",
-                       importance: str = "norm_product") -> tuple[Any, PruneReport]:
+                       importance: str = "norm_product", time_limit_s: float | None = 60.0,
+                       min_keep: int | float = 1, require_optimal: bool = False
+                       ) -> tuple[Any, PruneReport]:
     """Prune (``selection``, see the module docstring) to the size of ``keep_fraction``
-    of each hidden layer, fine-tune, report accuracy."""
+    of each hidden layer, fine-tune, report accuracy. ``time_limit_s``, ``min_keep``,
+    ``require_optimal``: the exact selection's (``prune_neurons``)."""
     from torch import nn
 
     Xtr, ytr, Xte, yte = data
     pruned, info = prune_neurons(model, keep_fraction, selection, importance=importance,
-                                 data=(Xtr, ytr), return_info=True)
+                                 data=(Xtr, ytr), time_limit_s=time_limit_s,
+                                 min_keep=min_keep, require_optimal=require_optimal,
+                                 return_info=True)
     if finetune_epochs:
         pruned = finetune(pruned, Xtr, ytr, finetune_epochs, seed=seed)
     widths = lambda m: [L.out_features for L in m if isinstance(L, nn.Linear)][:-1]  # noqa: E731
