@@ -16,7 +16,6 @@ split, seeded training, pruning, fine-tuning, bounds, encoding).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -25,15 +24,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from ..errors import ValidationError
+from ..errors import OptpruneError, ValidationError
 from ..solve import LinearModel, SolveOptions, solve
 from ..solve.model import write_json_atomic
+from . import manifest as _manifest
+from .manifest import MANIFEST, check_name, library_path, read_json
 
 __all__ = ["SETS", "InstanceSet", "write_instance", "read_instance", "generate", "verify",
            "sha256_file", "load_manifest"]
 
 GENERATOR = "optprune.encode.instances/2"
-MANIFEST = "MANIFEST.json"
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,13 @@ def write_instance(enc: Any, directory: str | os.PathLike, name: str,
     """Write ``directory/NAME.mps`` and ``directory/NAME.json`` for an Encoding."""
     from . import GENERATOR_VERSION
 
+    check_name(name)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError(f"The output directory {str(directory)!r} cannot be created "
+                              f"({exc.strerror or exc}).") from exc
     model = enc.model
     model.name = name
     st = enc.stats()
@@ -115,29 +120,26 @@ def read_instance(path: str | os.PathLike, expect_sha256: str | None = None) -> 
                 f"expects {expect_sha256[:12]}...: the file is corrupt or was changed. "
                 "Regenerate it with `optprune instances generate SET`."
             )
-    model = LinearModel.read(path)
     side = path.with_suffix(".json")
-    if side.exists():
-        info = json.loads(side.read_text())
-        for key, val in (("columns", model.num_cols), ("rows", model.num_rows),
-                         ("integer_columns", model.num_integer)):
-            if key in info and int(info[key]) != val:
-                raise ValidationError(
-                    f"The sidecar {side.name!r} says {key}={info[key]} but {path.name!r} has "
-                    f"{val}: the two files do not belong together. Regenerate the instance."
-                )
+    info = read_json(side, "The instance sidecar") if side.exists() else {}
+    if not isinstance(info, dict):
+        raise ValidationError(f"The sidecar {side.name!r} is not a JSON object; regenerate "
+                              "the instance.")
+    model = LinearModel.read(path)
+    for key, val in (("columns", model.num_cols), ("rows", model.num_rows),
+                     ("integer_columns", model.num_integer)):
+        if key in info and info[key] != val:
+            raise ValidationError(
+                f"The sidecar {side.name!r} says {key}={info[key]!r} but {path.name!r} has "
+                f"{val}: the two files do not belong together. Regenerate the instance."
+            )
     return model
 
 
-def load_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    p = Path(directory) / MANIFEST
-    if not p.exists():
-        return {"format": "optprune.instances/1", "generator": GENERATOR, "sets": {},
-                "instances": {}}
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"{p} is not valid JSON ({exc}); regenerate the library.") from exc
+def load_manifest(directory: str | os.PathLike, missing_ok: bool = True) -> dict[str, Any]:
+    """The library's MANIFEST, checked against its schema (``manifest.py``) before any
+    file it names is opened."""
+    return _manifest.load_manifest(directory, GENERATOR, missing_ok)
 
 
 def _arch_name(arch: tuple[int, ...]) -> str:
@@ -179,8 +181,9 @@ def _stored_variants(spec: "InstanceSet", set_name: str, arch: Any, seed: int, d
     for vname in ["dense"] + [f"pruned{int(round(kf * 100))}" for kf in spec.keep_fractions]:
         net_id = f"{set_name}-{_arch_name(arch)}-{vname}-s{seed}"
         info = known.get(net_id)
-        path = directory / "networks" / f"{net_id}.npz"
-        if info is None or not path.exists():
+        path = (library_path(directory, info["file"], f"The file of network {net_id!r}")
+                if info is not None else None)
+        if info is None or path is None or not path.exists():
             raise ValidationError(
                 f"Network {net_id!r} is not in {directory / MANIFEST} (or its file is "
                 "missing): generate the set with training first (without --from-networks).")
@@ -188,7 +191,7 @@ def _stored_variants(spec: "InstanceSet", set_name: str, arch: Any, seed: int, d
             raise ValidationError(f"{path} does not match its sha256 in the MANIFEST "
                                   "(corrupt or modified file).")
         # the hash ties the file to the recorded training run and its test accuracy
-        out.append((vname, load_network(path), info["test_accuracy"]))
+        out.append((vname, load_network(path), info.get("test_accuracy")))
     return out
 
 
@@ -221,9 +224,14 @@ def generate(set_name: "str | InstanceSet", directory: str | os.PathLike = "inst
         raise ValidationError(
             f"Unknown instance set {set_name!r}; expected one of {sorted(SETS)}."
         )
+    check_name(set_name, "The instance set name")
     directory = Path(directory)
-    (directory / "networks").mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(directory)
+    try:
+        (directory / "networks").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError(f"The library directory {str(directory)!r} cannot be written "
+                              f"({exc.strerror or exc}).") from exc
     limit = spec.solve_time_limit_s if time_limit_s is None else time_limit_s
     say = progress or (lambda s: None)
     names: list[str] = []
@@ -301,66 +309,141 @@ class VerifyReport:
         return not self.failures
 
 
+def _file_problem(path: Path, sha256: str) -> str | None:
+    """"missing", "sha256 mismatch ..." or "unreadable ..." for a library file, or None."""
+    if not path.is_file():
+        return "missing"
+    try:
+        got = sha256_file(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if got != sha256:
+        return f"sha256 mismatch (has {got[:12]}..., the MANIFEST expects {sha256[:12]}...)"
+    return None
+
+
+def _network_problem(directory: Path, rel: str, network_sha256: str | None,
+                     cache: dict[str, str | None]) -> str | None:
+    """Why the network file ``rel`` is missing, corrupt or not the recorded network
+    (``cache``: file -> its network hash, None if missing, "corrupt: ..." if unreadable)."""
+    from .network import load_network
+
+    if rel not in cache:
+        path = library_path(directory, rel, "A network path")
+        if not path.is_file():
+            cache[rel] = None
+        else:
+            try:
+                cache[rel] = load_network(path).sha256()
+            except OptpruneError as exc:
+                cache[rel] = f"corrupt: {exc}"
+    got = cache[rel]
+    if got is None:
+        return "missing"
+    if got.startswith("corrupt:"):
+        return got
+    if network_sha256 is not None and got != network_sha256:
+        return "network sha256 mismatch (the weights are not the recorded network's)"
+    return None
+
+
 def verify(directory: str | os.PathLike = "instances", *, resolve: bool = True,
            time_limit_s: float | None = None, names: list[str] | None = None,
            progress: Callable[[str], None] | None = None) -> VerifyReport:
-    """Check every file hash in the MANIFEST and (``resolve``) re-solve each instance.
+    """Check every file the MANIFEST names and (``resolve``) re-solve each instance.
 
-    A re-solve agrees when, for a known optimum, the objective matches within 1e-6
-    (relative); for a known time-limited run, the new objective and bound are consistent
-    with the known ones (neither side crosses the other's proven bound).
+    The MANIFEST is checked against its schema first (every path inside the library);
+    then every problem is reported, not the first: each missing, unreadable, corrupt or
+    changed file (instance .mps / .json, network .npz of an instance or of a set) is
+    named in ``failures``. A re-solve agrees when, for a known optimum, the objective
+    matches within 1e-6 (relative); for a known time-limited run, the new objective and
+    bound are consistent with the known ones (neither side crosses the other's proven
+    bound).
     """
     directory = Path(directory)
-    man = load_manifest(directory)
+    man = load_manifest(directory, missing_ok=False)
     if not man["instances"]:
         raise ValidationError(f"No instances listed in {directory / MANIFEST}; generate a set first.")
+    unknown = sorted(set(names or []) - set(man["instances"]))
+    if unknown:
+        raise ValidationError(f"{len(unknown)} instance name(s) are not in the MANIFEST: "
+                              f"{', '.join(map(repr, unknown[:5]))}. "
+                              "`optprune instances verify` without names checks them all.")
     rep = VerifyReport()
     say = progress or (lambda s: None)
+    nets: dict[str, str | None] = {}
+    said: set[str] = set()  # network files whose full problem is already in the report
+    for set_name, st in sorted(man.get("sets", {}).items()):
+        for net_id, info in sorted(st.get("networks", {}).items()):
+            prob = _file_problem(library_path(directory, info["file"], "A network path"),
+                                 info["file_sha256"])
+            if prob is None:
+                prob = _network_problem(directory, info["file"], info.get("network_sha256"),
+                                        nets)
+            if prob is not None:
+                said.add(info["file"])
+                rep.failures.append(f"{info['file']} (network {net_id} of set {set_name}): "
+                                    f"{prob}")
     for name, e in sorted(man["instances"].items()):
         if names and name not in names:
             continue
         rep.checked += 1
         row: dict[str, Any] = {"name": name, "hash_ok": True, "solve_ok": None}
         for suffix, key in ((".mps", "mps_sha256"), (".json", "json_sha256")):
-            p = directory / f"{name}{suffix}"
-            if not p.exists() or sha256_file(p) != e[key]:
+            prob = _file_problem(directory / f"{name}{suffix}", e[key])
+            if prob is not None:
                 row["hash_ok"] = False
-                rep.failures.append(f"{name}{suffix}: missing or sha256 mismatch")
-        net_file = directory / e.get("network", "")
-        if e.get("network") and net_file.exists():
-            from .network import load_network
-
-            if load_network(net_file).sha256() != e["network_sha256"]:
+                rep.failures.append(f"{name}{suffix}: {prob}")
+        if "network" in e:
+            prob = _network_problem(directory, e["network"], e["network_sha256"], nets)
+            if prob is not None:
                 row["hash_ok"] = False
-                rep.failures.append(f"{name}: network {e['network']} hash mismatch")
+                if prob.startswith("corrupt:") and e["network"] in said:
+                    prob = "corrupt (see above)"
+                said.add(e["network"])
+                rep.failures.append(f"{name}: network {e['network']}: {prob}")
         if resolve and row["hash_ok"] and "known" in e:
-            model = read_instance(directory / f"{name}.mps", e["mps_sha256"])
-            known = e["known"]
-            t = time_limit_s if time_limit_s is not None else known.get("time_limit_s", 60.0)
-            t0 = time.perf_counter()
-            res = solve(model, "highs", SolveOptions(time_limit_s=t, rel_gap=1e-6))
-            row.update(objective=res.objective, bound=res.bound, termination=res.termination.value,
-                       time_s=time.perf_counter() - t0)
-            row["solve_ok"] = _consistent(model.sense, known, res)
-            if not row["solve_ok"]:
-                rep.failures.append(
-                    f"{name}: re-solve gives objective {res.objective} / bound {res.bound} "
-                    f"({res.termination.value}); the manifest knows objective "
-                    f"{known.get('objective')} / bound {known.get('bound')} "
-                    f"({known.get('termination')})")
+            _resolve_one(directory, name, e, time_limit_s, row, rep)
         rep.rows.append(row)
         say(f"{name}: hash {'ok' if row['hash_ok'] else 'BAD'}"
             + ("" if row["solve_ok"] is None else f", solve {'ok' if row['solve_ok'] else 'BAD'}"))
     return rep
 
 
+def _resolve_one(directory: Path, name: str, e: dict[str, Any], time_limit_s: float | None,
+                 row: dict[str, Any], rep: VerifyReport) -> None:
+    """Re-solve one instance and compare with what the MANIFEST knows."""
+    try:
+        model = read_instance(directory / f"{name}.mps", e["mps_sha256"])
+    except OptpruneError as exc:
+        row["solve_ok"] = False
+        rep.failures.append(f"{name}.mps: cannot be read ({exc})")
+        return
+    known = e["known"]
+    t = time_limit_s if time_limit_s is not None else (known.get("time_limit_s") or 60.0)
+    t0 = time.perf_counter()
+    res = solve(model, "highs", SolveOptions(time_limit_s=t, rel_gap=1e-6))
+    row.update(objective=res.objective, bound=res.bound, termination=res.termination.value,
+               time_s=time.perf_counter() - t0)
+    row["solve_ok"] = _consistent(model.sense, known, res)
+    if not row["solve_ok"]:
+        rep.failures.append(
+            f"{name}: re-solve gives objective {res.objective} / bound {res.bound} "
+            f"({res.termination.value}); the manifest knows objective "
+            f"{known.get('objective')} / bound {known.get('bound')} "
+            f"({known.get('termination')})")
+
+
 def _consistent(sense: str, known: dict[str, Any], res: Any) -> bool:
     kt = known.get("termination")
+    if res.termination.value == "error":
+        return False
     if kt == "infeasible" or res.termination.value == "infeasible":
         return kt == res.termination.value or res.termination.value == "time_limit"
     tol = lambda v: 1e-6 * max(1.0, abs(v))  # noqa: E731
     ko, kb = known.get("objective"), known.get("bound")
-    if kt == "optimal" and res.termination.value == "optimal" and ko is not None:
+    if (kt == "optimal" and res.termination.value == "optimal" and ko is not None
+            and res.objective is not None):
         return abs(res.objective - ko) <= tol(ko) + 1e-4 * abs(ko)
     sgn = 1.0 if sense == "max" else -1.0  # compare as a maximization
     ok = True
