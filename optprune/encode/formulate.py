@@ -335,7 +335,8 @@ def add_ideal_relu(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.nd
 
     I = supp(w) and I = {} are the big-M rows with the box-implied bounds
     l' = b' + sum w_i L'_i and u' = b' + sum w_i U'_i; they are added only where they
-    beat the big-M rows already present (l' > l or u' < u, e.g. with ``naive`` bounds).
+    beat the big-M rows already present by more than the bounds' outward rounding
+    (l' > l or u' < u by 1e-7 relative, e.g. with ``naive`` bounds).
     With ``strict``, a neuron with n > max_fan_in is an error; otherwise it keeps big-M.
     Returns (fan-in per neuron, -1 where stable; neurons given rows; rows added).
     """
@@ -367,8 +368,8 @@ def add_ideal_relu(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.nd
         keep = np.ones(masks.shape[0], dtype=bool)
         l_box = const + float(wv @ lo_c)
         u_box = const + float(wv @ up_c)
-        keep[0] = u_box < upper[i] - 1e-9 * (1 + abs(upper[i]))          # I = {}
-        keep[-1] = l_box > lower[i] + 1e-9 * (1 + abs(lower[i]))         # I = supp(w)
+        keep[0] = u_box < upper[i] - 1e-7 * (1 + abs(upper[i]))          # I = {}
+        keep[-1] = l_box > lower[i] + 1e-7 * (1 + abs(lower[i]))         # I = supp(w)
         rows = np.flatnonzero(keep)
         if rows.size == 0:
             continue
@@ -458,6 +459,8 @@ class Encoding:
     build_time_s: float
     relu: str = "bigm"
     max_fan_in: int | None = None
+    # untargeted margin: the runner-up column "m", its indicators "q" and their "classes"
+    runner_up: dict[str, Any] | None = None
 
     def input_of(self, solution: np.ndarray) -> np.ndarray:
         return np.asarray(solution, dtype=np.float64)[self.cols.x]
@@ -512,6 +515,7 @@ def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
     lo_out, up_out = bounds.output_range()
     t = int(spec.label)
     # margin = coef @ cols + (margin row built below)
+    runner_up = None
     if spec.target is not None:
         mcols = np.array([y[spec.target], y[t]])
         mvals = np.array([1.0, -1.0])
@@ -535,6 +539,7 @@ def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
                        np.r_[np.ones(k), -np.ones(k), Mj], -np.inf, Mj, count=k,
                        names=[f"runner_up_{j}" for j in cand])
             b.add_rows(np.zeros(k), q, np.ones(k), 1.0, 1.0, count=1, names=["one_runner_up"])
+            runner_up = {"m": m, "q": q, "classes": cand}
             mcols = np.array([m, y[t]])
             mvals = np.array([1.0, -1.0])
     if obj == "margin":
@@ -546,7 +551,7 @@ def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
             b.set_cost(np.array([cols.eps]), np.array([1.0]))
     model = b.build()
     enc = Encoding(model, net, region, spec, bounds, cols, np.asarray(y), 0.0, relu,
-                   None if relu == "bigm" else k_max)
+                   None if relu == "bigm" else k_max, runner_up)
     enc.build_time_s = time.perf_counter() - t0
     model.metadata.update({
         "kind": "optprune.adversarial/1",
