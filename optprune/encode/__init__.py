@@ -11,15 +11,16 @@ prune.py: seeded digits MLPs, neuron pruning (layerwise or the exact allocation)
     fine-tuning; cli.py: the commands.
 """
 
-from .attack import AttackResult, attack, solve_encoding
+from .attack import NO_STRATEGY, AttackResult, Strategy, attack, solve_encoding
 from .bounds import Bounds, compute_bounds, interval_bounds, symbolic_bounds
 from .formulate import AttackSpec, Encoding, Region, encode
 from .network import Layer, Network, as_network, from_onnx, from_sklearn, from_torch, load_network
 
-GENERATOR_VERSION = "optprune.encode/2"  # 2: LP bounds start from symbolic bounds, per-bound time limits
+GENERATOR_VERSION = "optprune.encode/3"  # 3: bounds rounded outward to 24 bits (portable files), LP bounds as cost vectors
 
 __all__ = [
-    "AttackResult", "AttackSpec", "Bounds", "Encoding", "GENERATOR_VERSION", "Layer", "Network",
+    "AttackResult", "AttackSpec", "Bounds", "Encoding", "GENERATOR_VERSION", "Layer",
+    "NO_STRATEGY", "Network", "Strategy",
     "Region", "as_network", "attack", "compute_bounds", "encode", "from_onnx", "from_sklearn",
     "from_torch", "interval_bounds", "load_network", "solve_encoding", "symbolic_bounds",
 ]

@@ -41,7 +41,8 @@ from .formulate import AttackSpec, Encoding, Region, encode
 from .network import Network, as_network
 
 __all__ = ["AttackResult", "Reference", "attack", "solve_encoding", "margin_of",
-           "run_highs", "PROOF_TERMINATIONS"]
+           "run_highs", "PROOF_TERMINATIONS", "Strategy", "NO_STRATEGY", "prepare",
+           "HIGHS_VERIFY_OPTIONS"]
 
 # Terminations after which the solver's dual bound is a proof (it searched and stopped on a
 # limit or on optimality). After "error" or "other" a reported bound means nothing.
@@ -147,6 +148,13 @@ def _highs_solve(enc: Encoding, options: SolveOptions, save_incumbents: bool,
     # threads are set by run_highs, which can rebuild the scheduler; apply_options would
     # only warn that the running pool has another size
     apply_options(h, replace(options, threads=None), enc.model.is_mip)
+    if options.warm_start is not None:
+        import highspy
+
+        start = highspy.HighsSolution()
+        start.col_value = list(np.asarray(options.warm_start, dtype=np.float64))
+        start.value_valid = True
+        h.setSolution(start)
     if save_incumbents:
         h.setOptionValue("mip_improving_solution_save", True)
     if stop_at_first:
@@ -167,30 +175,139 @@ def _highs_solve(enc: Encoding, options: SolveOptions, save_incumbents: bool,
     return res, sols
 
 
+# HiGHS with a verified start in hand: its own primal heuristics (RINS, RENS, feasibility
+# jump, ...) and presolve spent most of the time on the hard instances without improving
+# the start (benchmarks/bench_solve_hard.py).
+HIGHS_VERIFY_OPTIONS: dict[str, Any] = {
+    "presolve": "off", "mip_heuristic_effort": 0.0, "mip_heuristic_run_rins": False,
+    "mip_heuristic_run_rens": False, "mip_heuristic_run_feasibility_jump": False,
+    "mip_heuristic_run_root_reduced_cost": False, "mip_heuristic_run_zi_round": False,
+    "mip_heuristic_run_shifting": False,
+}
+STARTS = (None, "pgd")
+CUTS = (None, "ideal")
+PROFILES = ("auto", "default", "verify")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How an attack MIP is solved beyond the formulation (``formulations/adversarial.md``,
+    "Solving the hard ones").
+
+    start: ``"pgd"`` runs projected gradient ascent on the network (``heuristics.pgd``)
+        and hands its best point, lifted to every column and checked against every row,
+        to the solver as a MIP start; None: no start.
+    cuts: ``"ideal"`` runs the root cutting-plane loop of Anderson et al.'s ideal
+        inequalities (``cuts.root_cut_loop``) and appends the cuts kept; None: no cuts.
+    highs_profile: ``"verify"`` turns HiGHS's presolve and primal heuristics off;
+        ``"auto"`` does so when a start is handed over; ``"default"``: HiGHS's defaults.
+    The time spent here counts against the attack's time limit (the MIP gets the rest).
+    """
+
+    start: str | None = "pgd"
+    cuts: str | None = "ideal"
+    highs_profile: str = "auto"
+    pgd_steps: int = 60
+    pgd_restarts: int = 16
+    cut_rounds: int = 30
+    cut_time_limit_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check(self.start in STARTS, "The strategy's 'start'", f"one of {STARTS}", self.start)
+        check(self.cuts in CUTS, "The strategy's 'cuts'", f"one of {CUTS}", self.cuts)
+        check(self.highs_profile in PROFILES, "The strategy's 'highs_profile'",
+              f"one of {PROFILES}", self.highs_profile)
+        for name in ("pgd_steps", "pgd_restarts", "cut_rounds"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                  f"The strategy's '{name}'", "a positive integer", v)
+        check(math.isfinite(self.cut_time_limit_s) and self.cut_time_limit_s > 0,
+              "The strategy's 'cut_time_limit_s'", "a positive number of seconds",
+              self.cut_time_limit_s)
+
+
+NO_STRATEGY = Strategy(start=None, cuts=None, highs_profile="default")
+
+
+def prepare(enc: Encoding, strategy: Strategy, time_limit_s: float | None = None,
+            seed: int = 0) -> tuple[Encoding, np.ndarray | None, dict[str, Any]]:
+    """(encoding with the cuts appended, the MIP start or None, what was done)."""
+    from .cuts import root_cut_loop, with_rows
+    from .heuristics import lift, pgd
+
+    stats: dict[str, Any] = {"strategy": asdict(strategy)}
+    found = None
+    if strategy.start == "pgd":
+        found = pgd(enc.network, enc.region, enc.spec.label, enc.spec.target,
+                    steps=strategy.pgd_steps, restarts=strategy.pgd_restarts, seed=seed)
+        stats.update(pgd_margin=found.margin, pgd_time_s=found.time_s)
+    if strategy.cuts == "ideal" and enc.model.is_mip:
+        limit = strategy.cut_time_limit_s
+        if time_limit_s is not None:
+            limit = min(limit, max(0.1 * time_limit_s, 0.01))
+        c = root_cut_loop(enc, rounds=strategy.cut_rounds, time_limit_s=limit)
+        enc = replace(enc, model=with_rows(enc.model, c))
+        stats.update(c.stats())
+    start = None
+    if found is not None:
+        v = lift(enc, found.x)
+        viol = enc.model.max_violation(v)
+        stats["start_violation"] = viol
+        if viol <= 1e-7:  # infeasible for decision / distortion when no adversarial point
+            start = v
+            stats["start_objective"] = enc.model.objective_value(v)
+    return enc, start, stats
+
+
 def solve_encoding(enc: Encoding, backend: str = "highs", options: SolveOptions | None = None,
-                   reference: Any = None, surrogate: bool = False) -> AttackResult:
-    """Solve ``enc`` and verify its witness(es) on ``reference`` (default: the encoded net)."""
+                   reference: Any = None, surrogate: bool = False,
+                   strategy: Strategy | None = None) -> AttackResult:
+    """Solve ``enc`` and verify its witness(es) on ``reference`` (default: the encoded net).
+
+    ``strategy`` (default: none): a MIP start, root cuts and HiGHS options (``Strategy``);
+    its time counts against ``options.time_limit_s``."""
     options = options or SolveOptions()
     ref = Reference(reference if reference is not None else enc.network, enc.network.input_shape)
     spec, region = enc.spec, enc.region
+    extra_stats: dict[str, Any] = {}
+    start = None
+    if strategy is not None and strategy != NO_STRATEGY:
+        t0 = time.perf_counter()
+        enc, start, extra_stats = prepare(enc, strategy, options.time_limit_s, options.seed)
+        spent = time.perf_counter() - t0
+        extra_stats["prepare_time_s"] = spent
+        extra = dict(options.extra)
+        if backend == "highs" and (strategy.highs_profile == "verify" or (
+                strategy.highs_profile == "auto" and start is not None)):
+            extra = {**HIGHS_VERIFY_OPTIONS, **extra}
+        limit = options.time_limit_s
+        if limit is not None:
+            limit = max(limit - spent, 0.01)
+        options = replace(options, warm_start=start if start is not None else
+                          options.warm_start, extra=extra, time_limit_s=limit)
     if backend == "highs":
         res, sols = _highs_solve(enc, options, save_incumbents=surrogate,
                                  stop_at_first=spec.objective == "decision")
     else:
         res = solve(enc.model, backend=backend, options=options)
         sols = [res.x] if res.x is not None else []
+    if start is not None:  # judged like every incumbent (it may beat a failed solve)
+        sols = [start, *sols]
     best = None  # (reference margin, witness, solution)
     lo, hi = region.box()
     for sol in sols:
         x = np.clip(enc.input_of(sol), lo, hi)
         rm = margin_of(ref.logits(x), spec.label, spec.target)
         ok = region.contains(x) and rm > 0
-        key = (ok, rm)
+        # verified first; then what the objective asks for: the largest margin, or the
+        # smallest distortion
+        key = (ok, -region.distance(x) if spec.objective == "min_distortion" else rm)
         if best is None or key > best[0]:
             best = (key, x, sol)
     witness = verified = rmargin = mmargin = pred = dist = None
     if best is not None:
-        (ok, rm), witness, sol = best
+        (ok, _), witness, sol = best
+        rm = margin_of(ref.logits(witness), spec.label, spec.target)
         verified, rmargin = bool(ok), float(rm)
         mmargin = margin_of(enc.network.forward(witness), spec.label, spec.target)
         pred = int(np.argmax(ref.logits(witness)))
@@ -199,7 +316,7 @@ def solve_encoding(enc: Encoding, backend: str = "highs", options: SolveOptions 
     outcome, message = _outcome(term, res, spec.objective, bool(verified), surrogate,
                                 best is not None)
     searched = term in PROOF_TERMINATIONS or term == "infeasible"
-    st = enc.stats()
+    st = {**enc.stats(), **extra_stats}
     return AttackResult(
         outcome=outcome, termination=term, objective=res.objective if searched else None,
         bound=res.bound if searched else None, gap=res.gap if searched else None,
@@ -233,13 +350,13 @@ def _outcome(term: str, res: SolveResult, objective: str, verified: bool, surrog
 
 
 def attack(network: Any, x0: Any, label: int, *, radius: float, norm: str = "linf",
-           target: int | None = None, objective: str = "margin", bounds: str = "lp",
+           target: int | None = None, objective: str = "margin", bounds: str = "symbolic",
            domain: tuple[Any, Any] = (0.0, 1.0), backend: str = "highs",
            time_limit_s: float | None = 60.0, reference: Any = None, surrogate: bool = False,
            margin_threshold: float = 1e-4, input_shape: Any = None, threads: int | None = None,
            seed: int = 0, bound_options: dict[str, Any] | None = None,
            name: str = "attack", relu: str = "bigm",
-           max_fan_in: int | None = None) -> AttackResult:
+           max_fan_in: int | None = None, strategy: Strategy | None = None) -> AttackResult:
     """Encode, solve and verify one attack.
 
     ``network``: a torch nn.Sequential, an MLPClassifier, an ONNX model or a Network.
@@ -247,6 +364,12 @@ def attack(network: Any, x0: Any, label: int, *, radius: float, norm: str = "lin
     torch module in float64) judges every witness. ``surrogate=True`` says ``network`` is
     a pruned stand-in for ``reference``: every incumbent is judged on the reference.
     ``relu`` / ``max_fan_in``: the ReLU formulation (``encode``: bigm, ideal or auto).
+    ``bounds``: the pre-activation bounds (``compute_bounds``; symbolic by default: as
+    many stable neurons as LP bounds within a few percent, at a thousandth of the time).
+    ``strategy``: MIP start, root cuts, solver options (default ``Strategy()``: a PGD
+    start, ideal cuts at the root, HiGHS's presolve and heuristics off with the start;
+    ``NO_STRATEGY`` solves the bare formulation). ``time_limit_s`` covers the strategy
+    and the solve; the bounds have their own limits (``bound_options``).
     """
     net = as_network(network, input_shape)
     check(not surrogate or reference is not None, "The 'reference' parameter",
@@ -260,4 +383,5 @@ def attack(network: Any, x0: Any, label: int, *, radius: float, norm: str = "lin
     ref = reference if reference is not None else network
     opts = SolveOptions(time_limit_s=time_limit_s, threads=threads, seed=seed,
                         rel_gap=1e-4 if objective == "margin" else 1e-6)
-    return solve_encoding(enc, backend, opts, reference=ref, surrogate=surrogate)
+    return solve_encoding(enc, backend, opts, reference=ref, surrogate=surrogate,
+                          strategy=Strategy() if strategy is None else strategy)
