@@ -16,7 +16,8 @@ from .bounds import Bounds, compute_bounds, interval_bounds, symbolic_bounds
 from .formulate import AttackSpec, Encoding, Region, encode
 from .network import Layer, Network, as_network, from_onnx, from_sklearn, from_torch, load_network
 
-GENERATOR_VERSION = "optprune.encode/3"  # 3: bounds rounded outward to 24 bits (portable files), LP bounds as cost vectors
+# 3: bounds rounded outward to 24 bits (portable files), LP bounds as cost vectors
+GENERATOR_VERSION = "optprune.encode/3"
 
 __all__ = [
     "AttackResult", "AttackSpec", "Bounds", "Encoding", "GENERATOR_VERSION", "Layer",

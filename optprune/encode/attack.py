@@ -379,7 +379,8 @@ def attack(network: Any, x0: Any, label: int, *, radius: float, norm: str = "lin
                       margin_threshold)
     spec.validate(net.output_dim)
     b = compute_bounds(net, region, bounds, **(bound_options or {}))
-    enc = encode(net, region, spec, b, name=name, relu=relu, max_fan_in=max_fan_in)
+    enc = encode(net, region, spec, b, name=name, relu=relu, max_fan_in=max_fan_in,
+                 names=False)
     ref = reference if reference is not None else network
     opts = SolveOptions(time_limit_s=time_limit_s, threads=threads, seed=seed,
                         rel_gap=1e-4 if objective == "margin" else 1e-6)

@@ -48,8 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import check
-from ..solve import ModelBuilder
-from .formulate import Region, add_network, neuron_status
+from .formulate import NetBuilder, Region, add_network, neuron_status
 from .network import Network
 
 __all__ = ["Bounds", "compute_bounds", "interval_bounds", "symbolic_bounds", "METHODS",
@@ -324,7 +323,7 @@ def _optimize_bounds(net: Network, region: Region, lower: list, upper: list, k: 
     global _USABLE
     if not _USABLE:
         _USABLE = _usable()
-    b = ModelBuilder(name=f"bounds_L{k}", sense="min")
+    b = NetBuilder(name=f"bounds_L{k}", sense="min", names=False)
     cols = add_network(b, net, region, lower, upper, n_layers=k, relax=relax)
     model = b.build()
     prev = cols.h[k - 1] if k > 0 else cols.x

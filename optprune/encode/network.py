@@ -130,7 +130,15 @@ class Network:
         return int(np.argmax(out)) if out.ndim == 1 else np.argmax(out, axis=1)
 
     def sha256(self) -> str:
-        """Hash of the weights, biases, ReLU flags and input shape (not of ``source``)."""
+        """Hash of the weights, biases, ReLU flags and input shape (not of ``source``);
+        computed once (the network is immutable)."""
+        cached = self.__dict__.get("_sha256")
+        if cached is None:
+            cached = self._hash()
+            object.__setattr__(self, "_sha256", cached)
+        return cached
+
+    def _hash(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({"input_shape": self.input_shape,
                              "relu": [L.relu for L in self.layers],
