@@ -177,7 +177,7 @@ def _full(v: Any, n: int, dtype: Any = np.float64) -> np.ndarray:
 class NetBuilder(ModelBuilder):
     """A ModelBuilder that can skip the column and row names (building them is a good
     part of the encoder's time, and a model handed straight to a solver needs none) and
-    takes its many small batches with less overhead; the model it builds is the same."""
+    takes its many small column batches with less overhead; the model is the same."""
 
     def __init__(self, name: str = "model", sense: str = "min", names: bool = True) -> None:
         super().__init__(name=name, sense=sense)
@@ -193,20 +193,6 @@ class NetBuilder(ModelBuilder):
         self._cnames.append(names)
         self.n += count
         return np.arange(self.n - count, self.n)
-
-    def add_rows(self, rows: Any, cols: Any, vals: Any, lower: Any, upper: Any,
-                 count: int | None = None, names: Any = None) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64).ravel()
-        if count is None:
-            count = int(rows.max()) + 1 if rows.size else 0
-        self._rows_i.append(rows + self.m)
-        self._rows_j.append(np.asarray(cols, dtype=np.int64).ravel())
-        self._rows_v.append(np.asarray(vals, dtype=np.float64).ravel())
-        self._rl.append(_full(lower, count))
-        self._ru.append(_full(upper, count))
-        self._rnames.append(names)
-        self.m += count
-        return np.arange(self.m - count, self.m)
 
 
 def _nm(b: ModelBuilder, prefix: str, idx: Any) -> list[str] | None:
