@@ -89,24 +89,15 @@ def run_optprune(net, x0, label, target, radius, method, gap, time_limit, build_
 def run_omlt(net, x0, label, target, radius, gap, time_limit, build_only=False):
     import pyomo.environ as pyo
     from omlt import OmltBlock
-    from omlt.neuralnet import NetworkDefinition, ReluBigMFormulation
-    from omlt.neuralnet.layer import DenseLayer, InputLayer
+    from omlt.neuralnet import ReluBigMFormulation
     from pyomo.contrib.appsi.solvers.highs import Highs
+
+    from optprune.encode import to_omlt
 
     t0 = time.perf_counter()
     lo = np.maximum(0.0, x0 - radius)
     hi = np.minimum(1.0, x0 + radius)
-    n0 = net.input_dim
-    nd = NetworkDefinition(scaled_input_bounds={i: (float(lo[i]), float(hi[i]))
-                                                for i in range(n0)})
-    prev = InputLayer([n0])
-    nd.add_layer(prev)
-    for L in net.layers:
-        layer = DenseLayer(prev.output_size, [L.out_features], L.W.T.copy(), L.b.copy(),
-                           activation="relu" if L.relu else "linear")
-        nd.add_layer(layer)
-        nd.add_edge(prev, layer)
-        prev = layer
+    nd = to_omlt(net, (lo, hi))  # NetworkDefinition: dense layers, the same float64 weights
     m = pyo.ConcreteModel()
     m.nn = OmltBlock()
     m.nn.build_formulation(ReluBigMFormulation(nd))

@@ -90,13 +90,18 @@ def digits_data(seed: int = 0, test_fraction: float = 0.3):
 
 
 def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int,
-         group_lasso: float = 0.0, batch_size: int = 64) -> Any:
+         group_lasso: float = 0.0, batch_size: int = 64, regression: bool = False) -> Any:
     import torch
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(seed)
     Xt = torch.tensor(X, dtype=torch.float32)
-    yt = torch.tensor(y, dtype=torch.long)
+    if regression:  # one output, mean squared error
+        yt = torch.tensor(np.asarray(y, dtype=np.float64).reshape(-1, 1), dtype=torch.float32)
+        lossf = torch.nn.functional.mse_loss
+    else:
+        yt = torch.tensor(y, dtype=torch.long)
+        lossf = torch.nn.functional.cross_entropy
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
     model.train()
@@ -105,7 +110,7 @@ def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed:
         for s in range(0, len(Xt), batch_size):
             idx = perm[s:s + batch_size]
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(Xt[idx]), yt[idx])
+            loss = lossf(model(Xt[idx]), yt[idx])
             if group_lasso:
                 loss = loss + group_lasso * sum(L.weight.norm(dim=1).sum() for L in linears[:-1])
             loss.backward()
@@ -114,8 +119,10 @@ def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed:
 
 
 def train_mlp(hidden: Sequence[int], X: np.ndarray, y: np.ndarray, seed: int = 0,
-              epochs: int = 60, lr: float = 3e-3, group_lasso: float = 0.0) -> Any:
-    """A trained ``nn.Sequential`` ReLU MLP (see the module docstring)."""
+              epochs: int = 60, lr: float = 3e-3, group_lasso: float = 0.0,
+              regression: bool = False) -> Any:
+    """A trained ``nn.Sequential`` ReLU MLP (see the module docstring); with
+    ``regression`` one linear output fitted to the float targets ``y`` by squared error."""
     import torch
     from torch import nn
 
@@ -127,8 +134,9 @@ def train_mlp(hidden: Sequence[int], X: np.ndarray, y: np.ndarray, seed: int = 0
     for h in hidden:
         layers += [nn.Linear(d, int(h)), nn.ReLU()]
         d = int(h)
-    layers.append(nn.Linear(d, int(np.max(y)) + 1))
-    return _fit(nn.Sequential(*layers), X, y, epochs, lr, seed, group_lasso)
+    layers.append(nn.Linear(d, 1 if regression else int(np.max(y)) + 1))
+    return _fit(nn.Sequential(*layers), X, y, epochs, lr, seed, group_lasso,
+                regression=regression)
 
 
 def accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> float:
@@ -277,8 +285,8 @@ def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise"
 
 
 def finetune(model: Any, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: float = 1e-3,
-             seed: int = 0) -> Any:
-    return _fit(model, X, y, epochs, lr, seed + 1000)
+             seed: int = 0, regression: bool = False) -> Any:
+    return _fit(model, X, y, epochs, lr, seed + 1000, regression=regression)
 
 
 @dataclass(frozen=True)
