@@ -19,7 +19,8 @@ The user's problem, for a reference test patient x_ref and an intervention budge
 (worst plausible progression within a budget of B standard deviations of change). The
 user's model is a ModelBuilder with its own columns d and rows; the network enters with
 ``optprune.encode.add_network_block`` (named inputs age, sex, ..., output progression,
-symbolic bounds over the box). HiGHS, one thread, gap 1e-9, --time-limit.
+symbolic bounds over the box): ``optprune.encode.surrogate.budget_problem``. HiGHS, one
+thread, gap 1e-9, --time-limit.
 
 Printed per variant (dense / pruned30 / pruned50): test R^2, binaries, solve time
 (shifted geometric mean, shift 1 s), solved count, the optimum the variant itself
@@ -41,51 +42,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 
-def data(seed: int):
-    from sklearn.datasets import load_diabetes
-    from sklearn.model_selection import train_test_split
-
-    d = load_diabetes()
-    X, y = d.data, d.target
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed)
-    mx, sx = Xtr.mean(0), Xtr.std(0)
-    my, sy = ytr.mean(), ytr.std()
-    return ((Xtr - mx) / sx, (ytr - my) / sy, (Xte - mx) / sx, (yte - my) / sy, list(
-        d.feature_names), (my, sy))
-
-
-def r2(model, X, y) -> float:
-    import torch
-
-    with torch.no_grad():
-        p = model(torch.tensor(X, dtype=torch.float32)).numpy().ravel()
-    return float(1 - np.sum((p - y) ** 2) / np.sum((y - y.mean()) ** 2))
-
-
-def solve_user_problem(net, names, lo, hi, x_ref, budget, time_limit, fixed=("sex",)):
+def solve_user_problem(net, names, lo, hi, x_ref, budget, time_limit):
     """The module docstring's MIP with the network as a block; (result, block, build s)."""
-    from optprune.encode import add_network_block
-    from optprune.solve import ModelBuilder, SolveOptions, solve
+    from optprune.encode.surrogate import budget_problem
+    from optprune.solve import SolveOptions, solve
 
     t0 = time.perf_counter()
-    b = ModelBuilder("surrogate", "max")
-    # the block's input box: the data range, intersected with what the budget and the
-    # fixed features allow (|x_j - x_ref_j| <= B); the tighter the box, the fewer binaries
-    box_lo, box_hi = np.maximum(lo, x_ref - budget), np.minimum(hi, x_ref + budget)
-    for nm in fixed:
-        box_lo[names.index(nm)] = box_hi[names.index(nm)] = x_ref[names.index(nm)]
-    blk = add_network_block(b, net, names, ["progression"], (box_lo, box_hi), name="nn")
-    n = len(names)
-    d = b.add_columns(n, lower=0.0, upper=np.maximum(box_hi - x_ref, x_ref - box_lo),
-                      names=[f"d_{nm}" for nm in names])
-    x = blk.input_columns
-    r = np.arange(n)
-    # d - x >= -x_ref ; d + x >= x_ref
-    b.add_rows(np.r_[r, r], np.r_[d, x], np.r_[np.ones(n), -np.ones(n)], -x_ref, np.inf, count=n)
-    b.add_rows(np.r_[r, r], np.r_[d, x], np.ones(2 * n), x_ref, np.inf, count=n)
-    b.add_rows(np.zeros(n), d, np.ones(n), -np.inf, budget, count=1, names=["budget"])
-    b.set_cost(np.array([blk.outputs["progression"]]), np.array([1.0]))
-    model = b.build()
+    model, blk = budget_problem(net, names, lo, hi, x_ref, budget)
     build = time.perf_counter() - t0
     res = solve(model, "highs", SolveOptions(time_limit_s=time_limit, rel_gap=1e-9, threads=1))
     return res, blk, build, model
@@ -110,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     from optprune.encode import from_torch
     from optprune.encode.bench import shifted_geomean
     from optprune.encode.prune import finetune, prune_neurons, train_mlp
+    from optprune.encode.surrogate import diabetes_data, r2_score
     from optprune.encode.attack import run_highs
     from optprune.solve.backends.highs import new_highs
 
     torch.set_num_threads(1)
     run_highs(new_highs(), 1)  # one HiGHS thread in this process
-    Xtr, ytr, Xte, yte, names, (my, sy) = data(args.seed)
+    Xtr, ytr, Xte, yte, names, (my, sy) = diabetes_data(args.seed)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     dense_t = train_mlp(hidden, Xtr, ytr, seed=args.seed, epochs=args.epochs, lr=1e-3,
                         group_lasso=args.group_lasso, regression=True)
@@ -162,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         widths = [L.out_features for L in nets[v] if isinstance(L, torch.nn.Linear)][:-1]
         sg = shifted_geomean([r["time"] for r in rs], args.shift)
         reg = [r["regret"] for r in rs if r["regret"] is not None]
-        print(f"| {v} | {'-'.join(map(str, widths))} | {r2(nets[v], Xte, yte):.3f} | "
+        print(f"| {v} | {'-'.join(map(str, widths))} | {r2_score(nets[v], Xte, yte):.3f} | "
               f"{np.mean([r['binaries'] for r in rs]):.0f} | "
               f"{sum(r['term'] == 'optimal' for r in rs)}/{len(rs)} | {sg:.2f} | "
               f"{base / sg:.1f}x | {my + sy * np.mean([r['obj'] for r in rs]):.1f} | "

@@ -52,6 +52,14 @@ class NetworkBlock:
     num_rows: int
     bounds: Bounds
     stats: dict[str, Any] = field(default_factory=dict)
+    cols: Any = field(default=None, repr=False)  # formulate.NetCols, in host columns
+
+    def lift(self, solution: np.ndarray, x: np.ndarray) -> None:
+        """Set the block's columns of ``solution`` to the network's forward pass at the
+        input ``x`` (every block row then holds; ``heuristics.lift_network``)."""
+        from .heuristics import lift_network
+
+        lift_network(solution, self.network, self.cols, np.asarray(x, dtype=np.float64))
 
     @property
     def input_columns(self) -> np.ndarray:
@@ -156,7 +164,7 @@ def network_block_model(network: Any, input_names: Sequence[str], output_names: 
     block = NetworkBlock(
         network=net, name=name, inputs=dict(zip(ins, map(int, cols.x))),
         outputs=dict(zip(outs, map(int, out_cols))), first_column=0,
-        num_columns=model.num_cols, num_rows=model.num_rows, bounds=b,
+        num_columns=model.num_cols, num_rows=model.num_rows, bounds=b, cols=cols,
         stats={"binaries": model.num_integer, "bounds_method": b.method,
                "bounds_time_s": b.time_s, "per_layer": b.report(net),
                "output_lower": b.lower[-1].tolist(), "output_upper": b.upper[-1].tolist()})
@@ -164,9 +172,17 @@ def network_block_model(network: Any, input_names: Sequence[str], output_names: 
 
 
 def _shift(block: NetworkBlock, off: int) -> NetworkBlock:
+    from dataclasses import replace as dc_replace
+
+    def sh(a: np.ndarray) -> np.ndarray:
+        return np.where(a >= 0, a + off, a)
+
     block.inputs = {k: v + off for k, v in block.inputs.items()}
     block.outputs = {k: v + off for k, v in block.outputs.items()}
     block.first_column = off
+    c = block.cols
+    block.cols = dc_replace(c, x=c.x + off, z=[sh(a) for a in c.z], h=[sh(a) for a in c.h],
+                            s=[sh(a) for a in c.s])
     return block
 
 

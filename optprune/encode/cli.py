@@ -58,7 +58,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ins = sub.add_parser("instances", help="generate or verify the adversarial instance library")
     isub = ins.add_subparsers(dest="instances_command", required=True, metavar="ACTION")
     g = isub.add_parser("generate", help="regenerate a named set deterministically")
-    g.add_argument("name", help="set name (see `optprune instances list`)")
+    g.add_argument("name", nargs="?", help="set name (see `optprune instances list`)")
+    g.add_argument("--all", action="store_true",
+                   help="every set of the shipped library (with --from-networks: rebuild the "
+                        "files that are not shipped)")
     g.add_argument("--dir", default="instances")
     g.add_argument("--no-solve", action="store_true", help="skip solving for known optima")
     g.add_argument("--time-limit", type=float, default=None, metavar="S")
@@ -74,6 +77,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=run_verify)
     ls = isub.add_parser("list", help="list the named sets")
     ls.set_defaults(func=run_list)
+    c = isub.add_parser("solve", help="classify (easy/medium/hard/open), prove, confirm with "
+                        "SCIP and write .sol / library.solu (resumable)")
+    c.add_argument("--dir", default="instances")
+    c.add_argument("--sets", default=None, help="comma list of sets (default: all)")
+    c.add_argument("--class-limit", type=float, default=300.0, metavar="S",
+                   help="HiGHS (defaults) limit that separates medium from hard (300)")
+    c.add_argument("--strategy-limit", type=float, default=600.0, metavar="S",
+                   help="limit of optprune's strategy on what HiGHS did not prove (600)")
+    c.add_argument("--confirm-limit", type=float, default=600.0, metavar="S",
+                   help="SCIP's limit for confirming a proved optimum (600; 0: skip)")
+    c.add_argument("--force", action="store_true", help="also instances already classified")
+    c.add_argument("names", nargs="*", help="only these instances")
+    c.set_defaults(func=run_solve)
+    t = isub.add_parser("table", help="print the sizes / hardness table (Markdown)")
+    t.add_argument("--dir", default="instances")
+    t.set_defaults(func=run_table)
 
     b = sub.add_parser("bench", help="run instances x backends x seeds under time limits")
     from .bench import add_bench_arguments
@@ -227,14 +246,42 @@ def _default(o: Any) -> Any:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .instances import generate
+    import time
+
+    from .instances import LIBRARY_SETS, generate
+    from .library import write_solu
+
+    if (args.name is None) == (not args.all):
+        raise ValidationError("instances generate takes a set name or --all (not both).")
+    writable_dir(args.dir, "--dir")
+    for name in LIBRARY_SETS if args.all else [args.name]:
+        t0 = time.perf_counter()
+        man = generate(name, args.dir, solve_known=not args.no_solve,
+                       time_limit_s=args.time_limit, from_networks=args.from_networks,
+                       progress=lambda s: print(s, flush=True))
+        print(f"{len(man['sets'][name]['instances'])} instances of {name!r} in {args.dir} "
+              f"({time.perf_counter() - t0:.0f} s); MANIFEST.json updated", flush=True)
+    write_solu(args.dir)
+    return 0
+
+
+def run_solve(args: argparse.Namespace) -> int:
+    from .library import curate
 
     writable_dir(args.dir, "--dir")
-    man = generate(args.name, args.dir, solve_known=not args.no_solve,
-                   time_limit_s=args.time_limit, from_networks=args.from_networks,
-                   progress=lambda s: print(s, flush=True))
-    print(f"{len(man['sets'][args.name]['instances'])} instances of {args.name!r} in "
-          f"{args.dir}; MANIFEST.json updated")
+    curate(args.dir, names=args.names or None,
+           sets=[s for s in args.sets.split(",") if s] if args.sets else None,
+           class_limit_s=args.class_limit, strategy_limit_s=args.strategy_limit,
+           confirm_limit_s=args.confirm_limit, force=args.force,
+           progress=lambda s: print(s, flush=True))
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    from .instances import load_manifest
+    from .library import hardness_table
+
+    print(hardness_table(load_manifest(args.dir, missing_ok=False)))
     return 0
 
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .formulate import Encoding, Region
+from .formulate import Encoding, NetCols, Region
 from .network import Network
 
-__all__ = ["PGDResult", "pgd", "lift", "margins", "project_l1"]
+__all__ = ["PGDResult", "pgd", "lift", "lift_network", "margins", "project_l1"]
 
 
 def margins(net: Network, X: np.ndarray, label: int, target: int | None) -> np.ndarray:
@@ -159,17 +159,10 @@ def pgd(net: Network, region: Region, label: int, target: int | None = None, *,
                      time.perf_counter() - t0)
 
 
-def lift(enc: Encoding, x: np.ndarray) -> np.ndarray:
-    """A value for every column of ``enc.model`` from the input ``x`` (module docstring)."""
-    net, region, cols = enc.network, enc.region, enc.cols
-    x = np.clip(np.asarray(x, dtype=np.float64).ravel(), *region.box())
-    v = np.zeros(enc.model.num_cols)
+def lift_network(v: np.ndarray, net: Network, cols: NetCols, x: np.ndarray) -> None:
+    """Fill the network's columns of ``v`` (input x, z, h, s; ``formulate.add_network``'s
+    ``cols``) from the float64 forward pass at ``x``."""
     v[cols.x] = x
-    if cols.d is not None:
-        free = np.flatnonzero(region.box()[1] > region.box()[0])
-        v[cols.d] = np.abs(x[free] - region.x0[free])
-    if cols.eps is not None:
-        v[cols.eps] = region.distance(x)
     _, zs = net.forward(x, return_all=True)
     for k, layer in enumerate(net.layers):
         z = zs[k]
@@ -182,9 +175,22 @@ def lift(enc: Encoding, x: np.ndarray) -> np.ndarray:
             v[hc[hc >= 0]] = h[hc >= 0]
             sc = cols.s[k]
             v[sc[sc >= 0]] = (z[sc >= 0] > 0).astype(np.float64)
+
+
+def lift(enc: Encoding, x: np.ndarray) -> np.ndarray:
+    """A value for every column of ``enc.model`` from the input ``x`` (module docstring)."""
+    net, region, cols = enc.network, enc.region, enc.cols
+    x = np.clip(np.asarray(x, dtype=np.float64).ravel(), *region.box())
+    v = np.zeros(enc.model.num_cols)
+    lift_network(v, net, cols, x)
+    if cols.d is not None:
+        free = np.flatnonzero(region.box()[1] > region.box()[0])
+        v[cols.d] = np.abs(x[free] - region.x0[free])
+    if cols.eps is not None:
+        v[cols.eps] = region.distance(x)
     ru = enc.runner_up
     if ru is not None:
-        y = zs[-1]
+        y = net.forward(x)
         cand = ru["classes"]
         j = int(np.argmax(y[cand]))
         v[ru["m"]] = y[cand[j]]

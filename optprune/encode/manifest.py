@@ -17,7 +17,8 @@ checks the whole document against the schema below; a malformed document raises 
                           "network": PATH?, "network_sha256": HEX64 (with network),
                           "set": str?, "seed": int?, "binaries"|"columns"|"rows": int >= 0?,
                           "known": {"termination": str, "objective": num|null,
-                                    "bound": num|null, "time_limit_s": num > 0|null, ...}?,
+                                    "bound": num|null, "time_limit_s": num > 0|null,
+                                    "confirmed_by": {...}?, "best_input": [num]?, ...}?,
                           ...}},
      "sets": {NAME: {"instances": [NAME, ...]?,
                      "networks": {NAME: {"file": PATH, "file_sha256": HEX64,
@@ -45,6 +46,7 @@ FORMAT = "optprune.instances/1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_DEPTH = 32
+CLASSES = ("easy", "medium", "hard", "open")
 _MAX_LISTED = 5
 
 
@@ -170,6 +172,9 @@ def _check_known(p: _Problems, where: str, known: Any) -> None:
     conf = known.get("confirmed_by")
     if conf is not None and not isinstance(conf, dict):
         p.add(where, "'known.confirmed_by' must be an object")
+    best = known.get("best_input")
+    if best is not None and not (isinstance(best, list) and all(_is_num(v) for v in best)):
+        p.add(where, "'known.best_input' must be a list of finite numbers")
 
 
 def _entry(p: _Problems, label: str, name: Any, e: Any) -> str | None:
@@ -193,6 +198,10 @@ def _check_instance(p: _Problems, name: Any, e: Any, directory: Path | None) -> 
     for key in ("mps_sha256", "json_sha256"):
         if not _hex(e.get(key)):
             p.add(where, f"'{key}' must be 64 lowercase hex digits")
+    if "sol_sha256" in e and not _hex(e["sol_sha256"]):
+        p.add(where, "'sol_sha256' must be 64 lowercase hex digits")
+    if "class" in e and e["class"] not in CLASSES:
+        p.add(where, f"'class' must be one of {', '.join(CLASSES)}")
     if "network" in e:
         why = path_problem(e["network"], directory)
         if why is not None:

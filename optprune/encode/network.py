@@ -160,7 +160,9 @@ class Network:
 
     # -------------------------------------------------------------------- io
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a ``.npz`` file (plain arrays, no pickle)."""
+        """Write a ``.npz`` file (plain arrays, no pickle). An array whose values are all
+        float32 numbers (a network trained in float32) is stored as float32, which
+        loses nothing and halves the file; it loads back as the same float64 values."""
         path = Path(path)
         check(path.suffix == ".npz", "The network file name", "ending in .npz", path.name)
         arrays: dict[str, np.ndarray] = {
@@ -168,8 +170,8 @@ class Network:
             "relu": np.asarray([L.relu for L in self.layers], dtype=bool),
         }
         for k, L in enumerate(self.layers):
-            arrays[f"W{k}"] = L.W
-            arrays[f"b{k}"] = L.b
+            arrays[f"W{k}"] = _compact(L.W)
+            arrays[f"b{k}"] = _compact(L.b)
         tmp = path.with_name(f".{path.stem}.tmp.npz")
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, path)
@@ -212,6 +214,12 @@ class Network:
                 changed = True
         layers = tuple(Layer(W, b, r) for W, b, r in zip(Ws, bs, relu))
         return Network(layers, self.input_shape, self.source, dict(self.info))
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32 when that is exact, else as it is (float64)."""
+    f = a.astype(np.float32)
+    return f if np.array_equal(f.astype(np.float64), a) else a
 
 
 # ====================================================================== torch
@@ -520,7 +528,8 @@ def _load_network(path: Path, suf: str, input_shape: Sequence[int] | None) -> Ne
                     f"The network file {str(path)!r} lacks the array(s) {', '.join(missing)}; "
                     "an optprune .npz network holds input_shape, relu, W0, b0, W1, b1, ... "
                     "(written by Network.save).")
-            layers = tuple(Layer(z[f"W{k}"], z[f"b{k}"], bool(r)) for k, r in enumerate(relu))
+            layers = tuple(Layer(z[f"W{k}"].astype(np.float64), z[f"b{k}"].astype(np.float64),
+                                 bool(r)) for k, r in enumerate(relu))
             shape = tuple(int(s) for s in z["input_shape"].ravel())
         return Network(layers, shape, source=f"npz:{path.name}")
     if suf == ".onnx":

@@ -35,7 +35,8 @@ import numpy as np
 
 from ..errors import OptpruneError, ValidationError, check
 
-__all__ = ["digits_data", "train_mlp", "prune_neurons", "finetune", "accuracy",
+__all__ = ["digits_data", "train_mlp", "train_cnn", "prune_channels", "CNN_INPUT_SHAPE",
+           "prune_neurons", "finetune", "accuracy",
            "PruneReport", "prune_and_finetune", "neuron_scores", "SELECTIONS",
            "UnprovenSelectionWarning", "UnprovenSelectionError", "describe_selection",
            "judge_selection"]
@@ -139,9 +140,83 @@ def train_mlp(hidden: Sequence[int], X: np.ndarray, y: np.ndarray, seed: int = 0
                 regression=regression)
 
 
+CNN_INPUT_SHAPE = (1, 8, 8)
+
+
+def train_cnn(channels: Sequence[int], X: np.ndarray, y: np.ndarray, seed: int = 0,
+              epochs: int = 40, lr: float = 3e-3) -> Any:
+    """A small digits CNN as an ``nn.Sequential``: per entry c of ``channels`` a 3x3
+    convolution to c channels (padding 1; stride 1 for the first, 2 after) and a ReLU,
+    then Flatten and a Linear layer to the classes. ``X``: flat 8x8 images (n x 64);
+    the network takes (n, 1, 8, 8). Encoded as sparse affine layers (``from_torch``)."""
+    import torch
+    from torch import nn
+
+    check(len(channels) >= 1 and all(int(c) >= 1 for c in channels), "The 'channels' parameter",
+          "a non-empty list of positive channel counts", list(channels))
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    c_in, side = 1, CNN_INPUT_SHAPE[1]
+    for k, c in enumerate(channels):
+        stride = 1 if k == 0 else 2
+        layers += [nn.Conv2d(c_in, int(c), 3, stride=stride, padding=1), nn.ReLU()]
+        c_in, side = int(c), (side - 1) // stride + 1
+    layers += [nn.Flatten(), nn.Linear(c_in * side * side, int(np.max(y)) + 1)]
+    return _fit(nn.Sequential(*layers), X.reshape(-1, *CNN_INPUT_SHAPE), y, epochs, lr, seed)
+
+
+def prune_channels(model: Any, keep_fraction: float) -> Any:
+    """A new, physically smaller CNN (``train_cnn``'s shape) keeping, in every
+    convolution, the ``ceil(keep_fraction * channels)`` output channels of largest
+    ``||filter||_2 * ||weights reading the channel||_2`` (the norm-product score of
+    ``prune_neurons``, per channel)."""
+    import torch
+    from torch import nn
+
+    check(0 < keep_fraction <= 1, "The 'keep_fraction' parameter", "in (0, 1]", keep_fraction)
+    mods = list(model)
+    convs = [i for i, m in enumerate(mods) if isinstance(m, nn.Conv2d)]
+    lin = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
+    check(len(convs) >= 1 and len(lin) == 1, "The model to prune", "a train_cnn-shaped CNN",
+          type(model).__name__)
+    new = [m for m in mods]
+    prev_keep = None
+    with torch.no_grad():
+        for n, i in enumerate(convs):
+            conv = mods[i]
+            W = conv.weight
+            if n + 1 < len(convs):
+                out_norm = mods[convs[n + 1]].weight.transpose(0, 1).reshape(W.shape[0], -1)
+            else:
+                L = mods[lin[0]]
+                out_norm = L.weight.reshape(L.out_features, W.shape[0], -1).transpose(0, 1)
+                out_norm = out_norm.reshape(W.shape[0], -1)
+            score = W.reshape(W.shape[0], -1).norm(dim=1) * out_norm.norm(dim=1)
+            k = max(1, math.ceil(keep_fraction * W.shape[0]))
+            keep = torch.sort(torch.argsort(score, descending=True)[:k]).values
+            Wk = W[keep] if prev_keep is None else W[keep][:, prev_keep]
+            c = nn.Conv2d(Wk.shape[1], Wk.shape[0], conv.kernel_size, conv.stride, conv.padding)
+            c.weight.copy_(Wk)
+            c.bias.copy_(conv.bias[keep])
+            new[i] = c
+            prev_keep = keep
+        L = mods[lin[0]]
+        c_last = mods[convs[-1]].out_channels
+        Wl = L.weight.reshape(L.out_features, c_last, -1)[:, prev_keep].reshape(L.out_features, -1)
+        m = nn.Linear(Wl.shape[1], L.out_features)
+        m.weight.copy_(Wl)
+        m.bias.copy_(L.bias)
+        new[lin[0]] = m
+    return nn.Sequential(*new).eval()
+
+
 def accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> float:
     import torch
 
+    from torch import nn
+
+    if any(isinstance(m, nn.Conv2d) for m in model):
+        X = np.asarray(X).reshape(-1, *CNN_INPUT_SHAPE)
     with torch.no_grad():
         pred = model(torch.tensor(X, dtype=torch.float32)).argmax(1).numpy()
     return float(np.mean(pred == y))
@@ -286,6 +361,10 @@ def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise"
 
 def finetune(model: Any, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: float = 1e-3,
              seed: int = 0, regression: bool = False) -> Any:
+    from torch import nn
+
+    if any(isinstance(m, nn.Conv2d) for m in model):
+        X = np.asarray(X).reshape(-1, *CNN_INPUT_SHAPE)
     return _fit(model, X, y, epochs, lr, seed + 1000, regression=regression)
 
 
