@@ -536,11 +536,16 @@ def verify(directory: str | os.PathLike = "instances", *, resolve: bool = True,
             continue
         rep.checked += 1
         row: dict[str, Any] = {"name": name, "hash_ok": True, "solve_ok": None}
+        shipped = man.get("sets", {}).get(e.get("set"), {}).get("ship_files", True)
         for suffix, key in ((".mps", "mps_sha256"), (".json", "json_sha256"),
                             (".sol", "sol_sha256")):
             if key not in e:
                 continue
             prob = _file_problem(directory / f"{name}{suffix}", e[key])
+            if prob == "missing" and not shipped:
+                prob = (f"missing (set {e.get('set')!r} ships its networks only: `optprune "
+                        "instances generate --all --from-networks --no-solve` rebuilds its "
+                        "files)")
             if prob is not None:
                 row["hash_ok"] = False
                 rep.failures.append(f"{name}{suffix}: {prob}")

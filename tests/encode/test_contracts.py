@@ -27,6 +27,7 @@ from optprune.solve import SolveOptions
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "instances"
+NET = LIB / "networks" / "digits-2x50-dense-s0.npz"  # a shipped digits classifier
 
 
 # ------------------------------------------------------- an error is not a proof
@@ -157,8 +158,22 @@ def test_time_limited_selection_with_incumbent_warns_with_its_gap():
 # ----------------------------------------------------- the library stays inside
 @pytest.fixture
 def lib(tmp_path):
+    """The library as a clean checkout has it: the sets that ship their files (the other
+    sets' files, when generated here, are left out so that every run sees the same)."""
     d = tmp_path / "lib"
-    shutil.copytree(LIB, d)
+    (d / "networks").mkdir(parents=True)
+    man = json.loads((LIB / "MANIFEST.json").read_text())
+    man["sets"] = {k: v for k, v in man["sets"].items() if v.get("ship_files", True)}
+    man["instances"] = {k: e for k, e in man["instances"].items() if e["set"] in man["sets"]}
+    for st in man["sets"].values():
+        for info in st["networks"].values():
+            shutil.copy(LIB / info["file"], d / info["file"])
+    for name, e in man["instances"].items():
+        for suffix, key in ((".mps", "mps_sha256"), (".json", "json_sha256"),
+                            (".sol", "sol_sha256")):
+            if key in e:
+                shutil.copy(LIB / f"{name}{suffix}", d / f"{name}{suffix}")
+    (d / "MANIFEST.json").write_text(json.dumps(man, indent=2))
     return d
 
 
@@ -223,13 +238,27 @@ def test_a_symlink_out_of_the_library_is_refused(lib, tmp_path):
 
 
 def test_encode_name_cannot_leave_out(tmp_path, capsys):
-    net = sorted((LIB / "networks").glob("*.npz"))[0]
+    net = NET
     out = tmp_path / "a" / "b"
     for name in ("../../x", "/tmp/x", "..", ".hidden", "a/b"):
         rc, o, err = _cli(["encode", str(net), "--digits-index", "0", "--radius", "0.05",
                            "--name", name, "--out", str(out)], capsys)
         assert rc == 2 and "--name" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.rglob("*.mps"))
+
+
+def test_verify_says_how_to_rebuild_the_files_a_set_does_not_ship(lib):
+    from optprune.encode.instances import verify
+
+    man = _manifest(lib)
+    man["sets"]["digits"]["ship_files"] = False  # as the sets that ship networks only
+    _write(lib, man)
+    first = sorted(man["instances"])[0]
+    (lib / f"{first}.mps").unlink()
+    rep = verify(lib, resolve=False)
+    assert rep.failures == [f"{first}.mps: missing (set 'digits' ships its networks only: "
+                            "`optprune instances generate --all --from-networks --no-solve` "
+                            "rebuilds its files)"]
 
 
 def test_verify_names_every_missing_or_corrupt_file(lib, capsys):
@@ -279,7 +308,7 @@ def _bad_onnx(tmp_path):
 
 
 def test_cli_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
-    net = sorted((LIB / "networks").glob("*.npz"))[0]
+    net = NET
     enc = ["--digits-index", "0", "--radius", "0.05", "--out", str(tmp_path / "o")]
     no_arrays = tmp_path / "other.npz"
     np.savez(no_arrays, weights=np.zeros(3))
@@ -313,7 +342,7 @@ def test_cli_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "runs.jsonl"
     rc, o, err = _cli(["bench", str(lib), "--out", str(out), "--no-progress"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and not out.exists()
-    mps = next(LIB.glob("*.mps"))
+    mps = LIB / "digits-2x50-dense-s0-i0-linf.mps"
     for bad_out in (str(a_file / "runs.jsonl"), str(tmp_path)):
         rc, o, err = _cli(["bench", str(mps), "--out", bad_out, "--no-progress"], capsys)
         assert rc == 2 and len(err.strip().splitlines()) == 1, err

@@ -20,6 +20,7 @@ from optprune.encode.manifest import validate_manifest
 LIB = Path(__file__).resolve().parents[2] / "instances"
 BASE = json.loads((LIB / "MANIFEST.json").read_text())
 NAMES = sorted(BASE["instances"])
+KNOWN = [n for n in NAMES if "known" in BASE["instances"][n]]  # curated: with a known optimum
 NETS = sorted(BASE["sets"]["digits"]["networks"])
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -83,6 +84,7 @@ def malformed(draw):
         e["known"] = draw(not_object)
     elif kind == "known_field":
         key = draw(st.sampled_from(["termination", "objective", "bound", "time_limit_s"]))
+        e = doc["instances"][KNOWN[i % len(KNOWN)]]
         e["known"][key] = draw(not_string if key == "termination" else not_number)
     elif kind == "seed":
         e["seed"] = draw(st.one_of(st.floats(allow_nan=False), st.text(max_size=4),
