@@ -7,8 +7,10 @@ finished rows are skipped):
       seed: train a 64-hidden-10 ReLU MLP (seeded), prune by neuron magnitude to --keep of
       every hidden layer (layerwise) and/or to the same parameter count with the exact
       allocation (--selections layerwise,exact), fine-tune; then for each test image and
-      attack, solve the untargeted margin MIP (LP bounds) of the dense and of the pruned
-      net with HiGHS under --time-limit. Prints test accuracy, solved counts, shifted
+      attack, solve the untargeted margin MIP of the dense and of the pruned net with
+      HiGHS on one thread under --time-limit (--bounds, LP by default; --strategy none: the
+      bare model, as in the recorded tables; default: attack()'s Strategy(), PGD start and
+      root ideal cuts, their time counted as solve time). Prints test accuracy, solved counts, shifted
       geometric mean of the solve time (time-outs count as the limit) and the
       dense/pruned ratio, pooled over seeds and images.
 
@@ -61,12 +63,13 @@ def _append(path: Path, rec: dict) -> None:
     append(path, rec)
 
 
-def _solve(net_t, x0, label, norm, radius, bounds, time_limit_s, objective):
-    from optprune.encode import attack
+def _solve(net_t, x0, label, norm, radius, bounds, time_limit_s, objective, strategy="none"):
+    from optprune.encode import NO_STRATEGY, Strategy, attack
 
     t0 = time.perf_counter()
     r = attack(net_t, x0, label, radius=radius, norm=norm, bounds=bounds,
-               objective=objective, time_limit_s=time_limit_s)
+               objective=objective, time_limit_s=time_limit_s, threads=1,
+               strategy=Strategy() if strategy == "default" else NO_STRATEGY)
     solved = r.termination in ("optimal", "infeasible", "solution_limit")
     return {
         "outcome": r.outcome, "termination": r.termination, "solved": solved,
@@ -75,7 +78,7 @@ def _solve(net_t, x0, label, norm, radius, bounds, time_limit_s, objective):
         "stable": r.stats["stable"], "columns": r.stats["columns"],
         "rows": r.stats["rows"], "nonzeros": r.stats["nonzeros"],
         "bounds_time_s": r.bounds_time_s, "build_time_s": r.build_time_s,
-        "solve_time_s": r.solve_time_s, "nodes": r.nodes,
+        "solve_time_s": r.solve_time_s + r.stats.get("prepare_time_s", 0.0), "nodes": r.nodes,
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -86,10 +89,19 @@ def _variant(selection: str, keep: float) -> str:
     return f"{'pruned' if selection == 'layerwise' else selection}{int(round(keep * 100))}"
 
 
+def _setup(args: argparse.Namespace) -> str:
+    """The record key's suffix for the bounds / strategy of a run: empty for the setup the
+    recorded tables used (lp, none), so that their records still resume."""
+    return "" if (args.bounds, args.strategy) == ("lp", "none") else (
+        f"|B{args.bounds}|S{args.strategy}")
+
+
 def dense_vs_pruned(args: argparse.Namespace) -> None:
     import torch
 
-    from optprune.encode.prune import accuracy, digits_data, prune_and_finetune, train_mlp
+    from optprune.encode.prune import (
+        accuracy, describe_selection, digits_data, prune_and_finetune, train_mlp,
+    )
 
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -104,7 +116,7 @@ def dense_vs_pruned(args: argparse.Namespace) -> None:
         for a in args.archs.split(","):
             arch = _arch(a)
             variants = ["dense"] + [_variant(sel, args.keep) for sel in selections]
-            keys = [f"dvp|{a}|s{seed}|{v}|i{i}|{n}:{r:g}|T{args.time_limit:g}"
+            keys = [f"dvp|{a}|s{seed}|{v}|i{i}|{n}:{r:g}|T{args.time_limit:g}{_setup(args)}"
                     for v in variants for i in images for n, r in attacks]
             if all(k in done for k in keys):
                 continue
@@ -114,13 +126,18 @@ def dense_vs_pruned(args: argparse.Namespace) -> None:
             for sel in selections:
                 pruned, rep = prune_and_finetune(dense, args.keep, data, seed=seed,
                                                  finetune_epochs=args.finetune_epochs,
-                                                 selection=sel)
+                                                 selection=sel,
+                                                 time_limit_s=args.selection_time_limit,
+                                                 require_optimal=args.require_optimal)
+                print(f"{a} s{seed} {sel}: widths {rep.hidden_after}, selection "
+                      f"{describe_selection(rep.allocation)}", flush=True)
                 nets[_variant(sel, args.keep)] = (pruned, rep.test_accuracy_after,
                                                   rep.hidden_after, rep.allocation)
             for v, (net, acc, hidden, alloc) in nets.items():
                 for i in images:
                     for norm, r in attacks:
-                        key = f"dvp|{a}|s{seed}|{v}|i{i}|{norm}:{r:g}|T{args.time_limit:g}"
+                        key = (f"dvp|{a}|s{seed}|{v}|i{i}|{norm}:{r:g}|T{args.time_limit:g}"
+                               f"{_setup(args)}")
                         if key in done:
                             continue
                         rec = {"key": key, "instance": key, "backend": "highs", "arch": a,
@@ -128,8 +145,9 @@ def dense_vs_pruned(args: argparse.Namespace) -> None:
                                "radius": r, "time_limit_s": args.time_limit,
                                "test_accuracy": acc, "keep": args.keep, "hidden": hidden,
                                "allocation": alloc,
-                               **_solve(net, Xte[i], int(yte[i]), norm, r, "lp",
-                                        args.time_limit, args.objective)}
+                               "bounds": args.bounds, "strategy": args.strategy,
+                               **_solve(net, Xte[i], int(yte[i]), norm, r, args.bounds,
+                                        args.time_limit, args.objective, args.strategy)}
                         _append(out, rec)
                         done[key] = rec
                         print(f"{key}: {rec['termination']} {rec['outcome']} "
@@ -143,11 +161,13 @@ def summarize(done: dict, args: argparse.Namespace, attacks: list, selections: l
     from optprune.encode.bench import shifted_geomean
 
     rows = [r for r in done.values() if r["key"].startswith("dvp|")
-            and r["time_limit_s"] == args.time_limit]
+            and r["time_limit_s"] == args.time_limit
+            and r.get("bounds", "lp") == args.bounds and r.get("strategy", "none") == args.strategy]
     seeds = sorted({r["seed"] for r in rows})
     print()
     print(f"dense vs pruned (keep {args.keep:g}), HiGHS, time limit {args.time_limit:g} s, "
-          f"seeds {seeds}, shifted geometric mean with shift {args.shift:g} s")
+          f"bounds {args.bounds}, strategy {args.strategy}, seeds {seeds}, "
+          f"shifted geometric mean with shift {args.shift:g} s")
     print("| arch | attack | pruning | hidden widths | acc dense | acc pruned | worst drop | "
           "solved dense | solved pruned | sgm dense (s) | sgm pruned (s) | speed-up | "
           "binaries dense / pruned |")
@@ -177,6 +197,12 @@ def summarize(done: dict, args: argparse.Namespace, attacks: list, selections: l
                       f"{acc['dense']:.4f} | {acc[pv]:.4f} | {100 * drop:+.1f} pt | "
                       f"{sol['dense']} | {sol[pv]} | {sg['dense']:.2f} | {sg[pv]:.2f} | "
                       f"{sg['dense'] / sg[pv]:.2f}x | {bins['dense']:.0f} / {bins[pv]:.0f} |")
+    unproven = sorted({(x["arch"], x["seed"], x["variant"], x["allocation"].get("gap"))
+                       for x in rows if x.get("allocation") and not x["allocation"].get(
+                           "proven", x["allocation"].get("status") == "optimal")},
+                      key=str)
+    for a, seed, v, gap in unproven:
+        print(f"selection NOT proven optimal (incumbent used): {a} seed {seed} {v}, gap {gap}")
     for sel in selections:
         pv = _variant(sel, args.keep)
         tout = [x["key"] for x in rows if x["variant"] == "dense" and not x["solved"]]
@@ -248,10 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attack", default="l1:2", help="ablation: one attack")
     p.add_argument("--methods", default="naive,interval,symbolic,lp,progressive")
     p.add_argument("--objective", default="margin", choices=["margin", "decision"])
+    from optprune.encode.bounds import METHODS
+
+    p.add_argument("--bounds", default="lp", choices=list(METHODS),
+                   help="dense-vs-pruned: bounds method (lp, the tables recorded before; "
+                   "symbolic, attack()'s default now)")
+    p.add_argument("--strategy", default="none", choices=["none", "default"],
+                   help="dense-vs-pruned: the bare model (none) or attack()'s Strategy()")
     p.add_argument("--keep", type=float, default=0.5)
     p.add_argument("--selections", default="layerwise",
                    help="comma list of layerwise (same fraction per layer) and exact "
                         "(allocation at the same parameter count)")
+    p.add_argument("--selection-time-limit", type=float, default=60.0,
+                   help="time limit (s) of the exact neuron selection")
+    p.add_argument("--require-optimal", action="store_true",
+                   help="refuse an exact selection the solver did not prove optimal")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--finetune-epochs", type=int, default=20)
     p.add_argument("--group-lasso", type=float, default=1e-4)

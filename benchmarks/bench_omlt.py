@@ -20,8 +20,11 @@ OMLT: build = NetworkDefinition from the same float64 weights + input bounds,
     translated model.
 Build times are "network in, HiGHS holding the model" on both sides. --build-only skips
 the solves (for networks too large to solve, to measure the build ratio).
-Both: HiGHS default thread count (the pool is shared in one process; forcing threads=1
-after optprune's LP bounds made run() return an error), mip_rel_gap --gap, same time limit, seed 0.
+Both: one HiGHS thread (optprune's solve_encoding rebuilds HiGHS's process-wide scheduler
+at the size asked for), mip_rel_gap --gap, same time limit, seed 0. optprune solves with
+--strategy (default: optprune's default Strategy(), PGD start + root ideal cuts + HiGHS's
+presolve and heuristics off; "none": the bare model); the strategy's time counts as
+solve time. optprune builds without column / row names, as attack() does.
 
   python benchmarks/bench_omlt.py --archs 50x2,100x2 --images 0,1 --radius 0.05 \
       --bounds interval,lp
@@ -50,8 +53,11 @@ def gmean(v):
     return math.exp(sum(math.log(x) for x in v) / len(v))
 
 
-def run_optprune(net, x0, label, target, radius, method, gap, time_limit, build_only=False):
-    from optprune.encode import AttackSpec, Region, compute_bounds, encode, solve_encoding
+def run_optprune(net, x0, label, target, radius, method, gap, time_limit, build_only=False,
+                 strategy="default"):
+    from optprune.encode import (
+        NO_STRATEGY, AttackSpec, Region, Strategy, compute_bounds, encode, solve_encoding,
+    )
     from optprune.solve import SolveOptions
     from optprune.solve.backends.highs import new_highs, pass_model
 
@@ -59,7 +65,7 @@ def run_optprune(net, x0, label, target, radius, method, gap, time_limit, build_
     region = Region.make(net, x0, "linf", radius, (0.0, 1.0))
     spec = AttackSpec(int(label), int(target), "margin")
     b = compute_bounds(net, region, method)
-    enc = encode(net, region, spec, b)
+    enc = encode(net, region, spec, b, names=False)  # what attack() builds
     build = time.perf_counter() - t0
     st = enc.stats()
     out = {"build": build, "bounds_time": b.time_s, "binaries": st["binaries"],
@@ -70,34 +76,28 @@ def run_optprune(net, x0, label, target, radius, method, gap, time_limit, build_
         pass_model(new_highs(), enc.model)
         out["translate"] = time.perf_counter() - t1
         return out
-    opts = SolveOptions(time_limit_s=time_limit, seed=0, rel_gap=gap)
-    r = solve_encoding(enc, "highs", opts)
-    out.update({"translate": r.build_time_s, "solve": r.solve_time_s, "obj": r.objective,
-                "bound": r.bound, "term": r.termination, "nodes": r.nodes})
+    opts = SolveOptions(time_limit_s=time_limit, seed=0, rel_gap=gap, threads=1)
+    r = solve_encoding(enc, "highs", opts,
+                       strategy=Strategy() if strategy == "default" else NO_STRATEGY)
+    # the strategy's PGD start and cut loop count as solve time
+    prep = r.stats.get("prepare_time_s", 0.0)
+    out.update({"translate": r.build_time_s, "solve": r.solve_time_s + prep, "obj": r.objective,
+                "bound": r.bound, "term": r.termination, "nodes": r.nodes, "prepare": prep})
     return out
 
 
 def run_omlt(net, x0, label, target, radius, gap, time_limit, build_only=False):
     import pyomo.environ as pyo
     from omlt import OmltBlock
-    from omlt.neuralnet import NetworkDefinition, ReluBigMFormulation
-    from omlt.neuralnet.layer import DenseLayer, InputLayer
+    from omlt.neuralnet import ReluBigMFormulation
     from pyomo.contrib.appsi.solvers.highs import Highs
+
+    from optprune.encode import to_omlt
 
     t0 = time.perf_counter()
     lo = np.maximum(0.0, x0 - radius)
     hi = np.minimum(1.0, x0 + radius)
-    n0 = net.input_dim
-    nd = NetworkDefinition(scaled_input_bounds={i: (float(lo[i]), float(hi[i]))
-                                                for i in range(n0)})
-    prev = InputLayer([n0])
-    nd.add_layer(prev)
-    for L in net.layers:
-        layer = DenseLayer(prev.output_size, [L.out_features], L.W.T.copy(), L.b.copy(),
-                           activation="relu" if L.relu else "linear")
-        nd.add_layer(layer)
-        nd.add_edge(prev, layer)
-        prev = layer
+    nd = to_omlt(net, (lo, hi))  # NetworkDefinition: dense layers, the same float64 weights
     m = pyo.ConcreteModel()
     m.nn = OmltBlock()
     m.nn.build_formulation(ReluBigMFormulation(nd))
@@ -119,8 +119,10 @@ def run_omlt(net, x0, label, target, radius, gap, time_limit, build_only=False):
     h.setOptionValue("mip_rel_gap", float(gap))
     if time_limit:
         h.setOptionValue("time_limit", float(time_limit))
+    from optprune.encode.attack import run_highs
+
     t2 = time.perf_counter()
-    h.run()
+    run_highs(h, 1)  # one thread, as optprune's side
     solve = time.perf_counter() - t2
     info = h.getInfo()
     status = h.modelStatusToString(h.getModelStatus())
@@ -147,6 +149,7 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=300.0)
     p.add_argument("--build-only", action="store_true", help="no solves: build times only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", default="default", choices=["default", "none"])
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--json", default=None, help="write every record to this JSON file")
     args = p.parse_args()
@@ -187,7 +190,8 @@ def main() -> None:
                 targets = [int(order[0])]
             for c in targets:
                 ops = {m: run_optprune(net, x0, label, c, args.radius, m, args.gap,
-                                       args.time_limit, args.build_only) for m in methods}
+                                       args.time_limit, args.build_only, args.strategy)
+                       for m in methods}
                 om = run_omlt(net, x0, label, c, args.radius, args.gap, args.time_limit,
                               args.build_only)
                 for d in (*ops.values(), om):  # no incumbent (time limit): nan, not None
@@ -223,7 +227,8 @@ def main() -> None:
     print()
     print(f"optprune.encode vs OMLT (ReluBigMFormulation, interval bounds), digits MLPs seed "
           f"{args.seed}, images {images}, L-inf r={args.radius:g}, targeted margin "
-          f"max y_c - y_t (c = {args.targets}); HiGHS default threads, mip_rel_gap "
+          f"max y_c - y_t (c = {args.targets}); one HiGHS thread, optprune strategy "
+          f"{args.strategy}, mip_rel_gap "
           f"{args.gap:g}, limit {args.time_limit:g} s; build = network in, HiGHS holding the "
           f"model; geometric means over the {len(images)} images x targets; ratios OMLT / "
           f"optprune")

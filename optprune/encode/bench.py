@@ -59,13 +59,15 @@ class Task:
 def collect_instances(paths: Iterable[str]) -> list[tuple[str, str | None]]:
     """(mps path, expected sha256 or None) for files, directories and MANIFEST.json files.
     A directory with a MANIFEST lists its instances with their hashes."""
+    from .instances import load_manifest
+
     out: list[tuple[str, str | None]] = []
     for p in map(Path, paths):
         man = p / "MANIFEST.json" if p.is_dir() else (p if p.name == "MANIFEST.json" else None)
         if man is not None and man.exists():
-            info = json.loads(man.read_text())
-            for name, e in sorted(info.get("instances", {}).items()):
-                out.append((str(man.parent / f"{name}.mps"), e.get("mps_sha256")))
+            info = load_manifest(man.parent, missing_ok=False)  # schema and names checked
+            for name, e in sorted(info["instances"].items()):
+                out.append((str(man.parent / f"{name}.mps"), e["mps_sha256"]))
         elif p.is_dir():
             out.extend((str(f), None) for f in sorted(p.glob("*.mps")))
         elif p.suffix.lower() in (".mps", ".lp") and p.exists():
@@ -116,7 +118,7 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     recs = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
@@ -165,8 +167,9 @@ def run_bench(instances: list[tuple[str, str | None]], backends: list[str], seed
         raise ValidationError(f"--workers must be at least 1; got {workers}.")
     for b in backends:
         get_backend(b)  # unknown or unavailable backends fail before any run
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from .cli import writable_file
+
+    out = writable_file(out, "The record file")
     done = {(r["instance"], r["backend"], int(r["seed"])) for r in read_records(out)}
     tasks = [Task(p, b, s, time_limit_s, h) for p, h in instances for b in backends for s in seeds]
     todo = [t for t in tasks if t.key not in done]
@@ -184,7 +187,9 @@ def run_bench(instances: list[tuple[str, str | None]], backends: list[str], seed
             # spawn, not fork: a forked child of a process whose HiGHS thread pool is
             # running can deadlock (it did here).
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                     initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as ex:
                 futs = [ex.submit(run_task, t) for t in todo]
                 for f in as_completed(futs):
                     _append(out, f.result())
@@ -192,6 +197,34 @@ def run_bench(instances: list[tuple[str, str | None]], backends: list[str], seed
     finally:
         bar.close()
     return read_records(out)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this process when the parent ends, even by ``kill -9``
+    (which runs no clean-up in the parent). Linux: the kernel sends SIGKILL on the
+    parent's death (PR_SET_PDEATHSIG); everywhere: a daemon thread polls the parent id
+    (a solver call that releases the GIL does not stop it)."""
+    import signal
+    import threading
+
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the thread below does it
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the line above ran
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="optprune-parent-watch", daemon=True).start()
 
 
 def _run_dask(todo: list[Task], out: Path, workers: int, scheduler: str, bar: Any) -> None:
@@ -350,7 +383,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench_cli(args: argparse.Namespace) -> int:
+    from .cli import writable_file
+
     group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
+    if args.plot:
+        writable_file(args.plot, "The --plot file")
     if args.summary_only:
         recs = read_records(args.out)
     else:

@@ -17,18 +17,25 @@ pre-activations inside the bounds.
   region (a box for L-inf; for L1 the ball within the domain, a fractional knapsack
   solved greedily). Intersected with the interval bounds. No solver, matrix products
   only: milliseconds where ``lp`` takes seconds, and usually most of its tightening.
-* ``lp``: layer by layer, symbolic bounds first (recomputed from the tightened layers
-  before), then for each neuron still unstable,
-  ``min z_ki`` and ``max z_ki`` over the LP relaxation of layers 0..k-1 (triangle
-  relaxation of the unstable ReLUs, the exact L1 ball). One HiGHS instance per layer;
-  only the objective changes between the 2 x (unstable) solves, so each starts from
-  the previous optimal basis (hot start).
+* ``lp`` (optimization-based bound tightening, OBBT): layer by layer, symbolic bounds
+  first (recomputed from the tightened layers before), then for each neuron still
+  unstable, ``min z_ki`` and ``max z_ki`` over the LP relaxation of layers 0..k-1
+  (triangle relaxation of the unstable ReLUs, the exact L1 ball). One HiGHS instance per
+  layer holding layers 0..k-1 only: z_ki = W_k[i] h_{k-1} + b_ki is the objective (a
+  cost vector on the live columns of h_{k-1}; no row of layer k, whose dense rows made
+  every simplex iteration several times dearer before), so the 2 x (unstable) solves
+  differ only in the cost and each starts from the previous optimal basis. Neurons are
+  taken nearest-to-stable first (smallest min(-l, u) / (u - l)), and
+  ``total_time_limit_s`` is a budget in seconds: the neurons not reached keep their
+  symbolic bounds.
 * ``progressive``: ``lp``, then for each ReLU still unstable the same two problems as
   MIPs (binaries for the unstable ReLUs before layer k) under ``mip_time_limit_s`` per
   bound; the MIP's dual bound is valid even when the limit stops it.
 
 Each LP/MIP value is widened by ``1e-6 (1 + |v|)`` against solver tolerances, and a
-bound only ever moves inward (intersection with the previous one).
+bound only ever moves inward (intersection with the previous one). Every layer's bounds
+are then rounded outward to 24 significant bits (``round_out``), so that the same
+network and region give the same bounds, bit for bit, on every machine.
 """
 
 from __future__ import annotations
@@ -41,14 +48,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import check
-from ..solve import ModelBuilder
-from .formulate import Region, add_network, neuron_status
+from .formulate import NetBuilder, Region, add_network, neuron_status
 from .network import Network
 
-__all__ = ["Bounds", "compute_bounds", "interval_bounds", "symbolic_bounds", "METHODS"]
+__all__ = ["Bounds", "compute_bounds", "interval_bounds", "symbolic_bounds", "METHODS",
+           "round_out", "GRID_BITS"]
 
 METHODS = ("naive", "interval", "symbolic", "lp", "progressive")
 _TOL = 1e-6
+GRID_BITS = 24
 _USABLE: tuple = ()
 
 
@@ -90,6 +98,21 @@ def _interval_layer(W: np.ndarray, b: np.ndarray, hl: np.ndarray, hu: np.ndarray
     return Wp @ hl + Wn @ hu + b, Wp @ hu + Wn @ hl + b
 
 
+def round_out(lo: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``lo`` rounded down and ``up`` rounded up to ``GRID_BITS`` significant bits.
+
+    Sound (the interval only grows, by at most 2^-24 relative, next to the 1e-6 every
+    LP value is widened by), sign-preserving (a stable neuron stays stable), and what
+    makes instance files portable: numpy's matrix products sum in an order that depends
+    on the CPU's BLAS kernels, so the same bounds differ in their last bits between
+    machines; on the grid they are equal unless a value straddles a grid point
+    (probability about 2^-28 per value)."""
+    scale = float(2 ** GRID_BITS)
+    ml, el = np.frexp(lo)
+    mu, eu = np.frexp(up)
+    return np.ldexp(np.floor(ml * scale) / scale, el), np.ldexp(np.ceil(mu * scale) / scale, eu)
+
+
 def _post(layer_relu: bool, lo: np.ndarray, up: np.ndarray):
     return (np.maximum(lo, 0.0), np.maximum(up, 0.0)) if layer_relu else (lo, up)
 
@@ -99,7 +122,7 @@ def interval_bounds(net: Network, region: Region) -> Bounds:
     hl, hu = region.box()
     lower, upper = [], []
     for layer in net.layers:
-        lo, up = _interval_layer(layer.W, layer.b, hl, hu)
+        lo, up = round_out(*_interval_layer(layer.W, layer.b, hl, hu))
         lower.append(lo)
         upper.append(up)
         hl, hu = _post(layer.relu, lo, up)
@@ -188,8 +211,8 @@ def symbolic_bounds(net: Network, region: Region) -> Bounds:
     hl, hu = region.box()
     for k, layer in enumerate(net.layers):
         n = layer.out_features
-        lo, up = _symbolic_layer(net, region, k, lines, hl, hu, np.full(n, -np.inf),
-                                 np.full(n, np.inf))
+        lo, up = round_out(*_symbolic_layer(net, region, k, lines, hl, hu,
+                                            np.full(n, -np.inf), np.full(n, np.inf)))
         lower.append(lo)
         upper.append(up)
         lines.append(_relu_lines(lo, up) if layer.relu else None)
@@ -262,6 +285,7 @@ def _tighten(net: Network, region: Region, method: str, lp_limit: float, mip_lim
                                                        False, mip_limit, new_highs, pass_model,
                                                        deadline)
                     stage["mip"] += time.perf_counter() - t0
+        lower[k], upper[k] = round_out(lower[k], upper[k])
         hl, hu = _post(layer.relu, lower[k], upper[k])
         lines.append(_relu_lines(lower[k], upper[k]) if layer.relu else None)
     res.time_s = time.perf_counter() - t_start
@@ -287,17 +311,29 @@ def _usable() -> tuple:
 def _optimize_bounds(net: Network, region: Region, lower: list, upper: list, k: int,
                      targets: np.ndarray, relax: bool, limit_s: float, new_highs, pass_model,
                      deadline: float = math.inf) -> int:
-    """min and max z_k[i] for i in targets; tightens lower[k], upper[k] in place."""
+    """min and max z_k[i] for i in targets; tightens lower[k], upper[k] in place.
+
+    The problem holds layers 0..k-1 only, and z_k[i] = W_k[i] h_{k-1} + b_k[i] is the
+    objective itself (a cost vector on the live columns of h_{k-1}), so no row or column
+    of layer k enters and each solve is a cost change on one LP (or MIP) from the last
+    basis; targets are taken nearest-to-stable first (smallest min(-l, u) / (u - l)), so
+    that a time limit spends the budget where a neuron can still become stable."""
     import highspy
 
     global _USABLE
     if not _USABLE:
         _USABLE = _usable()
-    b = ModelBuilder(name=f"bounds_L{k}", sense="min")
-    cols = add_network(b, net, region, lower, upper, n_layers=k, relax=relax,
-                       last_pre_activation=True)
+    b = NetBuilder(name=f"bounds_L{k}", sense="min", names=False)
+    cols = add_network(b, net, region, lower, upper, n_layers=k, relax=relax)
     model = b.build()
-    zc = cols.z[k]
+    prev = cols.h[k - 1] if k > 0 else cols.x
+    alive = np.flatnonzero(prev >= 0)
+    pc = prev[alive].astype(np.int32)
+    W, bias = net.layers[k].W, net.layers[k].b
+    lo_k, up_k = lower[k], upper[k]
+    width = np.maximum(up_k[targets] - lo_k[targets], 1e-12)
+    order = targets[np.argsort(np.minimum(-lo_k[targets], up_k[targets]) / width,
+                               kind="stable")]
     h = new_highs()
     pass_model(h, model)
     # No 'threads' option here: changing it after HiGHS's global scheduler has started
@@ -305,15 +341,16 @@ def _optimize_bounds(net: Network, region: Region, lower: list, upper: list, k: 
     if not relax:
         h.setOptionValue("mip_rel_gap", 1e-4)
     n_solves = 0
-    for i in targets:
+    for i in order:
         if time.perf_counter() > deadline:
             break
+        w = W[i, alive]
         for direction in (1.0, -1.0):
-            if relax is False and direction == 1.0 and lower[k][i] >= 0:
+            if relax is False and direction == 1.0 and lo_k[i] >= 0:
                 continue
-            if relax is False and direction == -1.0 and upper[k][i] <= 0:
+            if relax is False and direction == -1.0 and up_k[i] <= 0:
                 continue
-            h.changeColCost(int(zc[i]), direction)
+            h.changeColsCost(pc.size, pc, direction * w)
             # HiGHS's time_limit counts the instance's run time over all its run() calls
             # so far, not per call: re-arm it relative to getRunTime() for every bound,
             # or every bound after the first limit_s seconds would stop at once, untightened.
@@ -334,17 +371,15 @@ def _optimize_bounds(net: Network, region: Region, lower: list, upper: list, k: 
                     continue
                 if status == highspy.HighsModelStatus.kInfeasible:
                     continue
-            v = direction * v  # min z (direction +1) or max z = -min(-z)
+            v = direction * v + bias[i]  # min z (direction +1) or max z = -min(-z)
             slack = _TOL * (1.0 + abs(v))
             if direction > 0:
-                lower[k][i] = max(lower[k][i], v - slack)
+                lo_k[i] = max(lo_k[i], v - slack)
             else:
-                upper[k][i] = min(upper[k][i], v + slack)
-            if lower[k][i] > upper[k][i]:  # numerical crossing: keep a valid interval
-                mid = 0.5 * (lower[k][i] + upper[k][i])
-                lower[k][i] = upper[k][i] = mid
-            h.changeColCost(int(zc[i]), 0.0)
-        h.changeColCost(int(zc[i]), 0.0)
+                up_k[i] = min(up_k[i], v + slack)
+            if lo_k[i] > up_k[i]:  # numerical crossing: keep a valid interval
+                mid = 0.5 * (lo_k[i] + up_k[i])
+                lo_k[i] = up_k[i] = mid
         if not relax:
             h.clearSolver()  # MIP: a fresh search per neuron keeps the limit per bound
     return n_solves

@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..errors import ValidationError, check
 from ..solve import LinearModel, ModelBuilder
@@ -166,6 +165,43 @@ class AttackSpec:
               "The 'margin_threshold' parameter", "a finite number >= 0", self.margin_threshold)
 
 
+def _cat(*parts: Any) -> np.ndarray:
+    return np.concatenate(parts)
+
+
+def _full(v: Any, n: int, dtype: Any = np.float64) -> np.ndarray:
+    a = np.asarray(v, dtype=dtype)
+    return np.full(n, a, dtype=dtype) if a.ndim == 0 else a.ravel().copy()
+
+
+class NetBuilder(ModelBuilder):
+    """A ModelBuilder that can skip the column and row names (building them is a good
+    part of the encoder's time, and a model handed straight to a solver needs none) and
+    takes its many small column batches with less overhead; the model is the same."""
+
+    def __init__(self, name: str = "model", sense: str = "min", names: bool = True) -> None:
+        super().__init__(name=name, sense=sense)
+        self.keep_names = bool(names)
+
+    def add_columns(self, count: int, lower: Any = 0.0, upper: Any = np.inf, cost: Any = 0.0,
+                    integer: Any = False, names: Any = None) -> np.ndarray:
+        count = int(count)
+        self._c.append(_full(cost, count))
+        self._lb.append(_full(lower, count))
+        self._ub.append(_full(upper, count))
+        self._int.append(_full(integer, count, bool))
+        self._cnames.append(names)
+        self.n += count
+        return np.arange(self.n - count, self.n)
+
+
+def _nm(b: ModelBuilder, prefix: str, idx: Any) -> list[str] | None:
+    """``prefix + str(i)`` for each i, or None when ``b`` keeps no names."""
+    if not getattr(b, "keep_names", True):
+        return None
+    return [f"{prefix}{i}" for i in idx]
+
+
 def neuron_status(lower: np.ndarray, upper: np.ndarray, relu: bool) -> np.ndarray:
     """Per neuron: 0 stably inactive, 1 stably active, 2 unstable, 3 linear (no ReLU)."""
     if not relu:
@@ -211,38 +247,38 @@ def add_input(b: ModelBuilder, region: Region, eps_variable: bool = False) -> Ne
     """Input columns and the ball rows (see the module docstring)."""
     lo, hi = region.box()
     n = lo.size
-    x = b.add_columns(n, lower=lo, upper=hi, names=[f"x{i}" for i in range(n)])
+    x = b.add_columns(n, lower=lo, upper=hi, names=_nm(b, "x", range(n)))
     cols = NetCols(x=x)
     eps = None
     if eps_variable:
-        eps = int(b.add_columns(1, lower=0.0, upper=region.radius, names=["eps"])[0])
+        eps = int(b.add_columns(1, lower=0.0, upper=region.radius, names=_nm(b, "eps", [""]))[0])
         cols.eps = eps
     free = np.flatnonzero(hi > lo)  # fixed coordinates need no distance rows
     if region.norm == "l1":
         x0 = region.x0[free]
         dmax = np.maximum(hi[free] - x0, x0 - lo[free])
-        d = b.add_columns(free.size, lower=0.0, upper=dmax, names=[f"d{i}" for i in free])
+        d = b.add_columns(free.size, lower=0.0, upper=dmax, names=_nm(b, "d", free))
         cols.d = d
         k = free.size
         r = np.arange(k)
         # d - x >= -x0 ; d + x >= x0
-        b.add_rows(np.r_[r, r], np.r_[d, x[free]], np.r_[np.ones(k), -np.ones(k)],
+        b.add_rows(_cat(r, r), _cat(d, x[free]), _cat(np.ones(k), -np.ones(k)),
                    -x0, np.inf, count=k)
-        b.add_rows(np.r_[r, r], np.r_[d, x[free]], np.ones(2 * k), x0, np.inf, count=k)
+        b.add_rows(_cat(r, r), _cat(d, x[free]), np.ones(2 * k), x0, np.inf, count=k)
         if eps is None:
             b.add_rows(np.zeros(k), d, np.ones(k), -np.inf, region.radius, count=1,
-                       names=["l1_ball"])
+                       names=_nm(b, "l1_ball", [""]))
         else:
-            b.add_rows(np.zeros(k + 1), np.r_[d, eps], np.r_[np.ones(k), -1.0], -np.inf, 0.0,
-                       count=1, names=["l1_ball"])
+            b.add_rows(np.zeros(k + 1), _cat(d, [eps]), _cat(np.ones(k), [-1.0]), -np.inf, 0.0,
+                       count=1, names=_nm(b, "l1_ball", [""]))
     elif eps is not None:
         k = free.size
         r = np.arange(k)
         x0 = region.x0[free]
         # x - eps <= x0 ; x + eps >= x0
-        b.add_rows(np.r_[r, r], np.r_[x[free], np.full(k, eps)], np.r_[np.ones(k), -np.ones(k)],
+        b.add_rows(_cat(r, r), _cat(x[free], np.full(k, eps)), _cat(np.ones(k), -np.ones(k)),
                    -np.inf, x0, count=k)
-        b.add_rows(np.r_[r, r], np.r_[x[free], np.full(k, eps)], np.ones(2 * k), x0, np.inf,
+        b.add_rows(_cat(r, r), _cat(x[free], np.full(k, eps)), np.ones(2 * k), x0, np.inf,
                    count=k)
     return cols
 
@@ -260,12 +296,13 @@ def add_affine(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.ndarra
     if rows.size == 0:
         return z
     z[rows] = b.add_columns(rows.size, lower=lower[rows], upper=upper[rows],
-                            names=[f"{tag}_z{i}" for i in rows])
-    sub = sp.coo_matrix(W[np.ix_(rows, alive)]) if alive.size else sp.coo_matrix((rows.size, 0))
+                            names=_nm(b, f"{tag}_z", rows))
+    sub = W[np.ix_(rows, alive)]
+    sr, sc = np.nonzero(sub)
     k = rows.size
-    b.add_rows(np.r_[np.arange(k), sub.row], np.r_[z[rows], prev[alive][sub.col]],
-               np.r_[np.ones(k), -sub.data], bias[rows], bias[rows], count=k,
-               names=[f"{tag}_aff{i}" for i in rows])
+    b.add_rows(_cat(np.arange(k), sr), _cat(z[rows], prev[alive][sc]),
+               _cat(np.ones(k), -sub[sr, sc]), bias[rows], bias[rows], count=k,
+               names=_nm(b, f"{tag}_aff", rows))
     return z
 
 
@@ -280,31 +317,31 @@ def add_relu(b: ModelBuilder, z: np.ndarray, lower: np.ndarray, upper: np.ndarra
     if force_cols and np.any(status == 0):  # logits must exist even when constant 0
         dead = np.flatnonzero(status == 0)
         h[dead] = b.add_columns(dead.size, lower=0.0, upper=0.0,
-                                names=[f"{tag}_h{i}" for i in dead])
+                                names=_nm(b, f"{tag}_h", dead))
     un = np.flatnonzero(status == 2)
     if un.size == 0:
         return h, s
     k = un.size
     lo, u = lower[un], upper[un]
-    hu = b.add_columns(k, lower=0.0, upper=u, names=[f"{tag}_h{i}" for i in un])
+    hu = b.add_columns(k, lower=0.0, upper=u, names=_nm(b, f"{tag}_h", un))
     h[un] = hu
     r = np.arange(k)
     zu = z[un]
-    b.add_rows(np.r_[r, r], np.r_[hu, zu], np.r_[np.ones(k), -np.ones(k)], 0.0, np.inf,
-               count=k, names=[f"{tag}_ge{i}" for i in un])
+    b.add_rows(_cat(r, r), _cat(hu, zu), _cat(np.ones(k), -np.ones(k)), 0.0, np.inf,
+               count=k, names=_nm(b, f"{tag}_ge", un))
     if relax:
         slope = u / (u - lo)
-        b.add_rows(np.r_[r, r], np.r_[hu, zu], np.r_[np.ones(k), -slope], -np.inf, -slope * lo,
-                   count=k, names=[f"{tag}_tri{i}" for i in un])
+        b.add_rows(_cat(r, r), _cat(hu, zu), _cat(np.ones(k), -slope), -np.inf, -slope * lo,
+                   count=k, names=_nm(b, f"{tag}_tri", un))
         return h, s
-    su = b.add_columns(k, lower=0.0, upper=1.0, integer=True, names=[f"{tag}_s{i}" for i in un])
+    su = b.add_columns(k, lower=0.0, upper=1.0, integer=True, names=_nm(b, f"{tag}_s", un))
     s[un] = su
     # h - z - l s <= -l   (h <= z - l (1 - s))
-    b.add_rows(np.r_[r, r, r], np.r_[hu, zu, su], np.r_[np.ones(k), -np.ones(k), -lo],
-               -np.inf, -lo, count=k, names=[f"{tag}_bigm_lo{i}" for i in un])
+    b.add_rows(_cat(r, r, r), _cat(hu, zu, su), _cat(np.ones(k), -np.ones(k), -lo),
+               -np.inf, -lo, count=k, names=_nm(b, f"{tag}_bigm_lo", un))
     # h - u s <= 0
-    b.add_rows(np.r_[r, r], np.r_[hu, su], np.r_[np.ones(k), -u], -np.inf, 0.0,
-               count=k, names=[f"{tag}_bigm_up{i}" for i in un])
+    b.add_rows(_cat(r, r), _cat(hu, su), _cat(np.ones(k), -u), -np.inf, 0.0,
+               count=k, names=_nm(b, f"{tag}_bigm_up", un))
     return h, s
 
 
@@ -335,7 +372,8 @@ def add_ideal_relu(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.nd
 
     I = supp(w) and I = {} are the big-M rows with the box-implied bounds
     l' = b' + sum w_i L'_i and u' = b' + sum w_i U'_i; they are added only where they
-    beat the big-M rows already present (l' > l or u' < u, e.g. with ``naive`` bounds).
+    beat the big-M rows already present by more than the bounds' outward rounding
+    (l' > l or u' < u by 1e-7 relative, e.g. with ``naive`` bounds).
     With ``strict``, a neuron with n > max_fan_in is an error; otherwise it keeps big-M.
     Returns (fan-in per neuron, -1 where stable; neurons given rows; rows added).
     """
@@ -367,8 +405,8 @@ def add_ideal_relu(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.nd
         keep = np.ones(masks.shape[0], dtype=bool)
         l_box = const + float(wv @ lo_c)
         u_box = const + float(wv @ up_c)
-        keep[0] = u_box < upper[i] - 1e-9 * (1 + abs(upper[i]))          # I = {}
-        keep[-1] = l_box > lower[i] + 1e-9 * (1 + abs(lower[i]))         # I = supp(w)
+        keep[0] = u_box < upper[i] - 1e-7 * (1 + abs(upper[i]))          # I = {}
+        keep[-1] = l_box > lower[i] + 1e-7 * (1 + abs(lower[i]))         # I = supp(w)
         rows = np.flatnonzero(keep)
         if rows.size == 0:
             continue
@@ -382,7 +420,7 @@ def add_ideal_relu(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.nd
         cj += [np.full(k, h[i]), prev[var][c_loc], np.full(k, s[i])]
         vals += [np.ones(k), -wv[c_loc], s_coef]
         rhs.append(-wl)
-        names += [f"{tag}_ideal{i}_{r}" for r in rows]
+        names += _nm(b, f"{tag}_ideal{i}_", rows) or []
         m += k
         neurons += 1
     if strict and too_wide:
@@ -395,7 +433,8 @@ def add_ideal_relu(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.nd
     if m:
         r, c, v = np.concatenate(ri), np.concatenate(cj), np.concatenate(vals)
         nzv = v != 0.0
-        b.add_rows(r[nzv], c[nzv], v[nzv], -np.inf, np.concatenate(rhs), count=m, names=names)
+        b.add_rows(r[nzv], c[nzv], v[nzv], -np.inf, np.concatenate(rhs), count=m,
+                   names=names or None)
     return fan_in, neurons, m
 
 
@@ -458,6 +497,8 @@ class Encoding:
     build_time_s: float
     relu: str = "bigm"
     max_fan_in: int | None = None
+    # untargeted margin: the runner-up column "m", its indicators "q" and their "classes"
+    runner_up: dict[str, Any] | None = None
 
     def input_of(self, solution: np.ndarray) -> np.ndarray:
         return np.asarray(solution, dtype=np.float64)[self.cols.x]
@@ -492,7 +533,8 @@ class Encoding:
 
 
 def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
-           name: str = "attack", relu: str = "bigm", max_fan_in: int | None = None) -> Encoding:
+           name: str = "attack", relu: str = "bigm", max_fan_in: int | None = None,
+           names: bool = True) -> Encoding:
     """The attack MIP of ``spec`` over ``region`` with the pre-activation ``bounds``.
 
     ``relu``: ``"bigm"`` (default), ``"ideal"`` (the ideal rows for every unstable neuron;
@@ -505,13 +547,14 @@ def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
     t0 = time.perf_counter()
     obj = spec.objective
     sense = {"margin": "max", "min_distortion": "min", "decision": "min"}[obj]
-    b = ModelBuilder(name=name, sense=sense)
+    b = NetBuilder(name=name, sense=sense, names=names)
     cols = add_network(b, net, region, bounds.lower, bounds.upper,
                        eps_variable=obj == "min_distortion", relu=relu, max_fan_in=k_max)
     y = cols.h[-1]
     lo_out, up_out = bounds.output_range()
     t = int(spec.label)
     # margin = coef @ cols + (margin row built below)
+    runner_up = None
     if spec.target is not None:
         mcols = np.array([y[spec.target], y[t]])
         mvals = np.array([1.0, -1.0])
@@ -524,29 +567,31 @@ def encode(net: Network, region: Region, spec: AttackSpec, bounds: Any,
             mvals = np.array([1.0, -1.0])
         else:
             U = float(np.max(up_out[cand]))
-            m = int(b.add_columns(1, lower=floor, upper=U, names=["runner_up"])[0])
+            m = int(b.add_columns(1, lower=floor, upper=U, names=_nm(b, "runner_up", [""]))[0])
             q = b.add_columns(cand.size, lower=0.0, upper=1.0, integer=True,
-                              names=[f"q{j}" for j in cand])
+                              names=_nm(b, "q", cand))
             k = cand.size
             r = np.arange(k)
             Mj = U - lo_out[cand]
             # m - y_j + M_j q_j <= M_j
-            b.add_rows(np.r_[r, r, r], np.r_[np.full(k, m), y[cand], q],
-                       np.r_[np.ones(k), -np.ones(k), Mj], -np.inf, Mj, count=k,
-                       names=[f"runner_up_{j}" for j in cand])
-            b.add_rows(np.zeros(k), q, np.ones(k), 1.0, 1.0, count=1, names=["one_runner_up"])
+            b.add_rows(_cat(r, r, r), _cat(np.full(k, m), y[cand], q),
+                       _cat(np.ones(k), -np.ones(k), Mj), -np.inf, Mj, count=k,
+                       names=_nm(b, "runner_up_", cand))
+            b.add_rows(np.zeros(k), q, np.ones(k), 1.0, 1.0, count=1,
+                       names=_nm(b, "one_runner_up", [""]))
+            runner_up = {"m": m, "q": q, "classes": cand}
             mcols = np.array([m, y[t]])
             mvals = np.array([1.0, -1.0])
     if obj == "margin":
         b.set_cost(mcols, mvals)
     else:
         b.add_rows(np.zeros(mcols.size), mcols, mvals, spec.margin_threshold, np.inf, count=1,
-                   names=["adversarial"])
+                   names=_nm(b, "adversarial", [""]))
         if obj == "min_distortion":
             b.set_cost(np.array([cols.eps]), np.array([1.0]))
     model = b.build()
     enc = Encoding(model, net, region, spec, bounds, cols, np.asarray(y), 0.0, relu,
-                   None if relu == "bigm" else k_max)
+                   None if relu == "bigm" else k_max, runner_up)
     enc.build_time_s = time.perf_counter() - t0
     model.metadata.update({
         "kind": "optprune.adversarial/1",

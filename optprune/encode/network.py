@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import UnsupportedModuleError, ValidationError, check
+from ..errors import OptpruneError, UnsupportedModuleError, ValidationError, check
 
 __all__ = [
     "Layer", "Network", "from_torch", "from_sklearn", "from_onnx", "load_network",
@@ -130,7 +130,15 @@ class Network:
         return int(np.argmax(out)) if out.ndim == 1 else np.argmax(out, axis=1)
 
     def sha256(self) -> str:
-        """Hash of the weights, biases, ReLU flags and input shape (not of ``source``)."""
+        """Hash of the weights, biases, ReLU flags and input shape (not of ``source``);
+        computed once (the network is immutable)."""
+        cached = self.__dict__.get("_sha256")
+        if cached is None:
+            cached = self._hash()
+            object.__setattr__(self, "_sha256", cached)
+        return cached
+
+    def _hash(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({"input_shape": self.input_shape,
                              "relu": [L.relu for L in self.layers],
@@ -152,7 +160,9 @@ class Network:
 
     # -------------------------------------------------------------------- io
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a ``.npz`` file (plain arrays, no pickle)."""
+        """Write a ``.npz`` file (plain arrays, no pickle). An array whose values are all
+        float32 numbers (a network trained in float32) is stored as float32, which
+        loses nothing and halves the file; it loads back as the same float64 values."""
         path = Path(path)
         check(path.suffix == ".npz", "The network file name", "ending in .npz", path.name)
         arrays: dict[str, np.ndarray] = {
@@ -160,8 +170,8 @@ class Network:
             "relu": np.asarray([L.relu for L in self.layers], dtype=bool),
         }
         for k, L in enumerate(self.layers):
-            arrays[f"W{k}"] = L.W
-            arrays[f"b{k}"] = L.b
+            arrays[f"W{k}"] = _compact(L.W)
+            arrays[f"b{k}"] = _compact(L.b)
         tmp = path.with_name(f".{path.stem}.tmp.npz")
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, path)
@@ -204,6 +214,12 @@ class Network:
                 changed = True
         layers = tuple(Layer(W, b, r) for W, b, r in zip(Ws, bs, relu))
         return Network(layers, self.input_shape, self.source, dict(self.info))
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32 when that is exact, else as it is (float64)."""
+    f = a.astype(np.float32)
+    return f if np.array_equal(f.astype(np.float64), a) else a
 
 
 # ====================================================================== torch
@@ -473,34 +489,61 @@ def load_network(path: str | os.PathLike, allow_pickle: bool = False,
     if not path.exists():
         raise ValidationError(f"The network file {str(path)!r} does not exist.")
     suf = path.suffix.lower()
+    if suf not in (".npz", ".onnx", ".pt", ".pth", ".pkl", ".pickle", ".joblib"):
+        raise ValidationError(
+            f"The network file must end in .npz, .onnx, .pt, .pth, .pkl or .joblib; got "
+            f"{path.name!r}.")
+    if suf in (".pt", ".pth", ".pkl", ".pickle", ".joblib") and not allow_pickle:
+        raise ValidationError(
+            f"The file {path.name!r} is a pickle, and loading a pickle runs code from the "
+            "file. Pass allow_pickle=True (CLI: --allow-pickle) only if you trust it, or "
+            "convert the network to .onnx or optprune's .npz."
+        )
+    expected = {
+        ".npz": "an optprune network (.npz with arrays input_shape, relu, W0, b0, W1, b1, ...; "
+                "written by Network.save)",
+        ".onnx": "an ONNX model (protobuf) of Gemm / MatMul+Add / Relu / Flatten nodes",
+    }.get(suf, "a pickled torch nn.Sequential or scikit-learn MLP")
+    try:
+        return _load_network(path, suf, input_shape)
+    except OptpruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure means an unreadable file
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise ValidationError(
+            f"The network file {str(path)!r} cannot be read as {expected}: "
+            f"{type(exc).__name__}{': ' + detail if detail else ''}. The file is corrupt, "
+            "truncated or of another kind; regenerate or re-export it.") from exc
+
+
+def _load_network(path: Path, suf: str, input_shape: Sequence[int] | None) -> Network:
     if suf == ".npz":
         with np.load(path, allow_pickle=False) as z:
-            relu = z["relu"].tolist()
-            layers = tuple(Layer(z[f"W{k}"], z[f"b{k}"], bool(r)) for k, r in enumerate(relu))
-            shape = tuple(int(s) for s in z["input_shape"])
+            missing = [k for k in ("input_shape", "relu") if k not in z.files]
+            relu = z["relu"].ravel().tolist() if "relu" in z.files else []
+            missing += [f"{a}{k}" for k in range(len(relu)) for a in "Wb"
+                        if f"{a}{k}" not in z.files]
+            if missing:
+                raise ValidationError(
+                    f"The network file {str(path)!r} lacks the array(s) {', '.join(missing)}; "
+                    "an optprune .npz network holds input_shape, relu, W0, b0, W1, b1, ... "
+                    "(written by Network.save).")
+            layers = tuple(Layer(z[f"W{k}"].astype(np.float64), z[f"b{k}"].astype(np.float64),
+                                 bool(r)) for k, r in enumerate(relu))
+            shape = tuple(int(s) for s in z["input_shape"].ravel())
         return Network(layers, shape, source=f"npz:{path.name}")
     if suf == ".onnx":
         return from_onnx(path)
-    if suf in (".pt", ".pth", ".pkl", ".pickle", ".joblib"):
-        if not allow_pickle:
-            raise ValidationError(
-                f"The file {path.name!r} is a pickle, and loading a pickle runs code from the "
-                "file. Pass allow_pickle=True (CLI: --allow-pickle) only if you trust it, or "
-                "convert the network to .onnx or optprune's .npz."
-            )
-        if suf in (".pt", ".pth"):
-            import torch
+    if suf in (".pt", ".pth"):
+        import torch
 
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        else:
-            import pickle
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        import pickle
 
-            with open(path, "rb") as f:
-                obj = pickle.load(f)  # noqa: S301 - the caller opted in
-        return as_network(obj, input_shape)
-    raise ValidationError(
-        f"The network file must end in .npz, .onnx, .pt, .pth, .pkl or .joblib; got {path.name!r}."
-    )
+        with open(path, "rb") as f:
+            obj = pickle.load(f)  # noqa: S301 - the caller opted in
+    return as_network(obj, input_shape)
 
 
 def as_network(obj: Any, input_shape: Sequence[int] | None = None) -> Network:

@@ -27,17 +27,55 @@ fine-tuned.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ValidationError, check
+from ..errors import OptpruneError, ValidationError, check
 
-__all__ = ["digits_data", "train_mlp", "prune_neurons", "finetune", "accuracy",
-           "NeuronPruneReport", "prune_and_finetune", "neuron_scores", "SELECTIONS"]
+__all__ = ["digits_data", "train_mlp", "train_cnn", "prune_channels", "CNN_INPUT_SHAPE",
+           "prune_neurons", "finetune", "accuracy",
+           "NeuronPruneReport", "prune_and_finetune", "neuron_scores", "SELECTIONS",
+           "UnprovenSelectionWarning", "UnprovenSelectionError", "describe_selection",
+           "judge_selection"]
 
 SELECTIONS = ("layerwise", "exact")
+
+
+class UnprovenSelectionWarning(UserWarning):
+    """The exact neuron selection was used although the solver did not prove it optimal."""
+
+
+class UnprovenSelectionError(OptpruneError, RuntimeError):
+    """The exact neuron selection was not proven optimal and ``require_optimal`` was set."""
+
+
+def judge_selection(info: dict, require_optimal: bool, stacklevel: int = 4) -> None:
+    """Refuse (``require_optimal``) or warn about a selection that is not proven optimal."""
+    if info.get("proven"):
+        return
+    what = f"The exact neuron selection is {describe_selection(info)}"
+    if require_optimal:
+        raise UnprovenSelectionError(
+            f"{what}; require_optimal=True refuses it. Raise time_limit_s, or pass "
+            "require_optimal=False to use the incumbent (with a warning).")
+    warnings.warn(f"{what}; its incumbent is used for surgery. Raise time_limit_s or pass "
+                  "require_optimal=True to refuse it.", UnprovenSelectionWarning,
+                  stacklevel=stacklevel)
+
+
+def describe_selection(info: dict | None) -> str:
+    """One line on an exact selection's proof: "optimal" or its termination and gap."""
+    if not info:
+        return "layerwise (no solve)"
+    if info.get("proven"):
+        return "optimal"
+    gap = info.get("gap")
+    gap_s = "inf" if gap is None or not math.isfinite(gap) else f"{gap:.3g}"
+    return (f"NOT proven optimal: {info.get('status')} after the {info.get('time_limit_s')} s "
+            f"limit, gap {gap_s} (objective {info.get('objective')}, bound {info.get('bound')})")
 
 
 def digits_data(seed: int = 0, test_fraction: float = 0.3):
@@ -53,13 +91,18 @@ def digits_data(seed: int = 0, test_fraction: float = 0.3):
 
 
 def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int,
-         group_lasso: float = 0.0, batch_size: int = 64) -> Any:
+         group_lasso: float = 0.0, batch_size: int = 64, regression: bool = False) -> Any:
     import torch
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(seed)
     Xt = torch.tensor(X, dtype=torch.float32)
-    yt = torch.tensor(y, dtype=torch.long)
+    if regression:  # one output, mean squared error
+        yt = torch.tensor(np.asarray(y, dtype=np.float64).reshape(-1, 1), dtype=torch.float32)
+        lossf = torch.nn.functional.mse_loss
+    else:
+        yt = torch.tensor(y, dtype=torch.long)
+        lossf = torch.nn.functional.cross_entropy
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
     model.train()
@@ -68,7 +111,7 @@ def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed:
         for s in range(0, len(Xt), batch_size):
             idx = perm[s:s + batch_size]
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(Xt[idx]), yt[idx])
+            loss = lossf(model(Xt[idx]), yt[idx])
             if group_lasso:
                 loss = loss + group_lasso * sum(L.weight.norm(dim=1).sum() for L in linears[:-1])
             loss.backward()
@@ -77,8 +120,10 @@ def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed:
 
 
 def train_mlp(hidden: Sequence[int], X: np.ndarray, y: np.ndarray, seed: int = 0,
-              epochs: int = 60, lr: float = 3e-3, group_lasso: float = 0.0) -> Any:
-    """A trained ``nn.Sequential`` ReLU MLP (see the module docstring)."""
+              epochs: int = 60, lr: float = 3e-3, group_lasso: float = 0.0,
+              regression: bool = False) -> Any:
+    """A trained ``nn.Sequential`` ReLU MLP (see the module docstring); with
+    ``regression`` one linear output fitted to the float targets ``y`` by squared error."""
     import torch
     from torch import nn
 
@@ -90,13 +135,88 @@ def train_mlp(hidden: Sequence[int], X: np.ndarray, y: np.ndarray, seed: int = 0
     for h in hidden:
         layers += [nn.Linear(d, int(h)), nn.ReLU()]
         d = int(h)
-    layers.append(nn.Linear(d, int(np.max(y)) + 1))
-    return _fit(nn.Sequential(*layers), X, y, epochs, lr, seed, group_lasso)
+    layers.append(nn.Linear(d, 1 if regression else int(np.max(y)) + 1))
+    return _fit(nn.Sequential(*layers), X, y, epochs, lr, seed, group_lasso,
+                regression=regression)
+
+
+CNN_INPUT_SHAPE = (1, 8, 8)
+
+
+def train_cnn(channels: Sequence[int], X: np.ndarray, y: np.ndarray, seed: int = 0,
+              epochs: int = 40, lr: float = 3e-3) -> Any:
+    """A small digits CNN as an ``nn.Sequential``: per entry c of ``channels`` a 3x3
+    convolution to c channels (padding 1; stride 1 for the first, 2 after) and a ReLU,
+    then Flatten and a Linear layer to the classes. ``X``: flat 8x8 images (n x 64);
+    the network takes (n, 1, 8, 8). Encoded as sparse affine layers (``from_torch``)."""
+    import torch
+    from torch import nn
+
+    check(len(channels) >= 1 and all(int(c) >= 1 for c in channels), "The 'channels' parameter",
+          "a non-empty list of positive channel counts", list(channels))
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    c_in, side = 1, CNN_INPUT_SHAPE[1]
+    for k, c in enumerate(channels):
+        stride = 1 if k == 0 else 2
+        layers += [nn.Conv2d(c_in, int(c), 3, stride=stride, padding=1), nn.ReLU()]
+        c_in, side = int(c), (side - 1) // stride + 1
+    layers += [nn.Flatten(), nn.Linear(c_in * side * side, int(np.max(y)) + 1)]
+    return _fit(nn.Sequential(*layers), X.reshape(-1, *CNN_INPUT_SHAPE), y, epochs, lr, seed)
+
+
+def prune_channels(model: Any, keep_fraction: float) -> Any:
+    """A new, physically smaller CNN (``train_cnn``'s shape) keeping, in every
+    convolution, the ``ceil(keep_fraction * channels)`` output channels of largest
+    ``||filter||_2 * ||weights reading the channel||_2`` (the norm-product score of
+    ``prune_neurons``, per channel)."""
+    import torch
+    from torch import nn
+
+    check(0 < keep_fraction <= 1, "The 'keep_fraction' parameter", "in (0, 1]", keep_fraction)
+    mods = list(model)
+    convs = [i for i, m in enumerate(mods) if isinstance(m, nn.Conv2d)]
+    lin = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
+    check(len(convs) >= 1 and len(lin) == 1, "The model to prune", "a train_cnn-shaped CNN",
+          type(model).__name__)
+    new = [m for m in mods]
+    prev_keep = None
+    with torch.no_grad():
+        for n, i in enumerate(convs):
+            conv = mods[i]
+            W = conv.weight
+            if n + 1 < len(convs):
+                out_norm = mods[convs[n + 1]].weight.transpose(0, 1).reshape(W.shape[0], -1)
+            else:
+                L = mods[lin[0]]
+                out_norm = L.weight.reshape(L.out_features, W.shape[0], -1).transpose(0, 1)
+                out_norm = out_norm.reshape(W.shape[0], -1)
+            score = W.reshape(W.shape[0], -1).norm(dim=1) * out_norm.norm(dim=1)
+            k = max(1, math.ceil(keep_fraction * W.shape[0]))
+            keep = torch.sort(torch.argsort(score, descending=True)[:k]).values
+            Wk = W[keep] if prev_keep is None else W[keep][:, prev_keep]
+            c = nn.Conv2d(Wk.shape[1], Wk.shape[0], conv.kernel_size, conv.stride, conv.padding)
+            c.weight.copy_(Wk)
+            c.bias.copy_(conv.bias[keep])
+            new[i] = c
+            prev_keep = keep
+        L = mods[lin[0]]
+        c_last = mods[convs[-1]].out_channels
+        Wl = L.weight.reshape(L.out_features, c_last, -1)[:, prev_keep].reshape(L.out_features, -1)
+        m = nn.Linear(Wl.shape[1], L.out_features)
+        m.weight.copy_(Wl)
+        m.bias.copy_(L.bias)
+        new[lin[0]] = m
+    return nn.Sequential(*new).eval()
 
 
 def accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> float:
     import torch
 
+    from torch import nn
+
+    if any(isinstance(m, nn.Conv2d) for m in model):
+        X = np.asarray(X).reshape(-1, *CNN_INPUT_SHAPE)
     with torch.no_grad():
         pred = model(torch.tensor(X, dtype=torch.float32)).argmax(1).numpy()
     return float(np.mean(pred == y))
@@ -141,8 +261,8 @@ def _mlp_params(widths: Sequence[int]) -> int:
 
 
 def _exact_keep(model: Any, budget_params: int, importance: str, data: tuple | None,
-                time_limit_s: float | None, min_keep: int | float = 1
-                ) -> tuple[list[np.ndarray], dict]:
+                time_limit_s: float | None, min_keep: int | float = 1,
+                require_optimal: bool = False) -> tuple[list[np.ndarray], dict]:
     import torch
 
     from ..nn.pruning import build_problem
@@ -172,24 +292,33 @@ def _exact_keep(model: Any, budget_params: int, importance: str, data: tuple | N
     p, _ = build_problem(structures, scores, frac, None, None, min_keep, False, None,
                          name="encode-neurons")
     r = allocate(p, backend="highs", time_limit_s=time_limit_s, rel_gap=1e-9, baselines=False)
+    info = {"status": r.solve.termination.value, "objective": r.solve.objective,
+            "bound": r.solve.bound, "budget_params": int(budget_params),
+            "gap": r.solve.gap if math.isfinite(r.solve.gap) else None,
+            "proven": r.solve.termination.value == "optimal", "time_limit_s": time_limit_s}
     if r.keep is None:
-        raise ValidationError(f"The neuron allocation stopped ({r.solve.termination.value}) "
-                              "without a selection; raise time_limit_s.")
+        raise UnprovenSelectionError(
+            f"The exact neuron selection stopped ({info['status']}, time limit {time_limit_s} s) "
+            "without any selection; raise time_limit_s or use selection='layerwise'.")
+    judge_selection(info, require_optimal)
     keep_idx: list[list[int]] = [[] for _ in lin[:-1]]
     for g, k, w in zip(structures.groups, r.keep, where):
         if k:
             keep_idx[w].append(g.index)
-    info = {"status": r.solve.termination.value, "objective": r.solve.objective,
-            "bound": r.solve.bound, "gap": r.solve.gap, "budget_params": int(budget_params)}
     return [np.array(sorted(v), dtype=np.int64) for v in keep_idx], info
 
 
 def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise", *,
                   budget_params: int | None = None, importance: str = "norm_product",
                   data: tuple | None = None, time_limit_s: float | None = 60.0,
-                  min_keep: int | float = 1, return_info: bool = False) -> Any:
+                  min_keep: int | float = 1, require_optimal: bool = False,
+                  return_info: bool = False) -> Any:
     """A new, physically smaller ``nn.Sequential`` keeping the best neurons (module
-    docstring). ``return_info`` also returns the allocation's proof (exact only).
+    docstring). ``return_info`` also returns the allocation's proof (exact only):
+    status, objective, bound, gap, ``proven`` and the ``time_limit_s`` it ran under.
+    ``time_limit_s``, ``require_optimal`` (exact only): the solver's limit, and whether an
+    unproven selection is refused (``UnprovenSelectionError``) rather than used with an
+    ``UnprovenSelectionWarning``.
 
     ``min_keep`` (exact only): the fewest neurons any hidden layer keeps (an int, or a
     float fraction of its width). The default 1 lets the solver make a layer as narrow as
@@ -210,7 +339,7 @@ def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise"
             widths = [len(k) for k in _layerwise_keep(model, keep_fraction)]
             budget_params = _mlp_params([lin[0].in_features, *widths, lin[-1].out_features])
         keep_idx, info = _exact_keep(model, int(budget_params), importance, data, time_limit_s,
-                                     min_keep)
+                                     min_keep, require_optimal)
     new: list[nn.Module] = []
     prev = None
     for k, L in enumerate(lin):
@@ -231,8 +360,12 @@ def prune_neurons(model: Any, keep_fraction: float, selection: str = "layerwise"
 
 
 def finetune(model: Any, X: np.ndarray, y: np.ndarray, epochs: int = 20, lr: float = 1e-3,
-             seed: int = 0) -> Any:
-    return _fit(model, X, y, epochs, lr, seed + 1000)
+             seed: int = 0, regression: bool = False) -> Any:
+    from torch import nn
+
+    if any(isinstance(m, nn.Conv2d) for m in model):
+        X = np.asarray(X).reshape(-1, *CNN_INPUT_SHAPE)
+    return _fit(model, X, y, epochs, lr, seed + 1000, regression=regression)
 
 
 @dataclass(frozen=True)
@@ -254,14 +387,19 @@ def _params(model: Any) -> int:
 
 def prune_and_finetune(model: Any, keep_fraction: float, data: tuple, seed: int = 0,
                        finetune_epochs: int = 20, selection: str = "layerwise",
-                       importance: str = "norm_product") -> tuple[Any, NeuronPruneReport]:
+                       importance: str = "norm_product", time_limit_s: float | None = 60.0,
+                       min_keep: int | float = 1, require_optimal: bool = False
+                       ) -> tuple[Any, NeuronPruneReport]:
     """Prune (``selection``, see the module docstring) to the size of ``keep_fraction``
-    of each hidden layer, fine-tune, report accuracy."""
+    of each hidden layer, fine-tune, report accuracy. ``time_limit_s``, ``min_keep``,
+    ``require_optimal``: the exact selection's (``prune_neurons``)."""
     from torch import nn
 
     Xtr, ytr, Xte, yte = data
     pruned, info = prune_neurons(model, keep_fraction, selection, importance=importance,
-                                 data=(Xtr, ytr), return_info=True)
+                                 data=(Xtr, ytr), time_limit_s=time_limit_s,
+                                 min_keep=min_keep, require_optimal=require_optimal,
+                                 return_info=True)
     if finetune_epochs:
         pruned = finetune(pruned, Xtr, ytr, finetune_epochs, seed=seed)
     widths = lambda m: [L.out_features for L in m if isinstance(L, nn.Linear)][:-1]  # noqa: E731
