@@ -479,6 +479,22 @@ def _shape_like(model: nn.Module, record: dict[str, Any]) -> None:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The saved weights of ``path``; a damaged or foreign weight file is a
+    CheckpointError naming it (never a raw unpickling or safetensors error)."""
+    from ..errors import CheckpointError, OptpruneError
+
+    try:
+        return _read_weight_files(path)
+    except OptpruneError:  # no weight file, a missing extra: already said
+        raise
+    except Exception as exc:  # UnpicklingError, EOFError, safetensors' SafetensorError...
+        raise CheckpointError(
+            f"The weights in {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
+            "expected the files model.save_pretrained wrote (model.safetensors, a sharded "
+            "index or pytorch_model.bin).") from exc
+
+
+def _read_weight_files(path: Path) -> dict[str, torch.Tensor]:
     st = require("safetensors.torch", "hf", "reading saved BERT weights")
     single = path / "model.safetensors"
     index = path / "model.safetensors.index.json"

@@ -202,6 +202,16 @@ def test_load_dense_checkpoint_and_bad_directory(minilm, tmp_path):
         load_pruned_bert(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_damaged_weight_file_is_a_checkpoint_error_naming_it(minilm, tmp_path, name):
+    from optprune.errors import CheckpointError
+
+    minilm[0].config.save_pretrained(tmp_path)
+    (tmp_path / name).write_bytes(b"\x80\x04 not a weight file")
+    with pytest.raises(CheckpointError, match=str(tmp_path)):
+        load_pruned_bert(tmp_path)
+
+
 def test_bad_keep_masks_and_models(minilm, ss):
     model = minilm[0]
     with pytest.raises(ValidationError, match="of shape"):
