@@ -73,31 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = load_minilm()
     corpus = load_corpus()
     held = list(corpus.eval[: args.n_eval])
-    every, topics = everyday_sentences()
     calib = pack_token_ids(tok, corpus.score, args.seq_len, args.n_calib).float()
     ss = bert_structures(model, seq_len=args.seq_len)
     costs = ss.costs()["params"]
     prunable, fixed = float(costs.sum()), float(ss.fixed_params)
-    dense_h = sentence_embeddings(model, tok, held)
-    dense_e = sentence_embeddings(model, tok, every)
-    dense_topic = topic_neighbour_accuracy(dense_e.numpy(), topics)
+    judge = EmbeddingJudge(model, tok, held, ss)
     print(f"MiniLM: {ss.dense_params:,} params, {prunable:,.0f} prunable; calibration "
           f"{calib.shape[0]} x {args.seq_len} docstring tokens; held out {len(held)} docstrings, "
-          f"{len(every)} everyday sentences (dense topic-neighbour accuracy {dense_topic:.3f})",
-          flush=True)
-
-    def quality(bert) -> dict[str, float]:
-        e = sentence_embeddings(bert, tok, every)
-        return {"cos_doc": mean_cosine(dense_h, sentence_embeddings(bert, tok, held)),
-                "cos_every": mean_cosine(dense_e, e),
-                "topic": topic_neighbour_accuracy(e.numpy(), topics)}
-
-    def physical(work_ss, keep) -> dict[str, float]:
-        bert = prune_bert(copy.deepcopy(work_ss.model.__dict__["wrapped"]), keep, ss)
-        q = quality(bert)
-        q["params"] = sum(p.numel() for p in bert.parameters())
-        assert q["params"] == ss.predict(keep)["params"]
-        return q
+          f"{len(judge.every)} everyday sentences (dense topic-neighbour accuracy "
+          f"{judge.dense_topic:.3f})", flush=True)
+    physical = judge.of_keep
 
     t = time.perf_counter()
     flap = imp.score(ss, "flap", calib, aggregate="sum")
@@ -159,9 +144,39 @@ def main(argv: list[str] | None = None) -> int:
                               for k, v in row.items() if k != "candidates"}), flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as fh:
-        json.dump({"rows": rows, "dense_topic": dense_topic}, fh, indent=1)
-    print(table(rows, dense_topic))
+        json.dump({"rows": rows, "dense_topic": judge.dense_topic}, fh, indent=1)
+    print(table(rows, judge.dense_topic))
     return 0
+
+
+class EmbeddingJudge:
+    """A pruned MiniLM judged against the dense one: mean cosine of the sentence
+    embeddings on held-out docstrings (``cos_doc``) and on the everyday sentences
+    (``cos_every``), and the everyday sentences' topic-neighbour accuracy (``topic``)."""
+
+    def __init__(self, model, tok, held: list[str], ss) -> None:
+        self.tok, self.held, self.ss = tok, held, ss
+        self.every, self.topics = everyday_sentences()
+        self.dense_h = sentence_embeddings(model, tok, held)
+        self.dense_e = sentence_embeddings(model, tok, self.every)
+        self.dense_topic = topic_neighbour_accuracy(self.dense_e.numpy(), self.topics)
+
+    def of(self, bert) -> dict[str, float]:
+        e = sentence_embeddings(bert, self.tok, self.every)
+        return {"cos_doc": mean_cosine(self.dense_h, sentence_embeddings(bert, self.tok,
+                                                                         self.held)),
+                "cos_every": mean_cosine(self.dense_e, e),
+                "topic": topic_neighbour_accuracy(e.numpy(), self.topics)}
+
+    def of_keep(self, work_ss, keep) -> dict[str, float]:
+        """The physically pruned copy of ``work_ss.model`` (the dense one, or a
+        reconstructed one) judged, with its parameter count checked against the
+        prediction."""
+        bert = prune_bert(copy.deepcopy(work_ss.model.__dict__["wrapped"]), keep, self.ss)
+        q = self.of(bert)
+        q["params"] = sum(p.numel() for p in bert.parameters())
+        assert q["params"] == self.ss.predict(keep)["params"]
+        return q
 
 
 def table(rows, dense_topic: float) -> str:

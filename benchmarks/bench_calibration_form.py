@@ -18,7 +18,6 @@ held-out docstrings and on the everyday sentences, and topic-neighbour accuracy,
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -32,10 +31,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from optprune.nn.bridge import problem_from_structures  # noqa: E402
-from optprune.nn.corpus import load_corpus, mean_cosine, pack_token_ids, sentence_embeddings  # noqa: E402
-from optprune.nn.everyday import everyday_sentences, topic_neighbour_accuracy  # noqa: E402
-from optprune.nn.hf import bert_structures, load_minilm, prune_bert  # noqa: E402
+from optprune.nn.corpus import load_corpus, pack_token_ids  # noqa: E402
+from optprune.nn.hf import bert_structures, load_minilm  # noqa: E402
 from optprune.nn.pipeline import CalibrationOptions, calibrated_selection  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_calibrated_minilm import EmbeddingJudge  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,17 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ss = bert_structures(model, seq_len=args.seq_len)
     costs = ss.costs()["params"]
     prunable, fixed = float(costs.sum()), float(ss.fixed_params)
-    held = list(corpus.eval[: args.n_eval])
-    every, topics = everyday_sentences()
-    dense_h = sentence_embeddings(model, tok, held)
-    dense_e = sentence_embeddings(model, tok, every)
-
-    def quality(work, keep) -> dict[str, float]:
-        bert = prune_bert(copy.deepcopy(work.model.__dict__["wrapped"]), keep, ss)
-        e = sentence_embeddings(bert, tok, every)
-        return {"doc": mean_cosine(dense_h, sentence_embeddings(bert, tok, held)),
-                "every": mean_cosine(dense_e, e),
-                "topic": topic_neighbour_accuracy(e.numpy(), topics)}
+    judge = EmbeddingJudge(model, tok, list(corpus.eval[: args.n_eval]), ss)
 
     rows = []
     for r in args.reductions:
@@ -79,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                 curves=False, k_best=1, batch_size=32), rel_gap=1e-4)
             row = {"reduction": r, "form": form, "cpu_s": time.process_time() - c,
                    "real_tokens": int((calib != tok.pad_token_id).sum()),
-                   "masked": quality(ss, sel.keep), "reconstructed": quality(sel.structures,
-                                                                            sel.keep)}
+                   "masked": judge.of_keep(ss, sel.keep),
+                   "reconstructed": judge.of_keep(sel.structures, sel.keep)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("| removed | calibration | real tokens | doc | +rec | everyday | +rec | topic | +rec "
@@ -88,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for x in rows:
         m, q = x["masked"], x["reconstructed"]
-        print(f"| {x['reduction']:.1f} | {x['form']} | {x['real_tokens']:,} | {m['doc']:.3f} | "
-              f"{q['doc']:.3f} | {m['every']:.3f} | {q['every']:.3f} | {m['topic']:.3f} | "
-              f"{q['topic']:.3f} | {x['cpu_s']:.0f} |")
+        print(f"| {x['reduction']:.1f} | {x['form']} | {x['real_tokens']:,} | "
+              f"{m['cos_doc']:.3f} | {q['cos_doc']:.3f} | {m['cos_every']:.3f} | "
+              f"{q['cos_every']:.3f} | {m['topic']:.3f} | {q['topic']:.3f} | "
+              f"{x['cpu_s']:.0f} |")
     return 0
 
 
