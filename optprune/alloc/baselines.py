@@ -100,7 +100,8 @@ def _walk_blocks(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: 
     shrinking = True
     so = slot_of[order]
     # Rank of each structure among its slot's structures in walk order.
-    by_slot = np.argsort(so, kind="stable")
+    # (slot numbers as int16 when they fit: numpy's stable sort is then a radix sort)
+    by_slot = np.argsort(so.astype(np.int16) if len(slots) < 2 ** 15 else so, kind="stable")
     first = np.searchsorted(so[by_slot], so[by_slot])
     rank = np.empty(order.size, dtype=np.int64)
     rank[by_slot] = np.arange(order.size) - first

@@ -14,14 +14,15 @@ import numpy as np
 
 from ..errors import (InfeasibleProblemError, SolutionMismatchError, SolverError,
                       ValidationError)
-from ..solve import SolveOptions, SolveResult, get_backend
+from ..solve import LinearModel, SolveOptions, SolveResult, get_backend
+from ..solve.isolate import run_isolated
 from ..solve.result import SolutionStatus, Termination, relative_gap
 from .baselines import BaselineResult, run_baselines
 from .bilinear import solve_bilinear
 from .explain import explain_infeasible
 from .formulate import Formulation, formulate, width_exact_slots
 from .problem import AllocationProblem
-from .relax import lagrangian_bound, quick_solution, trivial_bound
+from .relax import lagrangian_bound, prefix_greedy, quick_solution, trivial_bound
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,14 @@ class AllocationResult:
 # continues with HiGHS's defaults from the incumbent.
 ALLOCATION_BACKEND_OPTIONS = {"highs": {"mip_allow_restart": False}}
 FIRST_PHASE_NODES = 5
+
+# A solve under a time limit runs in a child process stopped at the deadline
+# (optprune.solve.isolate) once the model has this many columns + nonzeros: from
+# there HiGHS's root can spend seconds in code that never checks its time limit
+# (the 10^5-structure knapsack, 300,000 entries: a 5 s limit ended after 7.6-381 s;
+# the 2*10^4 one, 60,000 entries, stopped at 1.02x). Below it the child's start
+# (0.5-0.8 CPU-s) would cost more than any overrun seen.
+ISOLATE_ENTRIES = 200_000
 
 
 def _options(backend, time_limit_s, rel_gap, threads, seed, log, warm_start=None) -> SolveOptions:
@@ -208,6 +217,7 @@ def _stage_costs(problem: AllocationProblem) -> dict[str, float]:
     n_struct = problem.n - n_width
     options = sum(problem.allowed_counts(s).size for s, ok in exact.items() if ok)
     return {"quick": 1e-6 * problem.n + 5e-6 * n_struct,
+            "greedy": 4e-7 * problem.n,
             "formulate": 3e-7 * problem.n + 3e-6 * n_struct + 3e-5 * options,
             "check": 0.02 + 4e-7 * problem.n}
 
@@ -258,10 +268,14 @@ class _Run:
         self.bilinear = bool(problem.pair_costs)
         self.quick: tuple[float | None, np.ndarray | None] = (None, None)
         # The quick stage is the cheapest source of an incumbent and a bound: it
-        # runs whenever half its expected time is left (its slow parts stop at the
-        # deadline; sorting the scores and checking the mask do not).
-        if not self.bilinear and self._fits(0.5 * self.costs["quick"]):
+        # runs when its expected time is left (its bound search stops at the
+        # deadline; the walk that builds its mask does not: 5.7 s at 10^6 under load).
+        if not self.bilinear and self._fits(self.costs["quick"]):
             self.quick = quick_solution(problem, self._at(0.5))
+        elif not self.bilinear and self._fits(self.costs["greedy"]):
+            # No time for the quick stage: one sort gives a feasible mask at least
+            # (its bound comes from _fill).
+            self.quick = (None, prefix_greedy(problem))
         self.base: dict[str, BaselineResult] = {}
         if baselines and problem.objective.kind == "max_importance":
             names = None if baselines is True else list(baselines)
@@ -314,9 +328,13 @@ class _Run:
         return None
 
     def _mip(self, time_limit_s: float | None, start: np.ndarray | None) -> SolveResult:
-        return _solve_phased(self.be, self.form, self.backend, time_limit_s, self.rel_gap,
-                             self.threads, self.seed, self.log,
-                             start if self.warm_start else None)
+        model = self.form.model
+        args = (self.backend, model, time_limit_s, self.rel_gap, self.threads, self.seed,
+                self.log, start if self.warm_start else None)
+        if time_limit_s is not None and model.num_cols + model.A.nnz >= ISOLATE_ENTRIES:
+            return run_isolated(_solve_phased, args, time_limit_s, self.backend,
+                                type(self.be).version())
+        return _solve_phased(*args)
 
     def _quick_result(self) -> SolveResult | None:
         """The quick stage's answer when it already closes the gap."""
@@ -396,16 +414,20 @@ class _Run:
             break
         bound = res.bound
         quick = self.quick[0] if first else None  # no-good cuts are not in it
-        if quick is None and first and res.bound is None and obj is not None:
-            # An incumbent needs a bound: the Lagrangian one if there is time for it.
+        source = "lagrangian_bound"
+        if quick is None and first and res.bound is None:
+            # An answer needs a bound: the Lagrangian one if there is time for it
+            # (and an incumbent to measure it against), else the O(n) trivial one.
             left = self._left()
-            quick = (lagrangian_bound(self.problem, None if left is None
-                                      else time.perf_counter() + max(left, 0.0))
-                     if self._fits(0.5 * self.costs["quick"]) else trivial_bound(self.problem))
+            if obj is not None and self._fits(0.5 * self.costs["quick"]):
+                quick = lagrangian_bound(self.problem, None if left is None
+                                         else time.perf_counter() + max(left, 0.0))
+            else:
+                quick, source = trivial_bound(self.problem), "trivial_bound"
         if quick is not None and (bound is None or not math.isfinite(bound)
                                   or better(bound, quick)):
             bound = quick
-            used.append("lagrangian_bound")
+            used.append(source)
         if not used:
             return res, keep
         gap = relative_gap(obj, bound)
@@ -429,13 +451,14 @@ def _no_solve(backend: str, be, why: str) -> SolveResult:
                        backend_version=type(be).version(), message=why)
 
 
-def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, threads, seed,
+def _solve_phased(backend: str, model: LinearModel, time_limit_s, rel_gap, threads, seed,
                   log, start) -> SolveResult:
     """One solve, or for HiGHS the two phases described at ALLOCATION_BACKEND_OPTIONS."""
+    be = get_backend(backend)
     opts = _options(backend, time_limit_s, rel_gap, threads, seed, log, start)
     if backend != "highs":
-        return be.solve(form.model, opts)
-    first = be.solve(form.model, dataclasses.replace(
+        return be.solve(model, opts)
+    first = be.solve(model, dataclasses.replace(
         opts, extra={**opts.extra, "mip_max_nodes": FIRST_PHASE_NODES}))
     if first.termination in (Termination.OPTIMAL, Termination.INFEASIBLE,
                              Termination.INFEASIBLE_OR_UNBOUNDED, Termination.UNBOUNDED,
@@ -445,10 +468,10 @@ def _solve_phased(be, form: Formulation, backend: str, time_limit_s, rel_gap, th
     if rest is not None and rest <= 0:
         # The first phase's node limit is the engine's own: the user's limit stopped it.
         return dataclasses.replace(first, termination=Termination.TIME_LIMIT)
-    second = be.solve(form.model, dataclasses.replace(
+    second = be.solve(model, dataclasses.replace(
         opts, time_limit_s=rest, extra={},
         warm_start=first.x if first.x is not None else start))
-    return _merge(first, second, form.model.sense, rel_gap)
+    return _merge(first, second, model.sense, rel_gap)
 
 
 def _merge(a: SolveResult, b: SolveResult, sense: str, rel_gap: float) -> SolveResult:

@@ -189,10 +189,19 @@ def width_exact_slots(problem: AllocationProblem) -> dict[Slot, bool]:
         touched[[problem.index(s) for s in g]] = True
     for a, b in problem.implications:
         touched[problem.index(a)] = touched[problem.index(b)] = True
+    slots = problem.slots()
+    # Per slot, max - min of each cost and whether a member is touched, all slots in
+    # one reduceat over the structures laid out slot by slot.
+    order = np.concatenate(list(slots.values())) if slots else np.zeros(0, dtype=np.int64)
+    starts = np.cumsum([0] + [idx.size for idx in slots.values()])[:-1]
+    same = np.ones(len(slots), dtype=bool)
+    for c in problem.costs.values():
+        co = c[order]
+        same &= np.maximum.reduceat(co, starts) == np.minimum.reduceat(co, starts)
+    hit = np.logical_or.reduceat(touched[order], starts) if slots else np.zeros(0, bool)
     out = {}
-    for s, idx in problem.slots().items():
-        same = all(np.ptp(problem.costs[r][idx]) == 0 for r in problem.costs)
-        out[s] = bool(same and not touched[idx].any())
+    for t, s in enumerate(slots):
+        out[s] = bool(same[t] and not hit[t])
         if s in problem.slot_values and not out[s]:
             problem._check_width_slot(s, "slot values")  # raises, naming the reason
     return out

@@ -702,12 +702,13 @@ class AllocationProblem:
                 )
             mins[s] = int(ks[0])
         for (r, lo, hi), _b in zip(self.budget_limits(), self.budgets):
+            # The slots partition the structures: keeping all of them costs the sum.
+            dearest = float(self.costs[r].sum())
             cheapest = 0.0
-            dearest = 0.0
             for s, idx in slots.items():
-                c = np.sort(self.costs[r][idx])
-                cheapest += float(c[:mins[s]].sum())
-                dearest += float(c.sum())
+                if mins[s]:
+                    c = np.partition(self.costs[r][idx], mins[s] - 1)
+                    cheapest += float(c[:mins[s]].sum())
             if cheapest > hi + 1e-9 * max(1.0, abs(hi)):
                 raise InfeasibleProblemError(
                     f"The minimum widths alone need {cheapest + self.fixed_costs[r]:.6g} {r}, "

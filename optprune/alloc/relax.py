@@ -112,16 +112,49 @@ def _lagrangian_keep(p: AllocationProblem, lam: np.ndarray, widths: dict,
             size[ws.group_of[s]] += 1
         pos = ws.search(ws.round_down(mean / np.maximum(size, 1)), deadline=deadline)
         return None if pos is None else ws.keep(pos)
-    if p.slot_values or p.groups or p.implications or p.equal_counts or any(
-            p.slot_count_range(s)[:3] != (0, p.slots()[s].size, 1) or
-            not p.slot_count_range(s)[3] for s in p.slots()):
+    if not _budgets_only(p):
         return None  # the walk knows budgets and the latency cap only
     limits = [r for r, _, hi in p.budget_limits() if math.isfinite(hi)]
     price = sum((lam[j] * p.costs[r] for j, r in enumerate(limits)), np.zeros(p.n))
     with np.errstate(divide="ignore", invalid="ignore"):
         dens = np.where(price > 0, p.score / np.where(price > 0, price, 1.0), np.inf)
-    order = np.argsort(-dens, kind="stable")
+    order = np.argsort(-dens)  # (not stable: 3x faster at 10^6, and ties are rare)
     return _walk(p, order[p.score[order] > 0], stop_at_first_misfit=False)
+
+
+def _budgets_only(p: AllocationProblem) -> bool:
+    """Whether budgets (and the latency cap) are the only constraints: no slot
+    values, groups, implications, equal counts, count bounds or multiples."""
+    return not (p.slot_values or p.groups or p.implications or p.equal_counts or any(
+        p.slot_count_range(s)[:3] != (0, p.slots()[s].size, 1) or
+        not p.slot_count_range(s)[3] for s in p.slots()))
+
+
+def prefix_greedy(p: AllocationProblem) -> np.ndarray | None:
+    """A feasible mask in one sort, for when nothing better fits in the time left
+    (``max_importance`` with budgets as the only constraints, no latency cap): the
+    structures of positive score by decreasing score per unit of their summed
+    relative cost sum_r c_{r,i} / U_r, kept up to the first that would break a
+    max budget. None when the problem has other constraints or the mask breaks one
+    (a min budget)."""
+    if p.objective.kind != "max_importance" or p.latency_cap is not None \
+            or p.pair_costs or not _budgets_only(p):
+        return None
+    limits = [(r, hi) for r, _, hi in p.budget_limits() if math.isfinite(hi)]
+    pos = np.flatnonzero(p.score > 0)
+    weight = np.zeros(pos.size)
+    for r, hi in limits:
+        weight += p.costs[r][pos] / max(hi, 1e-300)
+    with np.errstate(divide="ignore"):
+        dens = p.score[pos] / weight  # inf where a structure costs nothing
+    order = pos[np.argsort(-dens)]
+    fits = np.ones(order.size, dtype=bool)
+    for r, hi in limits:
+        fits &= np.cumsum(p.costs[r][order]) <= hi + 1e-9 * max(1.0, abs(hi))
+    stop = order.size if fits.all() else int(np.argmin(fits))
+    keep = np.zeros(p.n, dtype=bool)
+    keep[order[:stop]] = True
+    return None if p.violations(keep) else keep
 
 
 def _max_bound(p: AllocationProblem, deadline: float | None, passes: int, steps: int
