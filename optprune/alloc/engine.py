@@ -108,9 +108,10 @@ FIRST_PHASE_NODES = 5
 # (optprune.solve.isolate) once the model has this many columns + nonzeros: from
 # there HiGHS's root can spend seconds in code that never checks its time limit
 # (the 10^5-structure knapsack, 300,000 entries: a 5 s limit ended after 7.6-381 s;
-# the 2*10^4 one, 60,000 entries, stopped at 1.02x). Below it the child's start
-# (0.5-0.8 CPU-s) would cost more than any overrun seen.
-ISOLATE_ENTRIES = 200_000
+# the 2*10^4 one, 60,000 entries: a 1 s limit after 9.9 s). Below it (MiniLM's and
+# the LLaMA shapes' width models) the child's start (0.5-0.8 CPU-s) would cost more
+# than any overrun seen.
+ISOLATE_ENTRIES = 50_000
 
 
 def _options(backend, time_limit_s, rel_gap, threads, seed, log, warm_start=None) -> SolveOptions:
@@ -208,15 +209,15 @@ SETUP_S_PER_ENTRY = {"highs": 5e-6, "scip": 5e-6, "cpsat": 2e-5, "pyomo": 1e-4}
 
 
 def _stage_costs(problem: AllocationProblem) -> dict[str, float]:
-    """Expected seconds of each stage (quick solution 2.0 s on LLaMA-70B and
-    3.5-5.4 s on the 10^6 knapsack; formulation 0.42 s and 2.2 s; the answer's
-    check and report 0.95 s and 0.3 s)."""
+    """Expected seconds of each stage at a load of 5-6 on 2 cores (quick solution
+    1.4 s on LLaMA-70B and 3.9 s on the 10^6 knapsack; one-sort greedy 0.9 s there;
+    formulation 0.42 s and 2.2 s; the answer's check and report 0.95 s and 0.3 s)."""
     exact = width_exact_slots(problem)
     sizes = {s: idx.size for s, idx in problem.slots().items()}
     n_width = sum(sizes[s] for s, ok in exact.items() if ok or s in problem.slot_values)
     n_struct = problem.n - n_width
     options = sum(problem.allowed_counts(s).size for s, ok in exact.items() if ok)
-    return {"quick": 1e-6 * problem.n + 5e-6 * n_struct,
+    return {"quick": 1e-6 * problem.n + 3e-6 * n_struct,
             "greedy": 4e-7 * problem.n,
             "formulate": 3e-7 * problem.n + 3e-6 * n_struct + 3e-5 * options,
             "check": 0.02 + 4e-7 * problem.n}
@@ -271,7 +272,12 @@ class _Run:
         # runs when its expected time is left (its bound search stops at the
         # deadline; the walk that builds its mask does not: 5.7 s at 10^6 under load).
         if not self.bilinear and self._fits(self.costs["quick"]):
-            self.quick = quick_solution(problem, self._at(0.5))
+            # The bound search stops in time for the walk (about a greedy's time) to end.
+            left = self._left()
+            stop = self._at(0.5)
+            if left is not None and stop is not None:
+                stop = min(stop, time.perf_counter() + left - 2 * self.costs["greedy"])
+            self.quick = quick_solution(problem, stop)
         elif not self.bilinear and self._fits(self.costs["greedy"]):
             # No time for the quick stage: one sort gives a feasible mask at least
             # (its bound comes from _fill).
