@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import OptpruneError
+from ..experiments.recipes import DIGITS_VIT, VIT_EPOCHS, VIT_LR
 from ..solve.model import write_json_atomic
 from .models import MLP, ViT
 from .pipeline import CalibrationOptions
@@ -53,11 +54,11 @@ class DemoConfig:
     budget: float = 0.5
     flops: float = 0.6
     mlp_hidden: tuple[int, ...] = (128, 128)
-    vit_dim: int = 32
-    vit_heads: tuple[int, ...] = (4, 4, 4)
-    vit_ffn: int = 64
+    vit_dim: int = DIGITS_VIT["dim"]
+    vit_heads: tuple[int, ...] = DIGITS_VIT["heads"]
+    vit_ffn: int = DIGITS_VIT["ffn"]
     epochs_mlp: int = 30
-    epochs_vit: int = 40
+    epochs_vit: int = VIT_EPOCHS
     finetune_epochs: int = 4
     n_calib: int = 512
     k_best: int = 2
@@ -67,6 +68,16 @@ class DemoConfig:
     def tiny(cls) -> "DemoConfig":
         return cls(mlp_hidden=(32, 32), vit_dim=16, vit_heads=(4, 4), vit_ffn=64, epochs_mlp=3,
                    epochs_vit=2, finetune_epochs=1, n_calib=128, k_best=2)
+
+
+def demo_vit(cfg: DemoConfig) -> ViT:
+    """The demo's untrained ViT: with the default config, the kit's digits ViT
+    (``optprune.experiments.digits_vit(cfg.seed)``: same shape, same initialization),
+    so the demo's ViT is the one every ViT benchmark starts from."""
+    shape = dict(DIGITS_VIT, dim=cfg.vit_dim, heads=tuple(cfg.vit_heads),
+                 head_dim=cfg.vit_dim // max(cfg.vit_heads), ffn=cfg.vit_ffn)
+    torch.manual_seed(cfg.seed)
+    return ViT(**shape)
 
 
 def _rows_for(kind: str, model: torch.nn.Module, data, cfg: DemoConfig, multiples: dict,
@@ -164,9 +175,8 @@ def run_demo(out_dir: str | Path = "optprune-demo", cfg: DemoConfig | None = Non
     log(HEADER)
     rows += _rows_for("mlp", mlp, (flat.x_train, flat.y_train, flat.x_test, flat.y_test), cfg,
                       {"neuron": 8}, log)
-    vit = ViT(image_size=8, patch=2, dim=cfg.vit_dim, heads=cfg.vit_heads,
-              head_dim=cfg.vit_dim // max(cfg.vit_heads), ffn=cfg.vit_ffn)
-    train(vit, d.x_train, d.y_train, epochs=cfg.epochs_vit, lr=2e-3, seed=cfg.seed,
+    vit = demo_vit(cfg)
+    train(vit, d.x_train, d.y_train, epochs=cfg.epochs_vit, lr=VIT_LR, seed=cfg.seed,
           progress="train ViT")
     rows += _rows_for("vit", vit, (d.x_train, d.y_train, d.x_test, d.y_test), cfg,
                       {"ffn": 8}, log)

@@ -29,3 +29,18 @@ def test_demo_tiny(tmp_path, capsys):
                                      and not r["violations"])
     out = capsys.readouterr().out
     assert "optimal" in out and "uniform" in out and "optprune default" in out
+
+
+def test_the_demo_vit_is_the_kits_digits_vit():
+    import torch
+
+    from optprune.experiments import digits_vit
+    from optprune.nn.demo import DemoConfig, demo_vit
+
+    for seed in (0, 3):
+        ours, kit = demo_vit(DemoConfig(seed=seed)).state_dict(), digits_vit(seed).state_dict()
+        assert ours.keys() == kit.keys()
+        assert all(torch.equal(ours[k], kit[k]) for k in ours)
+    tiny = demo_vit(DemoConfig.tiny())
+    assert sum(p.numel() for p in tiny.parameters()) < sum(
+        p.numel() for p in digits_vit(0).parameters())
