@@ -67,20 +67,17 @@ def prune_weights_and_finetune(model, sparsity: float, X, y, epochs: int, seed: 
         masks.append((a > thr).float())
         with torch.no_grad():
             L.weight.mul_(masks[-1])
-    g = torch.Generator().manual_seed(seed + 7)
-    Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(Xt), generator=g)
-        for s in range(0, len(Xt), 64):
-            idx = perm[s:s + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(Xt[idx]), yt[idx]).backward()
-            opt.step()
-            with torch.no_grad():
-                for L, m in zip(lin[:-1], masks):
-                    L.weight.mul_(m)
+    from optprune.experiments import fit
+
+    def remask(_step: int) -> None:
+        with torch.no_grad():
+            for L, m in zip(lin[:-1], masks):
+                L.weight.mul_(m)
+
+    # Adam (AdamW without decay) at a constant 1e-3, batches of 64 in seeded order.
+    fit(model, torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.long),
+        epochs=epochs, lr=1e-3, weight_decay=0.0, seed=seed + 7, schedule="constant",
+        after_step=remask)
     return model.eval()
 
 

@@ -79,23 +79,28 @@ def describe_selection(info: dict | None) -> str:
 
 
 def digits_data(seed: int = 0, test_fraction: float = 0.3):
-    """(X_train, y_train, X_test, y_test), X in [0, 1], a stratified seeded split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """(X_train, y_train, X_test, y_test) as numpy, X flat in [0, 1] (float64): the kit's
+    split (``optprune.experiments.load_digits_split``) with the encoder's test fraction."""
+    import torch
 
-    X, y = load_digits(return_X_y=True)
-    X = X.astype(np.float64) / 16.0
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_fraction, random_state=seed,
-                                          stratify=y)
-    return Xtr, ytr, Xte, yte
+    from ..experiments import load_digits_split
+
+    d = load_digits_split(test_fraction, seed, flat=True, dtype=torch.float64)
+    return d.x_train.numpy(), d.y_train.numpy(), d.x_test.numpy(), d.y_test.numpy()
 
 
 def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int,
          group_lasso: float = 0.0, batch_size: int = 64, regression: bool = False) -> Any:
+    """The kit's ``fit`` with the encoder's recipe: Adam (AdamW without decay) at a
+    constant ``lr``, cross-entropy (or squared error with ``regression``), plus
+    ``group_lasso`` times the row norms of every hidden layer's weight. The networks
+    of the instance library were trained by this recipe (bit for bit the same as the
+    loop it replaced: the library's network hashes are reproduced)."""
     import torch
 
+    from ..experiments import fit
+
     torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(seed)
     Xt = torch.tensor(X, dtype=torch.float32)
     if regression:  # one output, mean squared error
         yt = torch.tensor(np.asarray(y, dtype=np.float64).reshape(-1, 1), dtype=torch.float32)
@@ -103,19 +108,16 @@ def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed:
     else:
         yt = torch.tensor(y, dtype=torch.long)
         lossf = torch.nn.functional.cross_entropy
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(Xt), generator=g)
-        for s in range(0, len(Xt), batch_size):
-            idx = perm[s:s + batch_size]
-            opt.zero_grad()
-            loss = lossf(model(Xt[idx]), yt[idx])
-            if group_lasso:
-                loss = loss + group_lasso * sum(L.weight.norm(dim=1).sum() for L in linears[:-1])
-            loss.backward()
-            opt.step()
+
+    def batch_loss(xb: Any, yb: Any, _step: int, _epoch: int) -> Any:
+        loss = lossf(model(xb), yb)
+        if group_lasso:
+            loss = loss + group_lasso * sum(L.weight.norm(dim=1).sum() for L in linears[:-1])
+        return loss
+
+    fit(model, Xt, yt, epochs=epochs, lr=lr, weight_decay=0.0, seed=seed,
+        schedule="constant", batch_size=batch_size, batch_loss=batch_loss)
     return model.eval()
 
 
@@ -211,15 +213,17 @@ def prune_channels(model: Any, keep_fraction: float) -> Any:
 
 
 def accuracy(model: Any, X: np.ndarray, y: np.ndarray) -> float:
+    """The kit's accuracy on numpy data (flat 8x8 images reshaped for a CNN)."""
     import torch
 
     from torch import nn
 
+    from ..experiments import accuracy as kit_accuracy
+
     if any(isinstance(m, nn.Conv2d) for m in model):
         X = np.asarray(X).reshape(-1, *CNN_INPUT_SHAPE)
-    with torch.no_grad():
-        pred = model(torch.tensor(X, dtype=torch.float32)).argmax(1).numpy()
-    return float(np.mean(pred == y))
+    return kit_accuracy(model, torch.tensor(X, dtype=torch.float32),
+                        torch.as_tensor(np.asarray(y), dtype=torch.long))
 
 
 def neuron_scores(model: Any) -> list[np.ndarray]:
