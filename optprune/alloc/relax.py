@@ -54,6 +54,15 @@ class _Parts:
         self.score = p.score[self.struct]
         self.cost = np.stack([p.costs[r][self.struct] for r in resources]) if resources \
             else np.zeros((0, int(self.struct.sum())))
+        # The same slots as padded arrays (a slot's missing options: value -inf, count 0),
+        # so one multiplier's best widths are one argmax over all slots.
+        S, K = len(width), max((c.size for c in self.counts), default=0)
+        self.curve_pad = np.full((S, K), -np.inf)
+        self.count_pad = np.zeros((S, K))
+        for t, (c, ks) in enumerate(zip(self.curves, self.counts)):
+            self.curve_pad[t, :c.size] = c
+            self.count_pad[t, :ks.size] = ks
+        self.unit_mat = np.array(self.unit, dtype=np.float64).reshape(S, len(resources))
 
 
 def lagrangian_bound(p: AllocationProblem, deadline: float | None = None,
@@ -179,15 +188,16 @@ def _max_bound(p: AllocationProblem, deadline: float | None, passes: int, steps:
                 red -= lam[q] * parts.cost[q]
         return red
 
+    rows = np.arange(len(parts.slots))
+
     def width_part(lam: np.ndarray) -> tuple[float, np.ndarray, list]:
-        val, use, ks_at = 0.0, np.zeros(R), []
-        for curve, unit, ks in zip(parts.curves, parts.unit, parts.counts):
-            v = curve - float(np.dot(lam, unit)) * ks
-            j = int(np.argmax(v))
-            val += float(v[j])
-            use += unit * ks[j]
-            ks_at.append(ks[j])
-        return val, use, ks_at
+        if not rows.size:
+            return 0.0, np.zeros(R), []
+        price = (parts.unit_mat * lam).sum(axis=1)  # lambda . c_S per slot, no BLAS
+        v = parts.curve_pad - price[:, None] * parts.count_pad
+        j = np.argmax(v, axis=1)
+        ks = parts.count_pad[rows, j]
+        return float(v[rows, j].sum()), (parts.unit_mat * ks[:, None]).sum(axis=0), list(ks)
 
     def evaluate(lam: np.ndarray) -> tuple[float, list]:
         red = reduced(lam)
