@@ -277,9 +277,19 @@ def _round_down(p: AllocationProblem, keep: np.ndarray) -> np.ndarray:
     return _finish_valued(p, out)
 
 
+def descending(values: np.ndarray) -> np.ndarray:
+    """Indices by decreasing value, ties by index: the stable order, computed by the
+    3-4x faster unstable sort when no two values tie (then both orders are the same)."""
+    order = np.argsort(-values)
+    v = values[order]
+    if np.any(v[1:] == v[:-1]):
+        order = np.argsort(-values, kind="stable")
+    return order
+
+
 def _by_score(eff: np.ndarray) -> np.ndarray:
     """Structures of non-negative score by decreasing score (ties by index)."""
-    order = np.argsort(-eff, kind="stable")  # ties by index
+    order = descending(eff)
     return order[eff[order] >= 0]
 
 
@@ -300,7 +310,7 @@ def density_greedy(p: AllocationProblem) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             dens = np.where(cost > 0, eff / np.where(cost > 0, cost, 1.0),
                             np.where(eff >= 0, np.inf, -np.inf))
-        order = np.argsort(-dens, kind="stable")
+        order = descending(dens)
         order = order[eff[order] >= 0]
     else:
         order = _by_score(eff)

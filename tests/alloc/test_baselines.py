@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from optprune.alloc import AllocationProblem
 from optprune.alloc.baselines import (_best_width, _best_widths, _by_score, _walk_blocks,
-                                      _walk_loop, _homogeneous, effective_scores, uniform)
+                                      _walk_loop, _homogeneous, descending, effective_scores,
+                                      uniform)
 
 
 @st.composite
@@ -92,3 +93,11 @@ def test_uniform_equals_its_definition(p):
     for s in p.slots():
         table = _best_widths(p, s)
         assert [int(v) for v in table] == [_best_width(p, s, k) for k in range(table.size)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([-2.0, -0.0, 0.0, 0.5, 1.0, 3.0, float("inf")]) | st.floats(
+    -1e6, 1e6, allow_nan=False), min_size=0, max_size=40))
+def test_descending_is_the_stable_order(values):
+    v = np.asarray(values, dtype=np.float64)
+    assert np.array_equal(descending(v), np.argsort(-v, kind="stable"))
