@@ -146,6 +146,8 @@ def prefix_greedy(p: AllocationProblem) -> np.ndarray | None:
     relative cost sum_r c_{r,i} / U_r, kept up to the first that would break a
     max budget. None when the problem has other constraints or the mask breaks one
     (a min budget)."""
+    from .baselines import descending
+
     if p.objective.kind != "max_importance" or p.latency_cap is not None \
             or p.pair_costs or not _budgets_only(p):
         return None
@@ -156,8 +158,6 @@ def prefix_greedy(p: AllocationProblem) -> np.ndarray | None:
         weight += p.costs[r][pos] / max(hi, 1e-300)
     with np.errstate(divide="ignore"):
         dens = p.score[pos] / weight  # inf where a structure costs nothing
-    from .baselines import descending
-
     order = pos[descending(dens)]
     fits = np.ones(order.size, dtype=bool)
     for r, hi in limits:

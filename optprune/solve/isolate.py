@@ -25,6 +25,7 @@ import pickle
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SolverError
@@ -44,8 +45,11 @@ def run_isolated(fn: Callable[..., SolveResult], args: tuple[Any, ...], wall_s: 
     unpickled, else as SolverError with the child's message)."""
     t0 = time.perf_counter()
     payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+    # Started in the folder that holds this optprune package, so that ``-m`` finds
+    # this package and not whatever the caller's working directory holds.
+    root = Path(__file__).resolve().parents[2]
     child = subprocess.Popen([sys.executable, "-m", "optprune.solve.isolate"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=root,
                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         out, _ = child.communicate(payload, timeout=max(wall_s, 0.0) + GRACE_S)
