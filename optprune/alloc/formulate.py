@@ -444,6 +444,8 @@ def _pair_terms(st: _Build) -> None:
                 st.add_cost(r, ua, c * ka * ka)
             continue
         ub, kb = _onehot(st, bb)
+        if ka.size == 0 or kb.size == 0:
+            continue  # a slot without an allowed count: its one_count row is already infeasible
         lo, hi = float(ka.min() * kb.min()), float(ka.max() * kb.max())
         scale = 1.0 if st.integer_only or hi <= 0 else hi
         col = int(st.b.add_columns(1, lo / scale, hi / scale, 0.0, st.integer_only,
