@@ -167,13 +167,14 @@ def _walk_loop(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bo
     his = [hi + 1e-9 * max(1.0, abs(hi)) for _, hi in limits]
     used = [0.0] * len(limits)
     cap = p.latency_cap
-    tables = [None] * len(slot_keys)
+    tables: list[list[float] | None] = [None] * len(slot_keys)
     latency = 0.0
     if cap is not None:
         for t, s in enumerate(slot_keys):
             if s in p.latency_tables:
-                tables[t] = p.latency_tables[s].table.tolist()
-                latency += tables[t][0]
+                table = p.latency_tables[s].table.tolist()
+                tables[t] = table
+                latency += table[0]
         cap = cap + 1e-9 * max(1.0, cap)
     homogeneous = _homogeneous(p)
     # Pair costs: adding one structure to slot t raises coef * k_other (k_other
@@ -205,9 +206,10 @@ def _walk_loop(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bo
                 ok = False
                 break
         dl = 0.0
-        if ok and tables[t] is not None:
+        table_t = tables[t]
+        if ok and table_t is not None:
             k = count[t]
-            dl = tables[t][k + 1] - tables[t][k]
+            dl = table_t[k + 1] - table_t[k]
             ok = latency + dl <= cap
         if not ok:
             if stop_at_first_misfit:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -251,9 +251,9 @@ def solve_bilinear(problem: AllocationProblem, form: Formulation,
     loop = (hull_cut_loop(form, deadline, on_round=on_round) if hull
             else HullLoop(None, None, 0, 0, 0.0))
     bound = loop.bound
-    details = {"method": "pair hull cuts + outer approximation", "lp_rounds": loop.rounds,
-               "hull_cuts": loop.cuts, "hull_time_s": loop.time_s, "mip_solves": 0,
-               "oa_cuts": 0}
+    details: dict[str, Any] = {
+        "method": "pair hull cuts + outer approximation", "lp_rounds": loop.rounds,
+        "hull_cuts": loop.cuts, "hull_time_s": loop.time_s, "mip_solves": 0, "oa_cuts": 0}
     nodes, last, backend = 0, None, "highs"
     if loop.infeasible:
         return _result(Termination.INFEASIBLE, None, None, None, rel_gap, t0, nodes, backend,

@@ -181,19 +181,23 @@ def conv_problem(name: str, ops: list[Op], widths: dict[str, int], seed: int = 0
         else:
             fixed += per_out * op.dst
         if op.depthwise:
+            if not isinstance(op.dst, str):
+                raise ValidationError(
+                    f"The depthwise op {op.name!r} needs a slot name as dst (its groups are "
+                    f"the slot's channels); got {op.dst!r}.")
             lin_params[op.dst] += op.kernel
             lin_macs[op.dst] += op.kernel * op.hw
         elif isinstance(op.src, str) and isinstance(op.dst, str):
             c = pairs.setdefault((op.src, op.dst), [0.0, 0.0])
             c[0] += op.kernel
             c[1] += op.kernel * op.hw
-        elif isinstance(op.src, str):
+        elif isinstance(op.src, str) and isinstance(op.dst, int):
             lin_params[op.src] += op.kernel * op.dst
             lin_macs[op.src] += op.kernel * op.hw * op.dst
-        elif isinstance(op.dst, str):
+        elif isinstance(op.dst, str) and isinstance(op.src, int):
             lin_params[op.dst] += op.kernel * op.src
             lin_macs[op.dst] += op.kernel * op.hw * op.src
-        else:
+        elif isinstance(op.src, int) and isinstance(op.dst, int):
             fixed += op.kernel * op.src * op.dst
     # Dense parameters attributable to one channel of each slot (pair costs split
     # evenly between their two slots), for the scale of the scores.

@@ -124,7 +124,7 @@ def _families(problem: AllocationProblem, backend: str) -> str:
     """Which constraint families, dropped one at a time, make the problem feasible."""
     from ..solve import SolveOptions, get_backend
 
-    families = {
+    families: dict[str, tuple[str, object]] = {
         "budgets": ("budgets", []),
         "count bounds": ("count_bounds", []),
         "width multiples": ("multiples", []),

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import ValidationError
 from ..solve.model import LinearModel, ModelBuilder
@@ -90,6 +91,7 @@ class Formulation:
             if sv.mode == "structure":
                 keep[sv.members] = x[sv.cols] > 0.5
             else:
+                assert sv.options is not None  # width mode always has its allowed counts
                 k = int(sv.options[int(np.argmax(x[sv.cols]))])
                 keep[sv.members[:k]] = True
         return keep
@@ -222,8 +224,10 @@ class _Build:
         self.b = ModelBuilder(name=problem.name, sense="max" if self.maximize else "min")
         self.budgets = problem.budget_limits()
         self.resources = list(dict.fromkeys(r for r, _, _ in self.budgets))
-        if not self.maximize and obj.resource != "latency" and obj.resource not in self.resources:
-            self.resources.append(obj.resource)
+        if not self.maximize:
+            res, _ = obj.min_resource_terms()
+            if res != "latency" and res not in self.resources:
+                self.resources.append(res)
         self.cost: dict[str, tuple[list, list]] = {r: ([], []) for r in self.resources}
         self.score: tuple[list, list] = ([], [])
         self.lat: tuple[list, list] = ([], [])
@@ -242,7 +246,7 @@ class _Build:
             return s in self.p.slot_values
         return self.exact[s]
 
-    def add_cost(self, r: str, cols: np.ndarray, vals: np.ndarray) -> None:
+    def add_cost(self, r: str, cols: ArrayLike, vals: ArrayLike) -> None:
         if r in self.cost:
             self.cost[r][0].append(np.asarray(cols, np.int64))
             self.cost[r][1].append(np.asarray(vals, np.float64))
@@ -431,10 +435,10 @@ def merged_pair_costs(problem: AllocationProblem) -> dict[tuple[Slot, Slot], dic
     from a to b and of one from b to a share one product)."""
     out: dict[tuple[Slot, Slot], dict[str, float]] = {}
     for pc in problem.pair_costs:
-        key = tuple(sorted((pc.slot_a, pc.slot_b)))
-        d = out.setdefault(key, {})  # type: ignore[arg-type]
+        first, second = sorted((pc.slot_a, pc.slot_b))
+        d = out.setdefault((first, second), {})
         d[pc.resource] = d.get(pc.resource, 0.0) + pc.coef
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _pair_terms(st: _Build) -> None:
@@ -449,6 +453,8 @@ def _pair_terms(st: _Build) -> None:
                 st.add_cost(r, ua, c * ka * ka)
             continue
         ub, kb = _onehot(st, bb)
+        if ka.size == 0 or kb.size == 0:
+            continue  # a slot without an allowed count: its one_count row is already infeasible
         lo, hi = float(ka.min() * kb.min()), float(ka.max() * kb.max())
         scale = 1.0 if st.integer_only or hi <= 0 else hi
         col = int(st.b.add_columns(1, lo / scale, hi / scale, 0.0, st.integer_only,
@@ -531,18 +537,19 @@ def _objective(st: _Build) -> None:
     if st.maximize:
         cols, vals, offset = sc, sv, 0.0
     else:
-        floor = p.importance_floor_abs()
+        res, _ = p.objective.min_resource_terms()
+        floor = p.min_resource_floor()
         s = 1.0 if st.integer_only else _power_of_two(sv, _ROW_RANGE)
         b.add_rows(np.zeros(sc.size), sc, sv * s, floor * s, np.inf, count=1,
                    names=["importance_floor"])
-        if p.objective.resource == "latency":
+        if res == "latency":
             if not st.lat[0]:
                 raise ValidationError("Minimizing latency needs latency tables.")
             cols, vals = _sparse_row(st.lat)
             offset = 0.0
         else:
-            cols, vals = _sparse_row(st.cost[p.objective.resource])
-            offset = p.fixed_costs[p.objective.resource]
+            cols, vals = _sparse_row(st.cost[res])
+            offset = p.fixed_costs[res]
     s = 1.0 if st.integer_only else _power_of_two(vals, _OBJECTIVE_RANGE)
     b.set_cost(cols, vals * s)
     b.offset = offset * s

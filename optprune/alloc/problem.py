@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import numpy as np
 
@@ -110,6 +110,16 @@ class Objective:
     importance_floor: float | None = None
     relative: bool = True
 
+    def min_resource_terms(self) -> tuple[str, float]:
+        """``(resource, importance_floor)`` of a ``min_resource`` objective (set_objective
+        gives it both)."""
+        if self.kind != "min_resource" or self.resource is None or self.importance_floor is None:
+            raise ValidationError(
+                f"A 'min_resource' objective with a resource and an importance floor is needed "
+                f"here; the objective is {self}. Call set_objective('min_resource', resource, "
+                "importance_floor) first.")
+        return self.resource, self.importance_floor
+
 
 class AllocationProblem:
     """Structures, their scores and costs, and the constraints on keeping them.
@@ -129,8 +139,8 @@ class AllocationProblem:
     def __init__(
         self,
         ids: Sequence[str] | None,
-        layer: Sequence[str],
-        kind: Sequence[str],
+        layer: Sequence[str] | np.ndarray,
+        kind: Sequence[str] | np.ndarray,
         score: Sequence[float] | np.ndarray,
         costs: dict[str, Sequence[float] | np.ndarray],
         fixed_costs: dict[str, float] | None = None,
@@ -225,9 +235,10 @@ class AllocationProblem:
 
     def ids_of(self, keep: np.ndarray) -> list[str]:
         """The ids of the structures ``keep`` selects, in index order."""
-        if getattr(self, "_ids_array", None) is None or self._ids_array.size != self.n:
-            self._ids_array = np.asarray(self.ids, dtype=object)
-        return self._ids_array[np.asarray(keep, dtype=bool)].tolist()
+        ids: np.ndarray | None = getattr(self, "_ids_array", None)
+        if ids is None or ids.size != self.n:
+            ids = self._ids_array = np.asarray(self.ids, dtype=object)
+        return ids[np.asarray(keep, dtype=bool)].tolist()
 
     def index(self, sid: str) -> int:
         if self._index is None:
@@ -360,13 +371,14 @@ class AllocationProblem:
 
     def add_equal_counts(self, slots: Iterable[Slot]) -> "AllocationProblem":
         """The listed (layer, kind) slots keep equal numbers of structures."""
-        slots = [tuple(s) for s in slots]
-        check(len(slots) >= 2, "An equal-counts constraint", "at least two (layer, kind) slots",
-              len(slots))
-        for s in slots:
+        # A JSON list becomes a tuple; membership in self.slots() below checks it is a slot.
+        listed = [cast(Slot, tuple(s)) for s in slots]
+        check(len(listed) >= 2, "An equal-counts constraint", "at least two (layer, kind) slots",
+              len(listed))
+        for s in listed:
             if s not in self.slots():
                 raise ValidationError(f"Unknown slot {s!r} in an equal-counts constraint.")
-        self.equal_counts.append(slots)  # type: ignore[arg-type]
+        self.equal_counts.append(listed)
         return self
 
     def add_pair_cost(self, resource: str, slot_a: Slot, slot_b: Slot,
@@ -374,16 +386,18 @@ class AllocationProblem:
         """Usage of ``resource`` gains ``coef * k_a * k_b`` (k = kept counts of the two
         slots): the exact cost of a tensor pruned along two dimensions."""
         self._check_resource(resource, "a pair cost")
-        slot_a, slot_b = tuple(slot_a), tuple(slot_b)
+        # A JSON list becomes a tuple; membership in self.slots() below checks it is a slot.
+        slot_a, slot_b = cast(Slot, tuple(slot_a)), cast(Slot, tuple(slot_b))
         for sl in (slot_a, slot_b):
             if sl not in self.slots():
                 raise ValidationError(f"Unknown slot {sl!r} in a pair cost.")
         check(math.isfinite(coef) and 0 <= coef <= MAX_MAGNITUDE, "The 'coef' of a pair cost",
               f"a non-negative number at most {MAX_MAGNITUDE:.0e}", coef)
-        self.pair_costs.append(PairCost(resource, slot_a, slot_b, float(coef)))  # type: ignore[arg-type]
+        self.pair_costs.append(PairCost(resource, slot_a, slot_b, float(coef)))
         return self
 
-    def add_latency_table(self, layer: str, kind: str, table: Sequence[float]) -> "AllocationProblem":
+    def add_latency_table(self, layer: str, kind: str,
+                          table: Sequence[float] | np.ndarray) -> "AllocationProblem":
         """``table[k]`` is the slot's latency with k structures kept, k = 0..width
         (any piecewise-constant function of the width)."""
         if (layer, kind) not in self.slots():
@@ -545,7 +559,8 @@ class AllocationProblem:
               "The 'importance_floor' of a min_resource objective",
               f"a number within [-{MAX_LIMIT:.0e}, {MAX_LIMIT:.0e}] (a fraction of the dense "
               "importance when 'relative', the default)", importance_floor)
-        self.objective = Objective(kind, resource, float(importance_floor), relative)
+        floor = cast(float, importance_floor)  # not None: checked above
+        self.objective = Objective(kind, resource, float(floor), relative)
         return self
 
     # -------------------------------------------------------- derived limits
@@ -589,18 +604,23 @@ class AllocationProblem:
         return out
 
     def importance_floor_abs(self) -> float | None:
-        o = self.objective
-        if o.kind != "min_resource":
+        """The absolute importance floor, or None unless the objective is min_resource."""
+        if self.objective.kind != "min_resource":
             return None
-        if not o.relative:
-            return o.importance_floor
+        return self.min_resource_floor()
+
+    def min_resource_floor(self) -> float:
+        """The absolute importance floor of the min_resource objective."""
+        _, floor = self.objective.min_resource_terms()
+        if not self.objective.relative:
+            return floor
         total = self.total_importance()
         if not math.isfinite(total):
             raise ValidationError(
                 "A relative importance floor is a fraction of the dense model's importance, "
                 "which is -inf here (a slot's values forbid its full width); give an absolute "
                 "floor (relative: false) instead.")
-        return float(o.importance_floor * total)
+        return float(floor * total)
 
     # ------------------------------------------------------------- checking
     def usage(self, keep: np.ndarray) -> dict[str, float]:
@@ -683,7 +703,7 @@ class AllocationProblem:
         o = self.objective
         if o.kind == "max_importance":
             return self.retained(keep)
-        return self.usage(keep)[o.resource]
+        return self.usage(keep)[o.min_resource_terms()[0]]
 
     def diagnose(self) -> None:
         """Raise InfeasibleProblemError for conflicts that can be named without a solve."""
@@ -691,11 +711,11 @@ class AllocationProblem:
         mins: dict[Slot, int] = {}
         for s in slots:
             ks = self.allowed_counts(s)
-            lo, hi, m, allow_zero = self.slot_count_range(s)
+            k_lo, k_hi, m, allow_zero = self.slot_count_range(s)
             if ks.size == 0:
                 raise InfeasibleProblemError(
                     f"No width is allowed for {s[0]}/{s[1]} (width {slots[s].size}): count "
-                    f"bounds [{lo}, {hi}] and multiple {m}"
+                    f"bounds [{k_lo}, {k_hi}] and multiple {m}"
                     f"{'' if allow_zero else ' (zero not allowed)'}"
                     f"{' and the widths its slot values allow' if s in self.slot_values else ''}"
                     " leave no option."

@@ -83,7 +83,7 @@ def trivial_bound(p: AllocationProblem) -> float:
         rest = p.score[~p._valued_mask()]
         return float(np.sum(rest, where=rest > 0)) + sum(
             float(np.max(sv.values)) for sv in p.slot_values.values())
-    res = p.objective.resource
+    res, _ = p.objective.min_resource_terms()
     if res == "latency":
         return float(sum(np.min(t.table) for t in p.latency_tables.values()))
     return float(p.fixed_costs[res])
@@ -250,8 +250,8 @@ def _top_multiplier(parts: _Parts, r: int) -> float:
 
 
 def _min_bound(p: AllocationProblem, deadline: float | None, steps: int) -> float:
-    res = p.objective.resource
-    floor = p.importance_floor_abs()
+    res, _ = p.objective.min_resource_terms()
+    floor = p.min_resource_floor()
     latency = res == "latency"
     parts = _Parts(p, [] if latency else [res])
     fixed = 0.0 if latency else p.fixed_costs[res]

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..solve import LinearModel, ModelBuilder
+from ..solve.model import iter_names
 from .bounds import Bounds, compute_bounds
 from .formulate import NetBuilder, Region, add_network, check_relu_formulation
 from .network import Network, as_network
@@ -154,13 +155,13 @@ def network_block_model(network: Any, input_names: Sequence[str], output_names: 
     cols = add_network(builder, net, region, b.lower, b.upper, relu=relu, max_fan_in=max_fan_in)
     model = builder.build()
     out_cols = np.asarray(cols.h[-1])
-    cnames = [f"{name}.{c}" for c in model.col_names]
+    cnames = [f"{name}.{c}" for c in iter_names(model.col_names, model.num_cols, "x")]
     for nm, j in zip(ins, cols.x):
         cnames[int(j)] = f"{name}.{nm}"
     for nm, j in zip(outs, out_cols):
         cnames[int(j)] = f"{name}.{nm}"
     model.col_names = cnames
-    model.row_names = [f"{name}.{r}" for r in model.row_names]
+    model.row_names = [f"{name}.{r}" for r in iter_names(model.row_names, model.num_rows, "r")]
     block = NetworkBlock(
         network=net, name=name, inputs=dict(zip(ins, map(int, cols.x))),
         outputs=dict(zip(outs, map(int, out_cols))), first_column=0,
@@ -215,10 +216,10 @@ def append_network_block(host: LinearModel, network: Any, input_names: Sequence[
     A = sp.bmat([[host.A, None], [None, model.A]], format="csc")
     names = None
     if host.col_names is not None:
-        names = list(host.col_names) + list(model.col_names)
+        names = list(host.col_names) + iter_names(model.col_names, model.num_cols, "x")
     rnames = None
     if host.row_names is not None:
-        rnames = list(host.row_names) + list(model.row_names)
+        rnames = list(host.row_names) + iter_names(model.row_names, model.num_rows, "r")
     out = LinearModel(
         c=np.r_[host.c, np.zeros(model.num_cols)], A=A,
         row_lower=np.r_[host.row_lower, model.row_lower],

@@ -207,7 +207,9 @@ def _symbolic_layer(net: Network, region: Region, k: int, lines: list, hl: np.nd
 def symbolic_bounds(net: Network, region: Region) -> Bounds:
     """Back-substitution bounds (module docstring), intersected with interval bounds."""
     t0 = time.perf_counter()
-    lower, upper, lines = [], [], []
+    lower: list[np.ndarray] = []
+    upper: list[np.ndarray] = []
+    lines: list[tuple | None] = []
     hl, hu = region.box()
     for k, layer in enumerate(net.layers):
         n = layer.out_features

@@ -142,7 +142,7 @@ def writable_dir(path: str | Path, what: str) -> Path:
     return p
 
 
-def writable_file(path: str | Path, what: str) -> Path:
+def writable_file(path: str | os.PathLike, what: str) -> Path:
     """Check (creating nothing but the parent directory) that ``path`` can be written."""
     p = Path(path)
     if p.exists() and not p.is_file():

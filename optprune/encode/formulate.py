@@ -386,7 +386,7 @@ def add_ideal_relu(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.nd
     ri, cj, vals, rhs, names = [], [], [], [], []
     m = 0
     neurons = 0
-    too_wide = []
+    too_wide: list[tuple[int, int]] = []
     for i in un:
         w = W[i]
         nz = (w != 0) & alive
@@ -424,11 +424,11 @@ def add_ideal_relu(b: ModelBuilder, W: np.ndarray, bias: np.ndarray, prev: np.nd
         m += k
         neurons += 1
     if strict and too_wide:
-        i, n = max(too_wide, key=lambda t: t[1])
+        widest, widest_fan_in = max(too_wide, key=lambda t: t[1])
         raise ValidationError(
             f"relu='ideal' needs every unstable neuron's fan-in <= max_fan_in = {max_fan_in}; "
-            f"{len(too_wide)} neuron(s) of layer {tag} exceed it (widest: neuron {i}, fan-in "
-            f"{n}). Raise max_fan_in (2^n - 2 rows per neuron) or use relu='auto', which "
+            f"{len(too_wide)} neuron(s) of layer {tag} exceed it (widest: neuron {widest}, fan-in "
+            f"{widest_fan_in}). Raise max_fan_in (2^n - 2 rows per neuron) or use relu='auto', which "
             "keeps big-M for them.")
     if m:
         r, c, v = np.concatenate(ri), np.concatenate(cj), np.concatenate(vals)

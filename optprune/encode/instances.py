@@ -147,10 +147,11 @@ def write_model(model: LinearModel, directory: str | os.PathLike, name: str,
                               f"({exc.strerror or exc}).") from exc
     model.name = name
     st = stats or {}
-    model.metadata.update({"generator": GENERATOR_VERSION,
-                           **{k: st[k] for k in ("stable_neurons", "unstable_neurons",
-                                                 "per_layer") if k in st},
-                           **(extra or {})})
+    meta: dict[str, Any] = {"generator": GENERATOR_VERSION}
+    meta.update({k: st[k] for k in ("stable_neurons", "unstable_neurons", "per_layer")
+                 if k in st})
+    meta.update(extra or {})
+    model.metadata.update(meta)
     mps = model.write(directory / f"{name}.mps")
     return mps, mps.with_suffix(".json")
 

@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
@@ -173,7 +173,7 @@ class Network:
             arrays[f"W{k}"] = _compact(L.W)
             arrays[f"b{k}"] = _compact(L.b)
         tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
+        np.savez_compressed(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
         return path
 
@@ -328,8 +328,12 @@ def from_torch(module: Any, input_shape: Sequence[int] | None = None) -> Network
                         f"it receives shape {cur_shape}. Check input_shape."
                     )
                 d = int(np.prod(cur_shape))
-                conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,
-                                 m.padding, m.dilation, bias=False).double()
+                # Conv2d's sizes are 2-tuples; its base class annotates them tuple[int, ...].
+                kernel, stride, dilation = (cast("tuple[int, int]", t)
+                                            for t in (m.kernel_size, m.stride, m.dilation))
+                padding = cast("str | tuple[int, int]", m.padding)
+                conv = nn.Conv2d(m.in_channels, m.out_channels, kernel, stride, padding,
+                                 dilation, bias=False).double()
                 conv.weight.copy_(m.weight.double())
                 eye = torch.eye(d, dtype=torch.float64).reshape(d, *cur_shape)
                 out = conv(eye)  # row j = image of unit vector j
@@ -431,14 +435,14 @@ def from_onnx(model: Any) -> Network:
     shape = tuple(int(d) for d in dims[1:] if d > 0) if len(dims) > 1 else ()
     cur = inputs[0].name
     layers: list[Layer] = []
-    W = b = None  # the open affine map
+    pending: tuple[np.ndarray, np.ndarray] | None = None  # the open affine map (W, b)
 
     def close(relu: bool) -> None:
-        nonlocal W, b
-        if W is None:
+        nonlocal pending
+        if pending is None:
             raise UnsupportedModuleError("The ONNX graph has a Relu without an affine node before it.")
-        layers.append(Layer(W, b, relu))
-        W = b = None
+        layers.append(Layer(pending[0], pending[1], relu))
+        pending = None
 
     for nd in nodes:
         data_in = [i for i in nd.input if i and i not in init]
@@ -457,19 +461,22 @@ def from_onnx(model: Any) -> Network:
             bm = (init[nd.input[2]] * float(attrs.get("beta", 1.0)) if len(nd.input) > 2
                   and nd.input[2] else np.zeros(Wm.shape[0]))
             bm = np.broadcast_to(bm.ravel(), (Wm.shape[0],))
-            W, b = (Wm, bm.copy()) if W is None else (Wm @ W, Wm @ b + bm)
+            pending = ((Wm, bm.copy()) if pending is None
+                       else (Wm @ pending[0], Wm @ pending[1] + bm))
         elif op == "MatMul":
             Wm = init[nd.input[1]].T
-            W, b = (Wm, np.zeros(Wm.shape[0])) if W is None else (Wm @ W, Wm @ b)
+            pending = ((Wm, np.zeros(Wm.shape[0])) if pending is None
+                       else (Wm @ pending[0], Wm @ pending[1]))
         elif op == "Add":
             other = [i for i in nd.input if i in init]
-            if W is None or len(other) != 1:
+            if pending is None or len(other) != 1:
                 raise UnsupportedModuleError(f"Add node {nd.name} is not a bias after MatMul/Gemm.")
-            b = b + np.broadcast_to(init[other[0]].ravel(), b.shape)
+            b = pending[1]
+            pending = (pending[0], b + np.broadcast_to(init[other[0]].ravel(), b.shape))
         elif op == "Relu":
             close(True)
         cur = nd.output[0]
-    if W is not None:
+    if pending is not None:
         close(False)
     if not layers:
         raise ValidationError("The ONNX graph has no affine node to encode.")

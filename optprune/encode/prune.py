@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -104,7 +104,7 @@ def _fit(model: Any, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed:
     Xt = torch.tensor(X, dtype=torch.float32)
     if regression:  # one output, mean squared error
         yt = torch.tensor(np.asarray(y, dtype=np.float64).reshape(-1, 1), dtype=torch.float32)
-        lossf = torch.nn.functional.mse_loss
+        lossf: Callable[..., torch.Tensor] = torch.nn.functional.mse_loss
     else:
         yt = torch.tensor(y, dtype=torch.long)
         lossf = torch.nn.functional.cross_entropy
@@ -197,9 +197,12 @@ def prune_channels(model: Any, keep_fraction: float) -> Any:
             k = max(1, math.ceil(keep_fraction * W.shape[0]))
             keep = torch.sort(torch.argsort(score, descending=True)[:k]).values
             Wk = W[keep] if prev_keep is None else W[keep][:, prev_keep]
-            c = nn.Conv2d(Wk.shape[1], Wk.shape[0], conv.kernel_size, conv.stride, conv.padding)
+            bias = conv.bias
+            c = nn.Conv2d(Wk.shape[1], Wk.shape[0], conv.kernel_size, conv.stride, conv.padding,
+                          bias=bias is not None)
             c.weight.copy_(Wk)
-            c.bias.copy_(conv.bias[keep])
+            if bias is not None and c.bias is not None:
+                c.bias.copy_(bias[keep])
             new[i] = c
             prev_keep = keep
         L = mods[lin[0]]
@@ -282,8 +285,9 @@ def _exact_keep(model: Any, budget_params: int, importance: str, data: tuple | N
     if importance == "norm_product":
         scores = np.array([per_layer[k][g.index] for k, g in zip(where, structures.groups)])
     elif importance == "taylor":
-        check(data is not None, "The 'data' of the exact neuron selection with Taylor scores",
-              "(X_train, y_train)", None)
+        if data is None:
+            raise ValidationError("The 'data' of the exact neuron selection with Taylor scores "
+                                  "must be (X_train, y_train); got None.")
         from ..nn.importance import score
 
         X, y = data

@@ -111,8 +111,8 @@ def problem_from_structures(structures: StructureSet, scores: Any, name: str = "
                 for gi in m2:
                     arr[gi] += w * rest * c01 * eb
                 sa, sb = slot_of_group[next(iter(m1))], slot_of_group[next(iter(m2))]
-                key = (res, sa, sb)
-                pairs[key] = pairs.get(key, 0.0) + w * rest * ea * eb
+                pair = (res, sa, sb)
+                pairs[pair] = pairs.get(pair, 0.0) + w * rest * ea * eb
             else:
                 raise ValidationError(f"{tname!r} is pruned along {len(dims)} dimensions; at most "
                                       "two are supported.")

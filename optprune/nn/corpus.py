@@ -143,7 +143,8 @@ def split_corpus(sentences: Sequence[str], eval_fraction: float = 0.5,
           eval_fraction)
     check(len(sentences) >= 2, "The number of sentences of split_corpus", "at least 2",
           len(sentences))
-    score, held = [], []
+    score: list[str] = []
+    held: list[str] = []
     for s in sentences:
         h = int(hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()[:16], 16) / 2.0 ** 64
         (held if h < eval_fraction else score).append(s)

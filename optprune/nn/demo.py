@@ -89,10 +89,11 @@ def _rows_for(kind: str, model: torch.nn.Module, data, cfg: DemoConfig, multiple
     shape = tuple(xtr.shape[1:])
     dense_acc = accuracy(model, xte, yte)
     ss = discover(model, shape)
-    rows = [{"model": kind, "method": "dense", "selection": "-", "params": ss.dense_params,
-             "flops": ss.dense_flops, "acc_pruned": dense_acc, "acc_reconstructed": dense_acc,
-             "acc_finetuned": dense_acc, "status": "-", "gap": None, "time_s": 0.0,
-             "violations": [], "feasible": True}]
+    rows: list[dict[str, Any]] = [
+        {"model": kind, "method": "dense", "selection": "-", "params": ss.dense_params,
+         "flops": ss.dense_flops, "acc_pruned": dense_acc, "acc_reconstructed": dense_acc,
+         "acc_finetuned": dense_acc, "status": "-", "gap": None, "time_s": 0.0,
+         "violations": [], "feasible": True}]
     log(_fmt(rows[0]))
     opts = CalibrationOptions(k_best=cfg.k_best, seed=cfg.seed)
     for label, imp, kw, selection in METHODS:

@@ -116,7 +116,7 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
     torch's fused transformer fast path, which assumes ``embed_dim = num_heads *
     head_dim``, is never taken."""
 
-    forward = mha_forward  # type: ignore[assignment]
+    forward = mha_forward
 
 
 @contextlib.contextmanager

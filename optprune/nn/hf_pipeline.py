@@ -47,7 +47,8 @@ def prune_hf(model: nn.Module, data: Any, importance: Any = "flap", budget: Any 
                            **prune_kw)
     if save is not None:
         path = Path(save)
-        pruned.save_pretrained(path)
+        hf_model: Any = pruned  # a PreTrainedModel (checked above); torch types it as a Module
+        hf_model.save_pretrained(path)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
     return pruned, report

@@ -23,7 +23,7 @@ W[:, j] is the consumer weight's input column j (all outputs and kernel taps).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ def _default_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y, reduction="sum")
 
 
-def _group_param_names(structures: StructureSet, params: dict[str, torch.Tensor]) -> list[str]:
+def _group_param_names(structures: StructureSet, params: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted({n for g in structures.groups for n, _, _ in g.slices if n in params})
 
 
@@ -144,6 +144,7 @@ def _grads(structures: StructureSet, data: Any, loss_fn: Callable | None, batch_
     model.eval()
     try:
         for x, y in structures.batches(data, batch_size, where, need_targets=True):
+            assert y is not None  # need_targets=True
             loss = loss_fn(model_output(run_model(model, x, where)) / temperature, y)
             gs = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             for n, gr in zip(names, gs):

@@ -126,7 +126,7 @@ def group_sum(structures: StructureSet, per_param: dict[str, torch.Tensor]) -> n
 
 
 def _check_int(v: Any, what: str, lo: int) -> int:
-    check(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo, what,
+    check(bool(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo), what,
           f"an int >= {lo}", v)
     return int(v)
 
@@ -134,7 +134,7 @@ def _check_int(v: Any, what: str, lo: int) -> int:
 def _check_pos(v: Any, what: str, allow_zero: bool = False) -> float:
     ok = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) \
         and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
-    check(ok, what, "a finite number >= 0" if allow_zero else "a finite number > 0", v)
+    check(bool(ok), what, "a finite number >= 0" if allow_zero else "a finite number > 0", v)
     return float(v)
 
 
@@ -189,7 +189,8 @@ def _squared_error(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return ((out - ref) ** 2).sum()
 
 
-@register_importance("bonsai")
+# A tuple comes back only with return_samples=True, which score() never passes.
+@register_importance("bonsai")  # type: ignore[arg-type]
 def bonsai(structures: StructureSet, data: Any = None, n_submodels: int = 64,
            drop_fraction: float = 0.2, alpha: float = 1e-2, seed: int = 0,
            loss_fn: LossFn | None = None, batch_size: int = 256,
@@ -208,8 +209,9 @@ def bonsai(structures: StructureSet, data: Any = None, n_submodels: int = 64,
     model.eval()
     try:
         with torch.no_grad():
+            refs: list[torch.Tensor]
             if labelled:
-                refs = [y for _, y in cached]
+                refs = [y for _, y in cached if y is not None]  # all of them: labelled
                 lf = loss_fn or _default_loss
             else:
                 refs = [model(x) for x, _ in cached]
@@ -259,6 +261,7 @@ def hessian_gradient_product(structures: StructureSet, data: Any, loss_fn: LossF
     try:
         for x, y in batches(data, structures.input_shape, batch_size, "grasp", need_targets=True,
                             dtype=param_dtype(model)):
+            assert y is not None  # need_targets=True
             loss = loss_fn(model(x) / temperature, y)
             gs = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True,
                                      allow_unused=True)

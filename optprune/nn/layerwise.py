@@ -270,8 +270,9 @@ def _groups(groups: Sequence[Any], d: int) -> tuple[np.ndarray, ...]:
 
 
 def _lam(lam: Any) -> float:
-    check(isinstance(lam, (int, float, np.floating, np.integer)) and not isinstance(lam, bool)
-          and math.isfinite(lam) and lam >= 0, "The ridge 'lam'", "a finite number >= 0", lam)
+    check(bool(isinstance(lam, (int, float, np.floating, np.integer))
+               and not isinstance(lam, bool) and math.isfinite(lam) and lam >= 0),
+          "The ridge 'lam'", "a finite number >= 0", lam)
     return float(lam)
 
 
@@ -320,8 +321,8 @@ def _mask(keep: Any, n_groups: int, what: str = "The keep mask") -> np.ndarray:
 
 
 def _width(width: Any, n_groups: int) -> int:
-    check(isinstance(width, (int, np.integer)) and not isinstance(width, bool)
-          and 0 <= width <= n_groups, "The 'width' (groups kept)",
+    check(bool(isinstance(width, (int, np.integer)) and not isinstance(width, bool)
+               and 0 <= width <= n_groups), "The 'width' (groups kept)",
           f"an integer in [0, {n_groups}]", width)
     return int(width)
 
@@ -645,7 +646,7 @@ class _Oracle:
         A = p.columns(act)
         M = self.K[np.ix_(A, A)].copy()
         pos = _positions(p.H.shape[0], A)
-        for g in np.flatnonzero(act):
+        for g in np.flatnonzero(act).tolist():
             i = pos[p.cols[g]]
             M[np.ix_(i, i)] += self.D[g] / z[g]
         Ba = sla.cho_solve((_chol(M), True), p.Ct[A], check_finite=False) if A.size else \
@@ -870,7 +871,9 @@ def _solve_oa_scip(p: _Problem, width: int, keep0: np.ndarray, f0: float, neutra
     add_initial(keep0.astype(float))
     add_initial(np.full(G, width / G))
 
-    class OA(scip.Conshdlr):
+    conshdlr: Any = scip.Conshdlr  # pyscipopt is imported at run time (an optional extra)
+
+    class OA(conshdlr):
         def _values(self, sol=None):
             zz = np.array([self.model.getSolVal(sol, v) for v in z])
             return zz, self.model.getSolVal(sol, eta)

@@ -114,8 +114,9 @@ def apply_mask(structures: StructureSet, keep: Any, *, inplace: bool = False,
     if reinit:
         for mname in touched:
             m = model.get_submodule(mname) if mname else model
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
     if getattr(model, "config", None) is not None and hasattr(model, "save_pretrained"):
         from .hf import record_pruned
 
@@ -132,11 +133,12 @@ def _compensate(structures: StructureSet, keep: np.ndarray, named: dict[str, nn.
             for cname, chans in g.consumers:
                 dropped.setdefault(cname, set()).update(chans)
     with torch.no_grad():
-        for cname, chans in dropped.items():
+        for cname, dropped_chans in dropped.items():
             mod = named[cname]
             if not isinstance(mod, nn.Linear):
                 continue
-            idx = torch.as_tensor(sorted(chans), dtype=torch.long, device=mod.weight.device)
+            idx = torch.as_tensor(sorted(dropped_chans), dtype=torch.long,
+                                  device=mod.weight.device)
             mean = means[cname].to(device=mod.weight.device, dtype=torch.float64)
             shift = mod.weight[:, idx].to(torch.float64) @ mean[idx]
             if mod.bias is None:
@@ -178,7 +180,8 @@ def _resize(m: nn.Module) -> None:
     elif isinstance(m, nn.modules.batchnorm._BatchNorm):
         m.num_features = m.weight.shape[0] if m.weight is not None else m.running_mean.shape[0]
     elif _is_hf_conv1d(m):
-        m.nf = m.weight.shape[1]
+        conv1d: Any = m  # transformers' Conv1D: weight (in, out), its width in .nf
+        conv1d.nf = conv1d.weight.shape[1]
 
 
 def _kv_maps(structures: StructureSet, keep: np.ndarray) -> dict[str, list[int]]:

@@ -89,8 +89,8 @@ class _Recorder(TorchFunctionMode):
         self.tensor_names: dict[int, str] = {}
         for n, t in model.named_parameters(remove_duplicate=False):
             self.tensor_names.setdefault(id(t), n)
-        for n, t in model.named_buffers(remove_duplicate=False):
-            self.tensor_names.setdefault(id(t), n)
+        for n, b in model.named_buffers(remove_duplicate=False):
+            self.tensor_names.setdefault(id(b), n)
         self.module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.is_leaf = is_leaf
 

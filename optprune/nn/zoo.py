@@ -190,7 +190,8 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, Any]:
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None \
+                    and m.running_var is not None:
                 m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
     return model.eval(), inputs

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 from ..errors import ValidationError
 from ..experiments.jsonio import write_json_atomic
@@ -107,7 +108,8 @@ class LinearModel:
         ax = self.A @ x
         v = [0.0]
         if ax.size:
-            lo_scale = hi_scale = 1.0
+            lo_scale: float | np.ndarray = 1.0
+            hi_scale: float | np.ndarray = 1.0
             if relative:
                 lo_scale = np.maximum(1.0, np.abs(np.where(np.isfinite(self.row_lower),
                                                            self.row_lower, 0.0)))
@@ -276,10 +278,10 @@ class ModelBuilder:
     def add_columns(
         self,
         count: int,
-        lower: float | np.ndarray = 0.0,
-        upper: float | np.ndarray = INF,
-        cost: float | np.ndarray = 0.0,
-        integer: bool | np.ndarray = False,
+        lower: ArrayLike = 0.0,
+        upper: ArrayLike = INF,
+        cost: ArrayLike = 0.0,
+        integer: ArrayLike = False,
         names: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Add ``count`` columns; return their indices."""
@@ -295,11 +297,11 @@ class ModelBuilder:
 
     def add_rows(
         self,
-        rows: np.ndarray,
-        cols: np.ndarray,
-        vals: np.ndarray,
-        lower: float | np.ndarray,
-        upper: float | np.ndarray,
+        rows: ArrayLike,
+        cols: ArrayLike,
+        vals: ArrayLike,
+        lower: ArrayLike,
+        upper: ArrayLike,
         count: int | None = None,
         names: Sequence[str] | None = None,
     ) -> np.ndarray:
@@ -317,7 +319,7 @@ class ModelBuilder:
         self.m += count
         return idx
 
-    def set_cost(self, cols: np.ndarray, cost: np.ndarray) -> None:
+    def set_cost(self, cols: ArrayLike, cost: ArrayLike) -> None:
         """Set objective coefficients of existing columns (applied at build)."""
         self._cost_updates.append((np.asarray(cols, dtype=np.int64), np.asarray(cost, np.float64)))
 

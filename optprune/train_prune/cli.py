@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -184,6 +184,7 @@ def run_progressive_cmd(args: argparse.Namespace) -> int:
     from ..errors import check
     from ..experiments.recipes import digits_vit, save_vit
     from ..experiments.training import accuracy
+    from ..nn.models import ViT
     from ..nn.structures import discover
     from .progressive import max_reduction, one_shot_prune, plan_removal, progressive_prune
 
@@ -244,7 +245,8 @@ def run_progressive_cmd(args: argparse.Namespace) -> int:
               f"{report['one_shot_no_finetune_accuracy']:.4f}; "
               f"{time.perf_counter() - t:.1f} s)")
     if args.out:
-        save_vit(pruned, args.out, command="progressive", reduction=args.reduction,
+        # pruned in place: still the digits ViT (progressive_prune is typed for any module)
+        save_vit(cast(ViT, pruned), args.out, command="progressive", reduction=args.reduction,
                  seed=args.seed)
         print(f"progressively pruned ViT saved to {args.out}")
     _write(args, report)

@@ -198,7 +198,7 @@ def removal_masks(structures: StructureSet, keep: np.ndarray, target: nn.Module
     ``W + s B A``: output rows of a removed group are the same rows of ``lora_B`` (and
     of ``W``), input columns are the same columns of ``lora_A``, so zeroing those
     adapter entries with the base entries zeroes the merged rows/columns exactly."""
-    named = dict(target.named_parameters())
+    named: dict[str, torch.Tensor] = dict(target.named_parameters())
     named.update(dict(target.named_buffers()))
     prefix = "base_model.model." if any(n.startswith("base_model.model.") for n in named) else ""
     out: list[tuple[str, torch.Tensor, torch.Tensor]] = []
@@ -223,7 +223,7 @@ def removal_masks(structures: StructureSet, keep: np.ndarray, target: nn.Module
             t = named[name]
             m = torch.zeros(t.shape, dtype=torch.bool)
             for d, idx in dd.items():
-                sel = [slice(None)] * t.dim()
+                sel: list[slice | torch.Tensor] = [slice(None)] * t.dim()
                 sel[d] = torch.as_tensor(idx, dtype=torch.long)
                 m[tuple(sel)] = True
             out.append((name, t, m))
@@ -279,7 +279,8 @@ def merge_lora(peft_model: nn.Module, trainable: bool = True) -> nn.Module:
     to ``trainable``."""
     check(hasattr(peft_model, "merge_and_unload"), "The model of merge_lora",
           "a peft model (from add_lora)", type(peft_model).__name__)
-    plain = peft_model.merge_and_unload()
+    peft: Any = peft_model  # a PeftModel (checked above); torch types it as a Module
+    plain: nn.Module = peft.merge_and_unload()
     for p in plain.parameters():
         p.requires_grad_(trainable)
     return plain

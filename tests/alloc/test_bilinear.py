@@ -121,6 +121,21 @@ def test_outer_approximation_equals_brute_force(p, backend):
     assert r.solve.bound >= best - 1e-6
 
 
+@pytest.mark.parametrize("formulation", ["width", "structure"])
+def test_a_pair_cost_on_a_slot_without_an_allowed_width_is_an_infeasible_model(formulation):
+    """Width 2 in multiples of 3 without zero leaves slot a no width: the model says
+    infeasible (what a pareto front, which formulates without diagnose(), relies on)."""
+    p = AllocationProblem(None, ["a", "a", "b", "b"], ["c"] * 4, [1.0, 2.0, 3.0, 4.0],
+                          {"params": [1.0] * 4})
+    p.add_multiple(layer="a", multiple=3, allow_zero=False)
+    p.add_pair_cost("params", ("a", "c"), ("b", "c"), 1.0)
+    p.add_budget("params", max=100.0)
+    with pytest.raises(InfeasibleProblemError, match="No width is allowed"):
+        p.diagnose()
+    r = solve(formulate(p, formulation).model, backend="highs")
+    assert r.termination == "infeasible" and not r.has_solution
+
+
 @pytest.mark.parametrize("name", ["resnet-18", "resnet-50", "mobilenet-v2"])
 def test_width_space_evaluates_like_the_problem(name):
     p = EXAMPLES[name]()

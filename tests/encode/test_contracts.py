@@ -37,20 +37,20 @@ def _robust_case(digits_mlp):
     return net_t, X[0], label, (label + 1) % 10
 
 
-def test_first_solve_with_threads_is_honored_in_a_fresh_process(digits_mlp):
+def test_first_solve_with_threads_is_honored_in_a_fresh_process(digits_mlp, tmp_path):
     """The reported failure: threads=1 as the first solve of a process (after the LP
     bounds started HiGHS's scheduler with its default size) ended in termination
     'error', bound 0.0 and outcome 'robust'."""
+    net_t, X, y = digits_mlp  # the fresh process reads it, so it neither trains nor imports torch
+    net_file = from_torch(net_t).save(tmp_path / "net.npz")
     code = textwrap.dedent(f"""
-        import json, sys
-        sys.path.insert(0, {str(REPO / 'tests' / 'encode')!r})
-        from conftest import train_digits_mlp
+        import json
         import optprune.encode as E
-        net, X, y = train_digits_mlp()
-        label = int(y[0])
+        net = E.load_network({str(net_file)!r})
+        x0, label = {X[0].tolist()!r}, {int(y[0])}
         out = {{}}
         for t in (1, None, 2, 1):
-            r = E.attack(net, X[0], label, radius=0.05, target=(label + 1) % 10, threads=t)
+            r = E.attack(net, x0, label, radius=0.05, target=(label + 1) % 10, threads=t)
             out[str(t)] = [r.outcome, r.termination, r.objective, r.bound]
         print(json.dumps(out))
     """)
@@ -299,8 +299,9 @@ def test_verify_names_every_missing_or_corrupt_file(lib, capsys):
     # with re-solves the rest is still checked (the corrupt files do not stop it)
     from optprune.encode.instances import verify
 
-    rep = verify(lib, resolve=True, time_limit_s=20.0,
-                 names=[n for n in clean[2:] if "2x50" in n][:2])
+    quickest = sorted((n for n in clean[2:] if "2x50" in n and "known" in man["instances"][n]),
+                      key=lambda n: man["instances"][n]["known"]["time_s"])
+    rep = verify(lib, resolve=True, time_limit_s=20.0, names=quickest[:2])
     assert len(rep.rows) == 2 and all(r["solve_ok"] for r in rep.rows)
     assert all(f.startswith("networks/") for f in rep.failures)  # the set's lost networks
 

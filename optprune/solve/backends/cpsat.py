@@ -97,9 +97,9 @@ class CpSatBackend(Backend):
 
     @classmethod
     def version(cls) -> str:
-        import ortools
+        from importlib.metadata import version
 
-        return f"ortools {ortools.__version__} CP-SAT"
+        return f"ortools {version('ortools')} CP-SAT"
 
     def solve(self, model: LinearModel, options: SolveOptions | None = None) -> SolveResult:
         from ortools.sat.python import cp_model
@@ -194,7 +194,7 @@ class CpSatBackend(Backend):
         else:
             term = Termination.ERROR
         x = np.array([solver.value(v) for v in xs], dtype=np.float64) if has else None
-        objective = model.objective_value(x) if has else None
+        objective = model.objective_value(x) if x is not None else None
         bound = None
         if has or status == cp_model.UNKNOWN:
             raw = solver.best_objective_bound / scale + model.offset

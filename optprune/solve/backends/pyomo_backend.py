@@ -83,8 +83,13 @@ def from_pyomo(cm: Any, name: str | None = None) -> tuple[LinearModel, list[Any]
             variables.append(v)
         return index[k]
 
-    rows, cols, vals, rl, ru, rnames = [], [], [], [], [], []
-    bad = []
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    rl: list[float] = []
+    ru: list[float] = []
+    rnames: list[str] = []
+    bad: list[str] = []
     for _r, con in enumerate(cm.component_data_objects(pe.Constraint, active=True)):
         repn = generate_standard_repn(con.body, quadratic=False)
         if not repn.is_linear():

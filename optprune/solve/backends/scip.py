@@ -66,9 +66,9 @@ class ScipBackend(Backend):
 
     @classmethod
     def version(cls) -> str:
-        import ortools
+        from importlib.metadata import version
 
-        return f"ortools {ortools.__version__} SCIP (MathOpt GSCIP)"
+        return f"ortools {version('ortools')} SCIP (MathOpt GSCIP)"
 
     def solve(self, model: LinearModel, options: SolveOptions | None = None) -> SolveResult:
         from ortools.math_opt.python import mathopt
@@ -125,18 +125,17 @@ class ScipBackend(Backend):
             }.get(lim, Termination.OTHER)
         else:
             term = Termination.ERROR
-        x = None
+        x: np.ndarray | None = None
         if has:
             vals = res.variable_values()
             x = np.array([vals[v] for v in variables], dtype=np.float64)
         bounds = res.termination.objective_bounds
-        bound = float(bounds.dual_bound)
-        if not np.isfinite(bound):
-            bound = None
+        dual = float(bounds.dual_bound)
+        bound = dual if np.isfinite(dual) else None
         return make_result(
             termination=term,
             has_solution=has,
-            objective=model.objective_value(x) if has else None,
+            objective=model.objective_value(x) if x is not None else None,
             bound=bound,
             sense=model.sense,
             rel_gap=options.rel_gap,
