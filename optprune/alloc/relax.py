@@ -59,9 +59,9 @@ class _Parts:
         S, K = len(width), max((c.size for c in self.counts), default=0)
         self.curve_pad = np.full((S, K), -np.inf)
         self.count_pad = np.zeros((S, K))
-        for t, (c, ks) in enumerate(zip(self.curves, self.counts)):
-            self.curve_pad[t, :c.size] = c
-            self.count_pad[t, :ks.size] = ks
+        for row, (c, ks) in enumerate(zip(self.curves, self.counts)):
+            self.curve_pad[row, :c.size] = c
+            self.count_pad[row, :ks.size] = ks
         self.unit_mat = np.array(self.unit, dtype=np.float64).reshape(S, len(resources))
 
 
