@@ -296,7 +296,9 @@ class _Run:
     # ----------------------------------------------------------------- time
     def _at(self, share: float) -> float | None:
         """The moment ``share`` of the time limit is used up."""
-        return None if self.deadline is None else self.t_start + share * self.time_limit_s
+        if self.deadline is None or self.time_limit_s is None:
+            return None
+        return self.t_start + share * self.time_limit_s
 
     def _reserve(self) -> float:
         return self.costs["check"] if hasattr(self, "costs") else 0.0
@@ -334,6 +336,7 @@ class _Run:
         return None
 
     def _mip(self, time_limit_s: float | None, start: np.ndarray | None) -> SolveResult:
+        assert self.form is not None  # only called once the problem is formulated
         model = self.form.model
         args = (self.backend, model, time_limit_s, self.rel_gap, self.threads, self.seed,
                 self.log, start if self.warm_start else None)
@@ -446,8 +449,15 @@ class _Run:
             details={**res.details, "completed_with": used}), keep
 
     def exclude(self, r: AllocationResult) -> None:
+        if self.form is None or r.keep is None:
+            raise SolverError("No keep mask to exclude: the problem was not formulated or "
+                              "the answer has no mask.")
         x = self.form.encode(r.keep, self.problem)
-        self.form.exclude(self.form.selection(x if x is not None else r.solve.x))
+        if x is None:
+            x = r.solve.x
+        if x is None:
+            raise SolverError("The answer's keep mask is not a point of this model.")
+        self.form.exclude(self.form.selection(x))
 
 
 def _no_solve(backend: str, be, why: str) -> SolveResult:
@@ -484,7 +494,7 @@ def _merge(a: SolveResult, b: SolveResult, sense: str, rel_gap: float) -> SolveR
     """Phase b continues phase a: the better incumbent, the tighter bound, summed effort."""
     better = (max if sense == "max" else min)
     cand = [r for r in (a, b) if r.objective is not None]
-    best = better(cand, key=lambda r: r.objective) if cand else b
+    best = better(cand, key=lambda r: float(r.objective or 0.0)) if cand else b
     bounds = [r.bound for r in (a, b) if r.bound is not None and math.isfinite(r.bound)]
     bound = (min if sense == "max" else max)(bounds) if bounds else b.bound
     gap = relative_gap(best.objective, bound)

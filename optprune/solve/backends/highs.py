@@ -219,15 +219,16 @@ def read_result(
     x = np.asarray(h.getSolution().col_value, dtype=np.float64) if has_solution else None
     if model.num_cols == 0:
         has_solution, x = True, np.zeros(0)
-    objective = float(info.objective_function_value) if has_solution else None
+    objective: float | None = float(info.objective_function_value) if has_solution else None
     details: dict[str, Any] = {}
-    if has_solution and x is not None and model.num_cols:
+    if objective is not None and x is not None and model.num_cols:
         # The reported objective must be the value of the returned point.
         true = model.objective_value(x)
         if abs(true - objective) > 1e-6 * max(1.0, abs(true), abs(objective)):
             details["objective_mismatch"] = (f"HiGHS reported objective {objective!r} for a "
                                              f"point worth {true!r}")
         objective = true
+    bound: float | None
     if model.is_mip:
         bound = float(info.mip_dual_bound)
         if abs(bound) >= highspy.kHighsInf:
