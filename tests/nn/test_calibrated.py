@@ -264,6 +264,37 @@ def test_the_pipeline_cannot_choose_a_degenerate_refit():
         CalibrationOptions(max_weight_change=-1.0)
 
 
+def test_the_pipeline_returns_the_unrefit_model_when_the_refit_measures_worse(monkeypatch):
+    from optprune.nn import pipeline
+    from optprune.nn.pipeline import CalibrationOptions, calibrated_selection
+    from optprune.nn.pruning import build_problem
+
+    m, x, y = _tiny_vit(2)
+    ss = discover(m, (1, 4, 4))
+    p, _ = build_problem(ss, np.zeros(len(ss.groups)), 0.6)
+    real = pipeline.reconstruct
+
+    def spoiled(work, keep, data, **kw):  # a refit, then every weight scrambled
+        rep = real(work, keep, data, **kw)
+        with torch.no_grad():
+            for q in work.model.parameters():
+                q.copy_(torch.randn_like(q))
+        return rep
+
+    monkeypatch.setattr(pipeline, "reconstruct", spoiled)
+    sel = calibrated_selection(ss, p, (x, y), CalibrationOptions(curves=False, k_best=2,
+                                                                 batch_size=32))
+    for c in sel.candidates:
+        assert c["refit_kept"] is False and c["loss_reconstructed"] > c["loss_masked"]
+    best = min(sel.candidates, key=lambda c: c["loss_masked"])
+    assert sel.chosen == best["rank"] and sel.reconstruction is None
+    # The model returned is the dense one (masked by surgery later), as measured.
+    for (n, a), (_, b) in zip(sel.structures.model.named_parameters(), m.named_parameters()):
+        assert torch.equal(a, b), n
+    assert Evaluator(ss, (x, y), batch_size=32).loss(sel.keep, on=sel.structures) == \
+        pytest.approx(best["loss_masked"], rel=1e-6)
+
+
 def _exact_ggn_diag_hidden(model, ss, x):
     """E_x ||d out / d m_g||^2 / positions by explicit Jacobians (MSE kind)."""
     named = dict(model.named_modules())
