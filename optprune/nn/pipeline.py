@@ -197,7 +197,9 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
     fr = fisher or run_fisher(structures, data, opts)
     times["fisher"] = time.perf_counter() - t
     t = time.perf_counter()
-    ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit,
+    # The consumers' Gram matrices (one more calibration pass) serve the curves' refits
+    # only; without curves the evaluator just measures candidates.
+    ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit and opts.curves,
                    alpha=opts.curve_alpha, max_samples=opts.curve_samples)
     curves: dict[tuple[str, str], SlotCurve] = {}
     if opts.curves:
