@@ -270,7 +270,7 @@ def run_family(name: str, seed: int, args) -> list[dict[str, Any]]:
     selections[kwon_label(ss)] = kwon_select(ss, p, fr.saliency)
     times[kwon_label(ss)] = time.perf_counter() - t
     opts = CalibrationOptions(k_best=args.k_best, seed=seed,
-                              additivity_samples=args.additivity)
+                              additivity_samples=args.additivity, **guard_options(args))
     runs = {}
     t = time.perf_counter()
     runs["calibrated"] = pruning.prune(model, data=calib, budget=budget, structures=ss,
@@ -280,7 +280,8 @@ def run_family(name: str, seed: int, args) -> list[dict[str, Any]]:
     # A rule whose granularity lands below that budget gets a second comparison, with
     # the pipeline at the smallest count any contender reached.
     low = min(ss.predict(k)["params"] for k in selections.values())
-    if low < runs["calibrated"][1].after["params"]:
+    if low < runs["calibrated"][1].after["params"] and (args.methods is None
+                                                         or "calibrated@min" in args.methods):
         t = time.perf_counter()
         runs["calibrated@min"] = pruning.prune(model, data=calib, budget=low / ss.dense_params,
                                                structures=ss, multiples=fam.multiples,
@@ -289,6 +290,8 @@ def run_family(name: str, seed: int, args) -> list[dict[str, Any]]:
     for label, (_, rep) in runs.items():
         selections[label] = np.isin(ss.ids, rep.kept_ids)
     for label, keep in selections.items():
+        if args.methods is not None and label not in args.methods:
+            continue
         row = {"family": name, "seed": seed, "method": label,
                "params": ss.predict(keep)["params"], "time_s": times[label]}
         if label in runs:
@@ -311,6 +314,23 @@ def run_family(name: str, seed: int, args) -> list[dict[str, Any]]:
         print(json.dumps({k: v for k, v in row.items()
                           if k not in ("candidates", "additivity", "times_s")}), flush=True)
     return rows
+
+
+def add_method_args(ap: argparse.ArgumentParser, methods_help: str) -> None:
+    """``--methods`` (which contenders run) and ``--max-weight-change`` (the pipeline's
+    reconstruction guard), shared by the pipeline benchmarks."""
+    ap.add_argument("--methods", nargs="+", default=None, help=methods_help)
+    ap.add_argument("--max-weight-change", type=float, default=None,
+                    help="the pipeline's reconstruction guard (default: CalibrationOptions'; "
+                         "0 turns it off)")
+
+
+def guard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The CalibrationOptions keyword that ``--max-weight-change`` asks for (none: the
+    default)."""
+    if args.max_weight_change is None:
+        return {}
+    return {"max_weight_change": args.max_weight_change or None}
 
 
 def summarize(rows: list[dict[str, Any]]) -> str:
@@ -345,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k-best", type=int, default=4)
     ap.add_argument("--additivity", type=int, default=16,
                     help="random allocations measured for the additivity check")
+    add_method_args(ap, "contenders evaluated (every selection is still made, so the "
+                        "budget is the same; default: all)")
     ap.add_argument("--out", default="benchmarks/out/calibrated.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

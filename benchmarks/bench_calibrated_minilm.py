@@ -55,7 +55,7 @@ from optprune.nn.pipeline import CalibrationOptions, calibrated_selection  # noq
 from optprune.nn.reconstruct import reconstruct  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_calibrated import kwon_select  # noqa: E402
+from bench_calibrated import add_method_args, guard_options, kwon_select  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k-best", type=int, default=2)
     ap.add_argument("--curve-samples", type=int, default=32)
     ap.add_argument("--max-widths", type=int, default=8)
+    add_method_args(ap, "contenders to run (default: all of top-k uniform exact-flap kwon "
+                        "calibrated calibrated-fisher)")
     ap.add_argument("--out", default="benchmarks/out/calibrated_minilm.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -108,14 +110,20 @@ def main(argv: list[str] | None = None) -> int:
         # The pipeline: same cap, measured end to end (calibration passes included).
         q = problem_from_structures(ss, np.zeros(len(ss.groups)))
         q.add_budget("params", max=min(cap, min(ss.predict(k)["params"] for k in sel.values())))
+        guard = guard_options(args)
         pipelines = {
             "calibrated": CalibrationOptions(k_best=args.k_best, batch_size=32,
                                              curve_samples=args.curve_samples,
-                                             max_widths=args.max_widths),
-            "calibrated-fisher": CalibrationOptions(curves=False, k_best=1, batch_size=32),
+                                             max_widths=args.max_widths, **guard),
+            "calibrated-fisher": CalibrationOptions(curves=False, k_best=1, batch_size=32,
+                                                    **guard),
         }
+        wanted = set(args.methods or list(sel) + list(pipelines))
+        sel = {k: v for k, v in sel.items() if k in wanted}
         runs = {}
         for label, opts in pipelines.items():
+            if label not in wanted:
+                continue
             t, c = time.perf_counter(), time.process_time()
             runs[label] = calibrated_selection(ss, q, calib, opts, rel_gap=1e-4)
             times[label] = time.perf_counter() - t

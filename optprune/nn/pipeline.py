@@ -13,13 +13,17 @@ choice, reconstruction (formulations/reconstruction.md).
    every structure worth its Fisher saliency (Kwon et al.'s objective, here solved
    exactly) for its ``fisher_proposals`` best allocations.
 4. **Measured choice**: every distinct candidate is reconstructed layer by layer
-   (``reconstruct.reconstruct``) and its calibration loss measured; the lowest wins.
+   (``reconstruct.reconstruct``, with its guard: a layer whose refit would move its
+   weights by more than ``max_weight_change`` of their dense norm keeps its dense
+   weights) and its calibration loss measured, with and without the refit (a refit is
+   kept only where it measures better); the lowest wins.
    The per-slot losses are not additive (pruning several slots compounds) and the
    Fisher saliency is a second-order estimate, so the proven optimum of either sum is
    a proposal, and the measurement decides. (On the digits ViT the two objectives'
    models are within noise of each other; benchmarks/BENCHMARKS.md.) The measurement
-   is on calibration data: a refit that fits it can still fail on data of another
-   form (formulations/reconstruction.md, "Known limitation").
+   is on calibration data, which cannot see a refit that fails on data of another
+   form: the guard is what keeps such refits out (formulations/reconstruction.md,
+   "The guard").
 
 ``curves=False`` skips stage 2 (the Fisher proposals alone, several times faster on a
 large model); a single candidate skips the choice.
@@ -79,6 +83,9 @@ class CalibrationOptions:
         their sum (False: only the Fisher proposals, ``k_best`` of them).
     fisher_proposals: best allocations of the summed Fisher saliency added to the
         measured choice when ``curves`` is on (0: none).
+    max_weight_change: the reconstruction's guard (``reconstruct.reconstruct``): a
+        layer whose refit moves its weights by more than this fraction of their dense
+        norm keeps its dense weights (None: no guard).
     """
 
     k_best: int = 4
@@ -95,6 +102,7 @@ class CalibrationOptions:
     seed: int = 0
     curves: bool = True
     fisher_proposals: int = 1
+    max_weight_change: float | None = 1.0
 
     def __post_init__(self) -> None:
         check(isinstance(self.k_best, int) and self.k_best >= 1, "The 'k_best' of "
@@ -112,6 +120,11 @@ class CalibrationOptions:
               "CalibrationOptions", "'all' or 'consumers'", self.reconstruct_scope)
         check(isinstance(self.curve_alpha, (int, float)) and self.curve_alpha >= 0,
               "The 'curve_alpha' of CalibrationOptions", "a number >= 0", self.curve_alpha)
+        check(self.max_weight_change is None or (isinstance(self.max_weight_change,
+                                                            (int, float))
+                                                 and self.max_weight_change > 0),
+              "The 'max_weight_change' of CalibrationOptions", "None or a number > 0",
+              self.max_weight_change)
 
 
 @dataclass
@@ -184,7 +197,9 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
     fr = fisher or run_fisher(structures, data, opts)
     times["fisher"] = time.perf_counter() - t
     t = time.perf_counter()
-    ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit,
+    # The consumers' Gram matrices (one more calibration pass) serve the curves' refits
+    # only; without curves the evaluator just measures candidates.
+    ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit and opts.curves,
                    alpha=opts.curve_alpha, max_samples=opts.curve_samples)
     curves: dict[tuple[str, str], SlotCurve] = {}
     if opts.curves:
@@ -231,7 +246,8 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
             row["same_as"] = twin
             candidates.append(row)
             continue
-        work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
+        work: StructureSet | None = dataclasses.replace(
+            structures, model=copy.deepcopy(structures.model))
         row["loss_masked"] = ev.loss(keep, refit=False)
         rec = None
         if refit:
@@ -239,11 +255,17 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
             # alpha); the other proposals are refit with it.
             rec = reconstruct(work, keep, data, batch_size=opts.batch_size,
                               alphas=opts.alphas if alpha is None else (alpha,),
-                              scope=opts.reconstruct_scope)
+                              scope=opts.reconstruct_scope,
+                              max_weight_change=opts.max_weight_change)
             alpha = rec.alpha if alpha is None else alpha
             row["alpha"] = rec.alpha
+            row["layers_kept_dense"] = [r.consumer for r in rec.layers if r.kept_dense]
             row["loss_reconstructed"] = ev.loss(keep, on=work)
-        measured = row.get("loss_reconstructed", row["loss_masked"])
+            # A refit is kept only where it measures better than no refit at all.
+            row["refit_kept"] = row["loss_reconstructed"] <= row["loss_masked"]
+            if not row["refit_kept"]:
+                work, rec = None, None
+        measured = min(row.get("loss_reconstructed", math.inf), row["loss_masked"])
         candidates.append(row)
         if measured < best[0]:
             best = (measured, i, work, rec)
@@ -256,6 +278,8 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
         times["additivity"] = time.perf_counter() - t
     _, chosen, work, rec = best
     keep = proposals[chosen][1].keep
+    if work is None:  # unrefit: the masked copy of the dense model
+        work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
     return CalibratedSelection(keep=keep, structures=work, fisher=fr, curves=curves,
                                candidates=candidates, chosen=chosen, reconstruction=rec,
                                additivity=add, times_s=times,

@@ -61,7 +61,11 @@ DEFAULT_ALPHAS: tuple[float, ...] = (0.1, 1.0, 10.0)
 class LayerRefit:
     """One consumer's refit: the ridge chosen and the relative output errors
     ||Y_hat - Y||^2 / ||Y - mean(Y)||^2 on the held-out batches (or on all batches when
-    there is no holdout) without refit (dropped inputs simply zero) and with it."""
+    there is no holdout) without refit (dropped inputs simply zero) and with it.
+    ``weight_change``: ||Theta - Theta_0||_F / ||Theta_0||_F of the refit (kept rows and
+    columns, bias included); ``kept_dense``: the refit exceeded the guard's
+    ``max_weight_change`` and was not written (the layer keeps its dense weights, and
+    ``error_after`` is ``error_before``)."""
 
     consumer: str
     alpha: float
@@ -71,6 +75,8 @@ class LayerRefit:
     error_before: float
     error_after: float
     errors_by_alpha: dict[str, float] = field(default_factory=dict)
+    weight_change: float = 0.0
+    kept_dense: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -273,8 +279,8 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
                 consumers: Sequence[str] | None = None,
                 alphas: Sequence[float] = DEFAULT_ALPHAS, select: str = "global",
                 holdout_every: int = 4, default_alpha: float = 1.0, batch_size: int = 128,
-                min_rows_per_input: float = 1.0, scope: str = "all", resume: bool = True
-                ) -> ReconstructionReport:
+                min_rows_per_input: float = 1.0, scope: str = "all", resume: bool = True,
+                max_weight_change: float | None = None) -> ReconstructionReport:
     """Refit, in place on ``structures.model``, every consumer whose inputs lose
     columns under ``keep`` (or the named ``consumers``), in forward order, so that its
     outputs on ``data`` under ``structures.masked(keep)`` match those of the model as
@@ -297,6 +303,13 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     scope: "all" (default) refits every Linear/Conv2d layer from the first one whose
         inputs lost columns on, each toward its dense output (the later layers' inputs
         shift too); "consumers" only the layers whose inputs lost columns.
+    max_weight_change: the guard against degenerate refits (None: off). A layer whose
+        refit moves its kept weights and bias by more than this fraction of their dense
+        norm, ||Theta - Theta_0||_F > max_weight_change * ||Theta_0||_F, keeps its dense
+        weights instead (``LayerRefit.kept_dense``); the later layers are then refit on
+        the inputs it really produces. Such a refit rebuilds a lost output from
+        correlations of the calibration data and extrapolates badly outside it
+        (formulations/reconstruction.md, "The guard").
 
     Raises ValidationError when a consumer has fewer calibration rows than
     ``min_rows_per_input`` times its kept inputs and no ridge is allowed (every
@@ -316,6 +329,10 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
           "reconstruct", "an int >= 2 (every k-th calibration batch is held out)", holdout_every)
     check(scope in ("consumers", "all"), "The 'scope' of reconstruct", "'consumers' or 'all'",
           scope)
+    check(max_weight_change is None or (isinstance(max_weight_change, (int, float))
+                                         and max_weight_change > 0),
+          "The 'max_weight_change' of reconstruct", "None or a number > 0 (a fraction of "
+          "each layer's dense weight norm)", max_weight_change)
     model = structures.model
     named = dict(model.named_modules())
     if consumers is None:
@@ -341,7 +358,7 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     with structures.masked(keep):
         trace = ForwardTrace(model, lambda: run_model(model, data_batches[0][0]))
     loop = _LayerLoop(structures, keep, stages, data_batches, dense_out, min_rows_per_input,
-                      trace if resume else None)
+                      trace if resume else None, max_weight_change)
     was = model.training
     model.eval()
     global_errors: dict[str, float] = {}
@@ -417,8 +434,10 @@ class _LayerLoop:
 
     def __init__(self, structures: StructureSet, keep: np.ndarray, stages: list[list[str]],
                  data_batches: list, dense_out: dict[str, list[torch.Tensor]],
-                 min_rows_per_input: float, trace: ForwardTrace | None = None) -> None:
+                 min_rows_per_input: float, trace: ForwardTrace | None = None,
+                 max_weight_change: float | None = None) -> None:
         self.ss, self.keep, self.stages = structures, keep, stages
+        self.max_change = max_weight_change
         self.batches, self.dense_out = data_batches, dense_out
         self.named = dict(structures.model.named_modules())
         self.min_rows = min_rows_per_input
@@ -483,7 +502,7 @@ class _LayerLoop:
                     b0 = mod.bias.detach().to(torch.float64).cpu().numpy()
                     theta0 = np.vstack([theta0, b0[rows][None]])
                 layers.append(_refit_one(n, mod, accs[n], theta0, cols, rows, has_bias, alphas,
-                                         default_alpha, self.min_rows))
+                                         default_alpha, self.min_rows, self.max_change))
         return layers
 
 
@@ -510,7 +529,8 @@ def _dense_outputs(dense: nn.Module, named: dict[str, nn.Module], order: Sequenc
 
 def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: np.ndarray,
                rows: np.ndarray, has_bias: bool, alphas: Sequence[float],
-               default_alpha: float, min_rows_per_input: float) -> LayerRefit:
+               default_alpha: float, min_rows_per_input: float,
+               max_change: float | None = None) -> LayerRefit:
     n_rows = acc.n[0] + acc.n[1]
     if all(a == 0 for a in alphas) and n_rows < min_rows_per_input * cols.size:
         raise ValidationError(
@@ -542,9 +562,14 @@ def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: n
     err_after = errors.get(str(best), _sq_error(g, c, yy, theta) / max(var, 1e-300))
     if not holdout:
         err_before = _sq_error(g, c, yy, theta0) / max(var, 1e-300)
-    _write(mod, theta, cols, rows, has_bias)
+    change = float(np.linalg.norm(theta - theta0) / max(np.linalg.norm(theta0), 1e-300))
+    dense = max_change is not None and change > max_change
+    if dense:
+        err_after = err_before
+    else:
+        _write(mod, theta, cols, rows, has_bias)
     return LayerRefit(name, float(best), n_rows, int(d), int(_weight2d(mod).shape[1]),
-                      float(err_before), float(err_after), errors)
+                      float(err_before), float(err_after), errors, change, dense)
 
 
 def _write(mod: nn.Module, theta: np.ndarray, cols: np.ndarray, rows: np.ndarray,

@@ -158,6 +158,143 @@ def test_reconstruction_chooses_the_ridge_on_held_out_batches():
         assert d == pytest.approx(rep.global_errors[str(a)], rel=1e-6)
 
 
+def _degenerate_case():
+    """An MLP 4-6-8-3 whose hidden neuron 0 (removed) carries most of the first layer's
+    output, and whose kept neuron 1 is a tenth of its size and, on the calibration data
+    only, a copy of it (input 1 = input 0 there); hidden neuron 6 of the second layer
+    (removed) duplicates neuron 7 (kept). The first consumer's refit rebuilds neuron 0
+    from neuron 1 with ten-fold weights (exact on calibration data, wrong once input 1
+    varies on its own); the second's refit is exact everywhere."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 8), nn.ReLU(),
+                      nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        m[0].weight[:2] = 0.0  # neurons 0 and 1 read inputs 0 and 1 only, the others
+        m[0].weight[:, :2] = 0.0  # only inputs 2 and 3
+        m[0].weight[0, 0], m[0].weight[1, 1] = 1.0, 0.1
+        m[0].bias[:2] = 0.0
+        m[2].weight[6], m[2].bias[6] = m[2].weight[7], m[2].bias[7]
+        m[4].weight.mul_(3.0)
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randn(400, 4, dtype=torch.float64, generator=g)
+    calib[:, 1] = calib[:, 0] + 1e-3 * torch.randn(400, dtype=torch.float64, generator=g)
+    other = torch.randn(400, 4, dtype=torch.float64, generator=g)
+    other[:, 1] *= 3.0  # another form: input 1 on its own
+    ss = discover(m, (4,))
+    keep = np.ones(len(ss.groups), dtype=bool)
+    keep[[0, 12]] = False  # layer "0" neuron 0, layer "2" neuron 6
+    return m, ss, keep, calib, other
+
+
+def test_the_guard_keeps_a_degenerate_refit_dense_and_the_rest_refit():
+    m, ss, keep, calib, other = _degenerate_case()
+
+    def loss(w, x):
+        with torch.no_grad():
+            ref = m(x)
+            with w.masked(keep):
+                return float(divergence(w.model(x), ref, "logits").mean())
+
+    plain, guarded = _work(ss), _work(ss)
+    rp = reconstruct(plain, keep, calib, batch_size=50)
+    rg = reconstruct(guarded, keep, calib, batch_size=50, max_weight_change=0.5)
+    by = {r.consumer: r for r in rg.layers}
+    # The unguarded refit of "2" moves its weights by more than their dense norm ...
+    assert [r.consumer for r in rp.layers] == ["2", "4"] and not any(r.kept_dense
+                                                                   for r in rp.layers)
+    assert rp.layers[0].weight_change > 0.5
+    # ... the guard keeps that layer's dense weights (bit for bit) and refits "4".
+    assert by["2"].kept_dense and not by["4"].kept_dense
+    assert by["2"].error_after == by["2"].error_before
+    assert torch.equal(guarded.model[2].weight, m[2].weight)
+    assert torch.equal(guarded.model[2].bias, m[2].bias)
+    assert by["4"].weight_change <= 0.5 and by["4"].error_after < by["4"].error_before
+    # The unguarded refit fits the calibration data best and is the worst model on data
+    # of another form; the guarded one is better there than both alternatives.
+    assert loss(plain, calib) < loss(guarded, calib) < loss(ss, calib)
+    assert loss(plain, other) > loss(ss, other) > loss(guarded, other)
+    # The report says what the guard did.
+    d = rg.to_dict()["layers"][0]
+    assert d["kept_dense"] is True and d["weight_change"] == pytest.approx(
+        by["2"].weight_change)
+    with pytest.raises(ValidationError, match="max_weight_change"):
+        reconstruct(_work(ss), keep, calib, max_weight_change=0.0)
+
+
+def test_the_pipeline_cannot_choose_a_degenerate_refit():
+    """The measured choice sees calibration data only, where the degenerate refit is
+    the best model; with the guard the pipeline returns the model that is better than
+    both the unguarded refit and no refit on data of another form."""
+    from optprune.nn.pipeline import CalibrationOptions, calibrated_selection
+    from optprune.nn.pruning import build_problem
+
+    m, ss, keep, calib, other = _degenerate_case()
+    fr = mask_fisher(ss, calib, labels="model")
+    # The saliency that proposes exactly ``keep``: one neuron out of each layer.
+    diag = np.where(keep, 1.0 + fr.diag, 0.0)
+    fr = dataclasses.replace(fr, diag=diag)
+    p, _ = build_problem(ss, np.zeros(len(ss.groups)), 0.99)
+    p.add_count_bounds("0", "neuron", min=5, max=5).add_count_bounds("2", "neuron", min=7, max=7)
+
+    def run(guard):
+        sel = calibrated_selection(ss, p, calib, CalibrationOptions(
+            curves=False, k_best=1, max_weight_change=guard), fisher=fr)
+        assert np.array_equal(sel.keep, keep)
+        return sel
+
+    def loss(w, x):
+        with torch.no_grad():
+            ref = m(x)
+            with w.masked(keep):
+                return float(divergence(w.model(x), ref, "logits").mean())
+
+    plain, guarded = run(None), run(0.5)
+    assert plain.candidates[0]["layers_kept_dense"] == []
+    assert guarded.candidates[0]["layers_kept_dense"] == ["2"]
+    assert plain.candidates[0]["refit_kept"] and guarded.candidates[0]["refit_kept"]
+    assert torch.equal(guarded.structures.model[2].weight, m[2].weight)
+    assert loss(plain.structures, calib) < loss(guarded.structures, calib) < loss(ss, calib)
+    assert loss(guarded.structures, other) < min(loss(plain.structures, other),
+                                                 loss(ss, other))
+    # The chosen model is what was measured: the guarded refit.
+    ev = Evaluator(ss, calib)
+    assert ev.loss(keep, on=guarded.structures) == pytest.approx(
+        guarded.candidates[0]["loss_reconstructed"], rel=1e-9)
+    with pytest.raises(ValidationError, match="max_weight_change"):
+        CalibrationOptions(max_weight_change=-1.0)
+
+
+def test_the_pipeline_returns_the_unrefit_model_when_the_refit_measures_worse(monkeypatch):
+    from optprune.nn import pipeline
+    from optprune.nn.pipeline import CalibrationOptions, calibrated_selection
+    from optprune.nn.pruning import build_problem
+
+    m, x, y = _tiny_vit(2)
+    ss = discover(m, (1, 4, 4))
+    p, _ = build_problem(ss, np.zeros(len(ss.groups)), 0.6)
+    real = pipeline.reconstruct
+
+    def spoiled(work, keep, data, **kw):  # a refit, then every weight scrambled
+        rep = real(work, keep, data, **kw)
+        with torch.no_grad():
+            for q in work.model.parameters():
+                q.copy_(torch.randn_like(q))
+        return rep
+
+    monkeypatch.setattr(pipeline, "reconstruct", spoiled)
+    sel = calibrated_selection(ss, p, (x, y), CalibrationOptions(curves=False, k_best=2,
+                                                                 batch_size=32))
+    for c in sel.candidates:
+        assert c["refit_kept"] is False and c["loss_reconstructed"] > c["loss_masked"]
+    best = min(sel.candidates, key=lambda c: c["loss_masked"])
+    assert sel.chosen == best["rank"] and sel.reconstruction is None
+    # The model returned is the dense one (masked by surgery later), as measured.
+    for (n, a), (_, b) in zip(sel.structures.model.named_parameters(), m.named_parameters()):
+        assert torch.equal(a, b), n
+    assert Evaluator(ss, (x, y), batch_size=32).loss(sel.keep, on=sel.structures) == \
+        pytest.approx(best["loss_masked"], rel=1e-6)
+
+
 def _exact_ggn_diag_hidden(model, ss, x):
     """E_x ||d out / d m_g||^2 / positions by explicit Jacobians (MSE kind)."""
     named = dict(model.named_modules())
@@ -281,9 +418,14 @@ def test_pipeline_proposals_are_proven_distinct_and_the_measured_best_is_chosen(
     objs = [c["objective"] for c in cands[:3]]
     assert objs == sorted(objs, reverse=True)
     assert all(c["termination"] == "optimal" for c in cands)
-    # The measured choice: the lowest reconstructed loss among the distinct proposals.
-    measured = {c["rank"]: c["loss_reconstructed"] for c in cands if "same_as" not in c}
+    # The measured choice: the lowest loss among the distinct proposals, each measured
+    # reconstructed and as it is (a refit is kept only where it measures better).
+    measured = {c["rank"]: min(c["loss_reconstructed"], c["loss_masked"])
+                for c in cands if "same_as" not in c}
     assert sel.chosen == min(measured, key=measured.get)
+    for c in cands:
+        if "same_as" not in c:
+            assert c["refit_kept"] == (c["loss_reconstructed"] <= c["loss_masked"])
     keep = sel.keep
     assert ss.predict(keep)["params"] <= 0.6 * ss.dense_params
     # A curves proposal's objective is minus the sum of its slots' measured losses; the
