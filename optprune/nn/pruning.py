@@ -211,12 +211,14 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
     base: dict[str, Any] = {}
     stages: dict[str, Any] = {}
     work: StructureSet | None = None
+    refit = do_rec  # whether the returned model carries a refit
     if selection == "exact" and calibrated:
         base = _baselines_of(p) if baselines else {}
         sel = calibrated_selection(structures, p, data, opts, backend=backend,
                                    time_limit_s=time_limit_s, rel_gap=rel_gap, refit=do_rec,
                                    fisher=fisher)
         keep, work, alloc_dict = sel.keep, sel.structures, sel.allocation
+        refit = do_rec and sel.reconstruction is not None  # unrefit when that measured better
         alloc_dict.pop("baselines", None)
         stages = sel.to_dict()
     elif selection == "exact":
@@ -241,7 +243,8 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
     if do_rec and work is None:
         work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
         rec = reconstruct_layers(work, keep, data, alphas=opts.alphas,
-                                 batch_size=opts.batch_size, scope=opts.reconstruct_scope)
+                                 batch_size=opts.batch_size, scope=opts.reconstruct_scope,
+                                 max_weight_change=opts.max_weight_change)
         stages["reconstruction"] = rec.to_dict()
     t3 = time.perf_counter()
     predicted = structures.predict(keep)
@@ -264,7 +267,7 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
         kept_ids=[g.id for g, k in zip(structures.groups, keep) if k],
         n_groups=len(structures.groups), n_kept=int(keep.sum()), before=before,
         predicted=predicted, after=after, budgets=budgets, allocation=alloc_dict,
-        baselines=base, violations=violations, stages=stages, reconstructed=do_rec,
+        baselines=base, violations=violations, stages=stages, reconstructed=refit,
         times_s={"discover": t1 - t0, "score": t2 - t1, "select": t3 - t2, "surgery": t4 - t3,
                  "total": t4 - t0},
     )

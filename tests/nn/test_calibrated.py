@@ -293,6 +293,15 @@ def test_the_pipeline_returns_the_unrefit_model_when_the_refit_measures_worse(mo
         assert torch.equal(a, b), n
     assert Evaluator(ss, (x, y), batch_size=32).loss(sel.keep, on=sel.structures) == \
         pytest.approx(best["loss_masked"], rel=1e-6)
+    # prune() says so: its model is not reconstructed (the demo then gives its selection
+    # the same reconstruction as every rule's in the '+recon' column).
+    import optprune
+
+    _, rep = optprune.prune(m, data=(x, y), budget=0.6, baselines=False,
+                            calibration=CalibrationOptions(curves=False, k_best=2,
+                                                           batch_size=32))
+    assert rep.reconstructed is False
+    assert rep.stages["reconstruction"] is None
 
 
 def _exact_ggn_diag_hidden(model, ss, x):
