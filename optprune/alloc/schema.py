@@ -159,8 +159,11 @@ def validate_document(d: Any) -> None:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         more = f" ({len(errors) - 1} more)" if len(errors) > 1 else ""
+        # The schema's own words for what the failing node expects, when it has them.
+        said = e.schema.get("description") if isinstance(e.schema, dict) else None
+        expected = f" Expected {said}." if said else ""
         raise ValidationError(f"The problem document is invalid at {where}: "
-                              f"{_short(e.message)}{more}." + _hint(where, e.message))
+                              f"{_short(e.message)}{more}.{expected}" + _hint(where, e.message))
 
 
 __all__ = ["validate_document", "schema", "SCHEMA_PATH", "MAX_DEPTH", "RESCALE"]
