@@ -33,6 +33,12 @@ def _sample(doc, per_layout=2):
         seen.setdefault(layout, []).append(name)
     keep = {n for names in seen.values() for n in names[:per_layout]}
     out["instances"] = {n: e for n, e in doc["instances"].items() if n in keep}
+    if all("known" in e for e in out["instances"].values()):
+        # Every shipped instance is curated: one entry is fuzzed in the uncurated layout
+        # too (an instance generated, not yet solved: no class, no known optimum, no .sol).
+        name = sorted(out["instances"])[-1]
+        for key in ("class", "known", "sol_sha256"):
+            out["instances"][name].pop(key, None)
     return out
 
 
