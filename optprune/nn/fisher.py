@@ -167,16 +167,18 @@ def mask_fisher(structures: StructureSet, data: Any, *, labels: str = "model", d
         for x, y in structures.batches(data, batch_size, "the Fisher saliency",
                                        need_targets=labels == "data"):
             b = n_samples(x)
-            for _ in range(draws):
-                for c in members:
-                    masks[c] = torch.ones(b, _in_width(named[c]), device=dev, requires_grad=True)
-                out = model_output(run_model(model, x, "the Fisher saliency"))
-                if not bool(torch.isfinite(out).all()):
-                    raise ValidationError(
-                        "The model's output on the calibration data must be finite; got NaN "
-                        "or inf. Check the data for NaN and the model for diverged weights.")
+            # One forward per batch; each draw's pseudo-loss is differentiated through it.
+            for c in members:
+                masks[c] = torch.ones(b, _in_width(named[c]), device=dev, requires_grad=True)
+            out = model_output(run_model(model, x, "the Fisher saliency"))
+            if not bool(torch.isfinite(out).all()):
+                raise ValidationError(
+                    "The model's output on the calibration data must be finite; got NaN "
+                    "or inf. Check the data for NaN and the model for diverged weights.")
+            for d in range(draws):
                 loss, positions = _pseudo_loss(out, kind, gen, y if labels == "data" else None)
-                grads = torch.autograd.grad(loss, [masks[c] for c in members], allow_unused=True)
+                grads = torch.autograd.grad(loss, [masks[c] for c in members], allow_unused=True,
+                                            retain_graph=d < draws - 1)
                 per_group = np.zeros((b, n))
                 for (ch, gs), gr in zip(members.values(), grads):
                     if gr is None:
