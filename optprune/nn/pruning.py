@@ -149,11 +149,11 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
     {"params": f, "flops": g}).
 
     importance: "calibrated" (the default pipeline, needs ``data``: loss-unit Fisher
-        saliency, measured per-slot loss curves, the exact search over them with the
-        ``calibration.k_best`` best allocations measured after reconstruction; see
-        optprune.nn.pipeline), or any registered score by name ("magnitude", "taylor",
-        "wanda", "flap", "fisher", ...), a callable or an array (one per group); those
-        maximize the summed score.
+        saliency, measured per-slot loss curves (skipped on models where they would cost
+        more than ``calibration.auto_macs``), the exact search with the best allocations
+        measured after reconstruction; see optprune.nn.pipeline), or any registered
+        score by name ("magnitude", "taylor", "wanda", "flap", "fisher", ...), a
+        callable or an array (one per group); those maximize the summed score.
     reconstruct: refit every consumer of a pruned layer by ridge least squares toward
         the dense outputs on ``data`` (optprune.nn.reconstruct); default True for
         "calibrated", False otherwise (give it to any rule to compare selections on equal
@@ -260,7 +260,8 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
                             allow_empty=allow_empty_layers)
     t4 = time.perf_counter()
     after = {"params": sum(q.numel() for q in pruned.parameters()),
-             "flops": count_flops(pruned, inputs=structures.example)}
+             "flops": count_flops(pruned, structures.input_shape,
+                                  inputs=structures.example)}
     before = {"params": structures.dense_params, "flops": structures.dense_flops}
     report = PruneReport(
         importance=str(name), selection=selection,

@@ -376,3 +376,11 @@ def test_missing_transformers_names_the_hf_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import now raises ImportError
     with pytest.raises(MissingExtraError, match=r"optprune\[hf\]"):
         load_pruned_bert(tmp_path)
+
+
+def test_prune_takes_the_bert_structures_and_reports_the_pruned_size(minilm, ss):
+    import optprune
+
+    pruned, rep = optprune.prune(ss.model, "magnitude", 0.8, structures=ss, baselines=False)
+    assert rep.after == rep.predicted  # params and MACs, measured on the pruned model
+    assert rep.after["params"] <= 0.8 * ss.dense_params
