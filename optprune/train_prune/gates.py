@@ -629,7 +629,7 @@ def apply_gate_masks(vit: ViT, masks: GateMasks) -> ViT:
 # ------------------------------------------------------------------ training
 @dataclass
 class CompressoResult:
-    """The trained gates, the peft model (LoRA on the frozen ViT) and the history."""
+    """The trained gates, the peft model (LoRA on the frozen base model) and the history."""
 
     gates: CompressoGates
     peft_model: nn.Module
