@@ -8,13 +8,14 @@ columns that read it, and nothing else reads it (discovery only makes a group of
 channel space whose every use it understands).
 
 After slicing, every module whose sizes live in attributes is fixed: Linear, Conv1d/2d
-(depthwise: ``groups`` too), BatchNorm, Hugging Face Conv1D (``nf``) and the attention
-families of :mod:`optprune.nn.adapters` (head counts; grouped-query attention keeps
-``num_key_value_groups`` when every kept key/value head keeps the same number of query
-heads, else a query-head -> key/value-head map). An attention module that loses every
-head becomes :class:`~optprune.nn.adapters.EmptyAttention` where its own forward could
-not run with zero heads. A Hugging Face model also gets ``config.optprune_pruned``
-(the pruned tensor shapes, replaced modules, key/value maps and per-layer widths), so
+(depthwise: ``groups`` too), BatchNorm, LayerNorm, Embedding, Hugging Face Conv1D
+(``nf``) and the attention families of :mod:`optprune.nn.adapters` (head counts;
+grouped-query attention keeps ``num_key_value_groups`` when every kept key/value head
+keeps the same number of query heads, else a query-head -> key/value-head map). An
+attention module that loses every head becomes
+:class:`~optprune.nn.adapters.EmptyAttention` where its own forward could not run with
+zero heads. A Hugging Face model also gets ``config.optprune_pruned`` (the pruned
+tensor shapes, replaced modules, key/value maps and per-layer widths), so
 ``save_pretrained`` + :func:`optprune.nn.hf.load_pruned` round-trip.
 
 Options:
@@ -182,6 +183,10 @@ def _resize(m: nn.Module) -> None:
     elif _is_hf_conv1d(m):
         conv1d: Any = m  # transformers' Conv1D: weight (in, out), its width in .nf
         conv1d.nf = conv1d.weight.shape[1]
+    elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+    elif isinstance(m, nn.Embedding):
+        m.num_embeddings, m.embedding_dim = m.weight.shape
 
 
 def _kv_maps(structures: StructureSet, keep: np.ndarray) -> dict[str, list[int]]:

@@ -18,7 +18,10 @@ At the deterministic limits log_alpha -> +inf every sample is z = 1, log_alpha -
 -inf every sample is z = 0 (tested). The deterministic test-time value is
 ``clamp(l + (r - l) sigmoid(log_alpha), 0, 1)``.
 
-Where the gates act (all through forward hooks, the ViT's code is untouched):
+The gates are one implementation over model-family adapters
+(:mod:`optprune.train_prune.families`): :class:`ViTFamily` here, the BERT family in
+:mod:`optprune.train_prune.gates_bert`. Where the gates act on the ViT (all through
+forward hooks, the ViT's code is untouched):
 
 * head h of block b: the input columns of ``attn.proj`` of that head times z_head[b, h];
 * FFN channel j of block b: input column j of ``mlp.fc2`` times z_ffn[b, j];
@@ -60,24 +63,27 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .._extras import require
 from ..alloc import AllocationProblem, allocate
 from ..errors import UnsupportedModuleError, ValidationError, check
 from ..experiments.training import accuracy, fit
-from ..nn.models import FeedForward, MultiHeadAttention, ViT
+from ..nn.models import Block, FeedForward, MultiHeadAttention, ViT
+from .families import (GateFamily, GateSites, Widths, base_named_params, keep_array,
+                       param_count, prune_hidden_width, unwrap_peft)
 
 __all__ = [
     "LIMIT_L", "LIMIT_R", "BETA", "HardConcreteGate", "CompressoGates", "GateMasks",
     "CompressoResult", "train_compresso", "own_rounding", "exact_allocation",
     "apply_gate_masks", "prune_hidden", "vit_param_count", "size_problem", "evaluate_masks",
-    "masks_params",
+    "masks_params", "ViTFamily", "family_of", "apply_masks",
 ]
 
 LIMIT_L, LIMIT_R, BETA = -0.1, 1.1, 2.0 / 3.0
@@ -90,6 +96,8 @@ class HardConcreteGate(nn.Module):
     ``forward()`` returns a sample (training), the deterministic value (eval), or the
     fixed mask set with :meth:`fix`.
     """
+
+    fixed: torch.Tensor
 
     def __init__(self, n: int, init_log_alpha: float = 2.0, init_std: float = 0.01,
                  generator: torch.Generator | None = None) -> None:
@@ -141,106 +149,198 @@ class GateMasks:
                 "ffn": [int(f.sum()) for f in self.ffn]}
 
 
-def _vit_blocks(model: nn.Module) -> ViT:
-    """The ViT under ``model`` (itself, or the base model of a peft wrapper); every
-    block must have optprune's MultiHeadAttention and FeedForward (all offenders are
-    listed)."""
-    vit = model
-    if not isinstance(vit, ViT) and hasattr(model, "get_base_model"):
-        vit = model.get_base_model()
-    if not isinstance(vit, ViT):
-        raise UnsupportedModuleError(
-            f"Compresso gates attach to optprune.nn.models.ViT (heads, FFN channels and the "
-            f"hidden width); got {type(model).__name__}. Build the model with ViT(...) or wrap "
-            "it with peft's get_peft_model around a ViT.")
-    bad = []
-    for i, b in enumerate(vit.blocks):
-        if not isinstance(getattr(b, "attn", None), MultiHeadAttention):
-            bad.append(f"blocks.{i}.attn ({type(getattr(b, 'attn', None)).__name__}, needs "
-                       "MultiHeadAttention)")
-        if not isinstance(getattr(b, "mlp", None), FeedForward):
-            bad.append(f"blocks.{i}.mlp ({type(getattr(b, 'mlp', None)).__name__}, needs "
-                       "FeedForward)")
-    if bad:
-        raise UnsupportedModuleError("These layers have no gate site: " + "; ".join(bad) + ".")
-    return vit
+def _blocks(vit: ViT) -> list[Block]:
+    # ViTFamily.base checked every block's attention, FFN and LayerNorms
+    return [cast(Block, b) for b in vit.blocks]
 
 
-def vit_param_count(vit: ViT, hidden: float | torch.Tensor, heads: Any, ffn: Any):
+@dataclass(frozen=True)
+class ViTFamily(GateFamily):
+    """optprune's ViT (:class:`optprune.nn.models.ViT`, pre-norm) for the gates; the
+    gate sites and the size model of the module docstring."""
+
+    name = "optprune ViT"
+
+    def base(self, model: nn.Module, gates: bool = False) -> ViT:
+        """The ViT under ``model`` (itself, or the base model of a peft wrapper); every
+        block must have optprune's MultiHeadAttention, FeedForward and two LayerNorms
+        (all offenders are listed)."""
+        vit = unwrap_peft(model)
+        if not isinstance(vit, ViT):
+            raise UnsupportedModuleError(
+                f"Compresso gates attach to optprune.nn.models.ViT (heads, FFN channels and "
+                f"the hidden width); got {type(model).__name__}. Build the model with ViT(...) "
+                "or wrap it with peft's get_peft_model around a ViT.")
+        bad = []
+        for i, b in enumerate(vit.blocks):
+            for attr, kind in (("attn", MultiHeadAttention), ("mlp", FeedForward),
+                               ("ln1", nn.LayerNorm), ("ln2", nn.LayerNorm)):
+                if not isinstance(getattr(b, attr, None), kind):
+                    bad.append(f"blocks.{i}.{attr} ({type(getattr(b, attr, None)).__name__}, "
+                               f"needs {kind.__name__})")
+        if bad:
+            raise UnsupportedModuleError("These layers have no gate site: " + "; ".join(bad)
+                                         + ".")
+        return vit
+
+    def widths(self, base: nn.Module) -> Widths:
+        vit = cast(ViT, base)
+        blocks = _blocks(vit)
+        return Widths(vit.patch_embed.out_channels, tuple(b.attn.num_heads for b in blocks),
+                      tuple(b.mlp.fc1.out_features for b in blocks),
+                      blocks[0].attn.head_dim if blocks else 0)
+
+    def sites(self, base: nn.Module) -> GateSites:
+        vit = cast(ViT, base)
+        blocks = _blocks(vit)
+        return GateSites(
+            root=vit, head_in=tuple(b.attn.proj for b in blocks),
+            ffn_in=tuple(b.mlp.fc2 for b in blocks), hidden_in=(vit.blocks,),
+            hidden_out=tuple(m for b in blocks for m in (b.attn.proj, b.mlp.fc2)),
+            norms=tuple(n for b in blocks for n in (b.ln1, b.ln2)) + (vit.norm,),
+            post_norm=False)
+
+    def size_coefficients(self, base: nn.Module) -> dict[str, float]:
+        vit = cast(ViT, base)
+        pe = vit.patch_embed
+        n_c = vit.head.out_features
+        tokens = vit.pos_embed.shape[1]
+        blocks = _blocks(vit)
+        dh = blocks[0].attn.head_dim if blocks else 0
+        a = (pe.in_channels * pe.kernel_size[0] * pe.kernel_size[1] + 1) + 1 + tokens \
+            + 6 * len(blocks) + 2 + n_c
+        return {"const": float(n_c), "hidden": float(a), "head": 3.0 * dh, "ffn": 1.0,
+                "hidden_head": 4.0 * dh, "hidden_ffn": 2.0}
+
+    def dense_params(self, base: nn.Module) -> int:
+        return int(sum(p.numel() for _, p in base_named_params(base)))
+
+    def slot_layers(self, b: int) -> tuple[str, str]:
+        return f"blocks.{b}.attn", f"blocks.{b}.mlp.fc1"
+
+    def prune_slots(self, base: nn.Module, keep: Mapping[str, bool]) -> nn.Module:
+        """Heads and FFN channels removed by optprune.nn.surgery.apply_mask."""
+        from ..nn.structures import discover
+        from ..nn.surgery import apply_mask
+
+        vit = cast(ViT, base)
+        pe = vit.patch_embed
+        image = pe.kernel_size[0] * int(round(math.sqrt(vit.pos_embed.shape[1] - 1)))
+        ss = discover(vit, (pe.in_channels, image, image))
+        return apply_mask(ss, keep_array(ss, keep))
+
+    def hidden_tensors(self, base: nn.Module) -> list[tuple[str, int]]:
+        """Patch conv rows, class token and position columns, LayerNorm entries, q/k/v/
+        fc1/head input columns, proj/fc2 output rows."""
+        out = [("patch_embed.weight", 0), ("patch_embed.bias", 0), ("cls_token", 2),
+               ("pos_embed", 2), ("norm.weight", 0), ("norm.bias", 0), ("head.weight", 1)]
+        for i in range(len(_blocks(cast(ViT, base)))):
+            p = f"blocks.{i}"
+            out += [(f"{p}.{ln}.{t}", 0) for ln in ("ln1", "ln2") for t in ("weight", "bias")]
+            out += [(f"{p}.{lin}.weight", 1) for lin in ("attn.q", "attn.k", "attn.v", "mlp.fc1")]
+            out += [(f"{p}.{lin}.{t}", 0) for lin in ("attn.proj", "mlp.fc2")
+                    for t in ("weight", "bias")]
+        return out
+
+    def set_hidden_width(self, base: nn.Module, k: int) -> None:
+        for blk in _blocks(cast(ViT, base)):
+            blk.attn.dim = k
+
+
+def family_of(model: nn.Module) -> GateFamily:
+    """The gate family of ``model`` (or of the base model of a peft wrapper): the
+    project's ViT or a BERT-family encoder (scope ``"encoder"``)."""
+    from .gates_bert import BertFamily
+
+    base = unwrap_peft(model)
+    if isinstance(base, ViT):
+        return ViTFamily()
+    if isinstance(getattr(getattr(base, "encoder", None), "layer", None), nn.ModuleList) \
+            and isinstance(getattr(base, "embeddings", None), nn.Module):
+        return BertFamily()
+    raise UnsupportedModuleError(
+        f"Compresso gates attach to optprune.nn.models.ViT or a BERT-family base model "
+        f"(transformers.BertModel); got {type(model).__name__}. Build the model with "
+        "ViT(...), pass a BertModel, or pass family= a GateFamily of your model.")
+
+
+def vit_param_count(vit: ViT, hidden: float | torch.Tensor, heads: Any, ffn: Any) -> Any:
     """N(H, h, f) of the module docstring for kept counts (numbers or tensors, so the
     same formula gives the exact count of a mask and the expected count of gates).
     ``heads``/``ffn`` are sequences with one count per block."""
-    c = _size_coefficients(vit)
-    total = c["const"] + c["hidden"] * hidden
-    for hb, fb in zip(heads, ffn):
-        total = total + c["head"] * hb + c["ffn"] * fb + c["hidden_head"] * hidden * hb \
-            + c["hidden_ffn"] * hidden * fb
-    return total
+    fam = ViTFamily()
+    return param_count(fam.size_coefficients(fam.base(vit)), hidden, heads, ffn)
 
 
-def _size_coefficients(vit: ViT) -> dict[str, float]:
-    pe = vit.patch_embed
-    n_c = vit.head.out_features
-    tokens = vit.pos_embed.shape[1]
-    dh = vit.blocks[0].attn.head_dim if len(vit.blocks) else 0
-    a = (pe.in_channels * pe.kernel_size[0] * pe.kernel_size[1] + 1) + 1 + tokens \
-        + 6 * len(vit.blocks) + 2 + n_c
-    return {"const": float(n_c), "hidden": float(a), "head": 3.0 * dh, "ffn": 1.0,
-            "hidden_head": 4.0 * dh, "hidden_ffn": 2.0}
+class _GateList(nn.ModuleList):
+    """A ModuleList of HardConcreteGate (typed iteration)."""
+
+    def __iter__(self) -> Iterator[HardConcreteGate]:
+        return cast(Iterator[HardConcreteGate], super().__iter__())
 
 
 class CompressoGates(nn.Module):
-    """Hard-concrete gates on every head, FFN channel and hidden channel of a ViT,
-    applied through hooks. ``attach()`` installs the hooks, ``detach()`` removes them.
-    One sample of every gate is drawn per forward pass (shared by the batch)."""
+    """Hard-concrete gates on every head, FFN channel and hidden channel of a model of
+    a gate family (:mod:`optprune.train_prune.families`), applied through hooks.
+    ``attach()`` installs the hooks, ``detach()`` removes them. One sample of every gate
+    is drawn per forward pass (shared by the batch).
+
+    ``model``: the model or a peft wrapper of it; ``family``: its :class:`GateFamily`
+    (default :func:`family_of`: the project's ViT or a BERT-family encoder).
+    ``hidden=False`` keeps the hidden gates fixed open."""
 
     def __init__(self, model: nn.Module, init_log_alpha: float = 2.0, seed: int = 0,
-                 hidden: bool = True) -> None:
+                 hidden: bool = True, family: GateFamily | None = None) -> None:
         super().__init__()
-        vit = _vit_blocks(model)
-        self._init_gates(vit, vit.blocks[0].attn.head_dim, vit.patch_embed.out_channels,
-                         [b.attn.num_heads for b in vit.blocks],
-                         [b.mlp.fc1.out_features for b in vit.blocks], init_log_alpha, seed,
-                         hidden)
-
-    def _init_gates(self, model: nn.Module, head_dim: int, dim: int, heads: list[int],
-                    ffn: list[int], init_log_alpha: float, seed: int, hidden: bool) -> None:
-        """The gate vectors of any model family: one per layer for its heads and for its
-        FFN channels, one for the hidden width (fixed open unless ``hidden``)."""
+        if family is None:
+            family = family_of(model)
+        check(isinstance(family, GateFamily), "The 'family' of CompressoGates",
+              "a GateFamily (optprune.train_prune.families)", type(family).__name__)
+        base = family.base(model, gates=True)
+        w = family.widths(base)
+        self.family = family
+        self._model = [base]  # a list keeps the model out of this module's parameters
+        self.head_dim = int(w.head_dim)
         gen = torch.Generator().manual_seed(seed)
-        self._vit = [model]  # a list keeps the model out of this module's parameters
-        self.head_dim = int(head_dim)
-        self.head = nn.ModuleList([HardConcreteGate(h, init_log_alpha, generator=gen)
-                                   for h in heads])
-        self.ffn = nn.ModuleList([HardConcreteGate(f, init_log_alpha, generator=gen)
-                                  for f in ffn])
+        self.head = _GateList([HardConcreteGate(h, init_log_alpha, generator=gen)
+                               for h in w.heads])
+        self.ffn = _GateList([HardConcreteGate(f, init_log_alpha, generator=gen)
+                              for f in w.ffn])
         self.use_hidden = hidden
-        self.hidden = HardConcreteGate(dim, init_log_alpha, generator=gen)
+        self.hidden = HardConcreteGate(w.hidden, init_log_alpha, generator=gen)
         if not hidden:
-            self.hidden.fix(np.ones(dim))
-        self._handles: list[Any] = []
+            self.hidden.fix(np.ones(w.hidden))
+        self._handles: list[RemovableHandle] = []
         self._z: dict[str, Any] = {}
         self.generator = torch.Generator().manual_seed(seed)
+        self._coef = family.size_coefficients(base)
+        dense, formula = self.dense_params(), self.param_count(w.hidden, w.heads, w.ffn)
+        if abs(formula - dense) > 0.5:
+            raise UnsupportedModuleError(
+                f"The size model of {type(base).__name__} predicts {formula:.0f} parameters "
+                f"at its own widths, the model has {dense}: it holds parameters the "
+                f"{family.name} layout does not (extra modules, a tied or shared tensor?).")
 
     @property
-    def vit(self) -> ViT:
-        return self._vit[0]
+    def model(self) -> nn.Module:
+        """The gated base model."""
+        return self._model[0]
 
     # ------------------------------------------------------------ hooks
     def attach(self) -> "CompressoGates":
         check(not self._handles, "The gates", "detached before attaching again", "attached")
-        vit = self.vit
+        s = self.family.sites(self.model)
         h = self._handles
-        h.append(vit.register_forward_pre_hook(self._draw))
-        h.append(vit.blocks.register_forward_pre_hook(self._scale_hidden_in))
-        for b, blk in enumerate(vit.blocks):
-            h.append(blk.attn.proj.register_forward_pre_hook(self._head_in(b)))
-            h.append(blk.attn.proj.register_forward_hook(self._hidden_out))
-            h.append(blk.mlp.fc2.register_forward_pre_hook(self._ffn_in(b)))
-            h.append(blk.mlp.fc2.register_forward_hook(self._hidden_out))
-            h.append(blk.ln1.register_forward_hook(self._masked_ln))
-            h.append(blk.ln2.register_forward_hook(self._masked_ln))
-        h.append(vit.norm.register_forward_hook(self._masked_ln))
+        h.append(s.root.register_forward_pre_hook(self._draw))
+        for m in s.hidden_in:
+            h.append(m.register_forward_pre_hook(self._scale_hidden_in))
+        for b, (head_in, ffn_in) in enumerate(zip(s.head_in, s.ffn_in)):
+            h.append(head_in.register_forward_pre_hook(self._head_in(b)))
+            h.append(ffn_in.register_forward_pre_hook(self._ffn_in(b)))
+        for m in s.hidden_out:
+            h.append(m.register_forward_hook(self._hidden_out))
+        for ln in s.norms:
+            h.append(ln.register_forward_hook(self._ln_out if s.post_norm else self._masked_ln))
         return self
 
     def detach(self) -> None:
@@ -252,30 +352,33 @@ class CompressoGates(nn.Module):
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def _draw(self, _m, _args) -> None:
+    def _draw(self, _m: nn.Module, _args: tuple[Any, ...]) -> None:
         g = self.generator if self.training else None
         self._z = {"hidden": self.hidden(g), "head": [gt(g) for gt in self.head],
                    "ffn": [gt(g) for gt in self.ffn]}
 
-    def _scale_hidden_in(self, _m, args):
+    def _scale_hidden_in(self, _m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return (args[0] * self._z["hidden"],) + tuple(args[1:])
 
-    def _hidden_out(self, _m, _args, out):
+    def _hidden_out(self, _m: nn.Module, _args: tuple[Any, ...],
+                    out: torch.Tensor) -> torch.Tensor:
         return out * self._z["hidden"]
 
-    def _head_in(self, b: int):
-        def hook(_m, args):
+    def _head_in(self, b: int) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+        def hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             z = self._z["head"][b].repeat_interleave(self.head_dim)
             return (args[0] * z,) + tuple(args[1:])
         return hook
 
-    def _ffn_in(self, b: int):
-        def hook(_m, args):
+    def _ffn_in(self, b: int) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+        def hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             return (args[0] * self._z["ffn"][b],) + tuple(args[1:])
         return hook
 
-    def _masked_ln(self, m: nn.LayerNorm, args, _out):
+    def _masked_ln(self, m: nn.Module, args: tuple[Any, ...],
+                   _out: torch.Tensor) -> torch.Tensor | None:
         """LayerNorm over the open hidden channels only, 0 on the closed ones."""
+        assert isinstance(m, nn.LayerNorm)
         z = self._z["hidden"]
         if bool((z > 0).all()):
             return None
@@ -287,6 +390,12 @@ class CompressoGates(nn.Module):
                          m.bias.index_select(0, idx), m.eps)
         return torch.zeros_like(x).index_copy(x.dim() - 1, idx, y)
 
+    def _ln_out(self, m: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+        """LayerNorm over the open hidden channels, then the hidden mask (post-norm:
+        the LayerNorm output is the residual stream)."""
+        y = self._masked_ln(m, args, out)
+        return (out if y is None else y) * self._z["hidden"]
+
     # ------------------------------------------------------------ sizes
     def expected_counts(self) -> dict[str, Any]:
         """E[H], E[h_b], E[f_b] as differentiable tensors."""
@@ -295,27 +404,30 @@ class CompressoGates(nn.Module):
         return {"hidden": eh, "heads": [g.prob_open().sum() for g in self.head],
                 "ffn": [g.prob_open().sum() for g in self.ffn]}
 
-    # The size model: a subclass for another architecture overrides these three.
     def param_count(self, hidden: Any, heads: Any, ffn: Any) -> Any:
         """N(H, h, f) for kept counts (numbers or tensors)."""
-        return vit_param_count(self.vit, hidden, heads, ffn)
+        return param_count(self._coef, hidden, heads, ffn)
 
     def size_coefficients(self) -> dict[str, float]:
         """The coefficients of N: const, hidden, head, ffn, hidden_head, hidden_ffn."""
-        return _size_coefficients(self.vit)
+        return dict(self._coef)
 
     def slot_layers(self, b: int) -> tuple[str, str]:
         """Layer names of block b's head and FFN slots (structure ids are
         ``<layer>:head:<h>`` and ``<layer>:ffn:<j>``)."""
-        return f"blocks.{b}.attn", f"blocks.{b}.mlp.fc1"
+        return self.family.slot_layers(b)
 
     def expected_params(self) -> torch.Tensor:
         """E[N] of the module docstring (differentiable in every log_alpha)."""
         c = self.expected_counts()
-        return self.param_count(c["hidden"], c["heads"], c["ffn"])
+        return cast(torch.Tensor, self.param_count(c["hidden"], c["heads"], c["ffn"]))
 
     def dense_params(self) -> int:
-        return int(sum(p.numel() for n, p in _base_named_params(self.vit)))
+        return self.family.dense_params(self.model)
+
+    def masks_params(self, masks: GateMasks) -> int:
+        """N of ``masks``."""
+        return _count_of(self._coef, masks)
 
     def expected_sparsity(self) -> torch.Tensor:
         return 1.0 - self.expected_params() / self.dense_params()
@@ -357,18 +469,16 @@ class CompressoGates(nn.Module):
                 "ffn": [one(g) for g in self.ffn]}
 
 
-def _base_named_params(vit: ViT):
-    """Parameters of the base ViT, without LoRA adapters (names as in a plain ViT)."""
-    for n, p in vit.named_parameters():
-        if "lora_" in n:
-            continue
-        yield n.replace(".base_layer", ""), p
+def _count_of(c: Mapping[str, float], masks: GateMasks) -> int:
+    return int(round(float(param_count(c, float(masks.hidden.sum()),
+                                       [float(h.sum()) for h in masks.heads],
+                                       [float(f.sum()) for f in masks.ffn]))))
 
 
 def masks_params(vit: ViT, masks: GateMasks) -> int:
-    return int(round(float(vit_param_count(vit, float(masks.hidden.sum()),
-                                           [float(h.sum()) for h in masks.heads],
-                                           [float(f.sum()) for f in masks.ffn]))))
+    """N of ``masks`` on the ViT ``vit``."""
+    fam = ViTFamily()
+    return _count_of(fam.size_coefficients(fam.base(vit)), masks)
 
 
 # ------------------------------------------------------------------ final masks
@@ -413,10 +523,10 @@ def size_problem(gates: CompressoGates, scores: dict[str, Any] | None = None,
 
     nh = gates.hidden.n
     add(nh, "hidden", "hidden", "hidden", s["hidden"])
-    for b in range(len(gates.head)):
+    for b, (gh, gf) in enumerate(zip(gates.head, gates.ffn)):
         attn, mlp = gates.slot_layers(b)
-        add(gates.head[b].n, attn, "head", f"{attn}:head", s["heads"][b])
-        add(gates.ffn[b].n, mlp, "ffn", f"{mlp}:ffn", s["ffn"][b])
+        add(gh.n, attn, "head", f"{attn}:head", s["heads"][b])
+        add(gf.n, mlp, "ffn", f"{mlp}:ffn", s["ffn"][b])
     p = AllocationProblem(ids, layers, kinds, np.asarray(sc),
                           {"params": np.asarray(cost, dtype=np.float64)},
                           fixed_costs={"params": c["const"]}, name="compresso")
@@ -436,11 +546,11 @@ def _masks_from_keep(gates: CompressoGates, keep: np.ndarray) -> GateMasks:
     hidden = keep[:nh].astype(bool)
     pos = nh
     heads, ffn = [], []
-    for b in range(len(gates.head)):
-        heads.append(keep[pos:pos + gates.head[b].n].astype(bool))
-        pos += gates.head[b].n
-        ffn.append(keep[pos:pos + gates.ffn[b].n].astype(bool))
-        pos += gates.ffn[b].n
+    for gh, gf in zip(gates.head, gates.ffn):
+        heads.append(keep[pos:pos + gh.n].astype(bool))
+        pos += gh.n
+        ffn.append(keep[pos:pos + gf.n].astype(bool))
+        pos += gf.n
     return GateMasks(hidden, tuple(heads), tuple(ffn))
 
 
@@ -452,10 +562,7 @@ def exact_allocation(gates: CompressoGates, target: float, min_hidden: int = 1,
     ``min_fill`` also asks params >= min_fill (1 - target) N_dense, so the mask lands
     on the target rather than below it when the gates' own preference is sparser
     (None: no lower bound). Returns the masks and the solver's proof."""
-    _check_target(gates, target, min_hidden)
-    if min_fill is not None:
-        check(isinstance(min_fill, (int, float)) and 0 < min_fill <= 1,
-              "The 'min_fill' of exact_allocation", "in (0, 1] or None", min_fill)
+    _check_target(gates, target, min_hidden, min_fill, "exact_allocation")
     p = size_problem(gates, min_hidden=min_hidden)
     dense = gates.dense_params()
     assert abs(p.dense_total("params") - dense) < 1e-6 * dense, "size model != model"
@@ -470,85 +577,59 @@ def exact_allocation(gates: CompressoGates, target: float, min_hidden: int = 1,
     return _masks_from_keep(gates, r.keep), proof
 
 
-def _check_target(gates: CompressoGates, target: float, min_hidden: int = 1) -> None:
+def _check_target(gates: CompressoGates, target: float, min_hidden: int = 1,
+                  min_fill: float | None = None, fn: str = "") -> None:
+    """``target`` reachable by the gates; ``min_fill`` (of the final allocation ``fn``)
+    in (0, 1] or None."""
     smax = gates.max_sparsity(min_hidden)
     check(isinstance(target, (int, float)) and math.isfinite(target) and 0 < target < smax,
           "The sparsity 'target'", f"in (0, {smax:.4f}) (the most these gates can remove: "
           f"every head and FFN channel and all but {min_hidden} hidden channels)", target,
           "Lower the target.")
+    if min_fill is not None:
+        check(isinstance(min_fill, (int, float)) and 0 < min_fill <= 1,
+              f"The 'min_fill' of {fn}", "in (0, 1] or None", min_fill)
 
 
 # ------------------------------------------------------------------ surgery
+def apply_masks(family: GateFamily, model: nn.Module, masks: GateMasks) -> nn.Module:
+    """The physically pruned model (a copy) of a gate family: heads and FFN channels
+    removed by the family's surgery, hidden channels by
+    :func:`~optprune.train_prune.families.prune_hidden_width`."""
+    base = family.base(model)
+    w = family.widths(base)
+    ok = (len(masks.heads) == len(w.heads) == len(masks.ffn)
+          and all(np.asarray(h).shape == (n,) for h, n in zip(masks.heads, w.heads))
+          and all(np.asarray(f).shape == (n,) for f, n in zip(masks.ffn, w.ffn)))
+    check(ok, "The gate masks", f"one head mask per block of sizes {list(w.heads)} and one FFN "
+          f"mask of sizes {list(w.ffn)}", {"heads": [np.asarray(h).size for h in masks.heads],
+                                           "ffn": [np.asarray(f).size for f in masks.ffn]})
+    keep: dict[str, bool] = {}
+    for b, (hm, fm) in enumerate(zip(masks.heads, masks.ffn)):
+        attn, mlp = family.slot_layers(b)
+        keep.update((f"{attn}:head:{h}", bool(k)) for h, k in enumerate(hm))
+        keep.update((f"{mlp}:ffn:{j}", bool(k)) for j, k in enumerate(fm))
+    return prune_hidden_width(family, family.prune_slots(base, keep), masks.hidden,
+                              inplace=True)
+
+
 def prune_hidden(vit: ViT, keep_hidden: Any, inplace: bool = False) -> ViT:
     """Remove the dropped hidden channels of a plain ViT physically: patch conv rows,
     class token and position columns, LayerNorm entries, q/k/v/fc1/head input
     columns, proj/fc2 output rows."""
-    keep = np.asarray(keep_hidden, dtype=bool)
-    dim = vit.patch_embed.out_channels
-    check(keep.shape == (dim,), "The hidden keep mask", f"of shape ({dim},)", keep.shape)
-    check(keep.any(), "The hidden keep mask", "keeping at least one channel", int(keep.sum()))
-    m = vit if inplace else copy.deepcopy(vit)
-    idx = torch.as_tensor(np.flatnonzero(keep), dtype=torch.long)
-    k = int(idx.numel())
-
-    def sl(mod: nn.Module, name: str, dim_: int) -> None:
-        t = getattr(mod, name)
-        setattr(mod, name, nn.Parameter(t.detach().index_select(dim_, idx).contiguous(),
-                                        requires_grad=t.requires_grad))
-
-    with torch.no_grad():
-        sl(m.patch_embed, "weight", 0)
-        sl(m.patch_embed, "bias", 0)
-        m.patch_embed.out_channels = k
-        sl(m, "cls_token", 2)
-        sl(m, "pos_embed", 2)
-        lns = [m.norm]
-        for blk in m.blocks:
-            lns += [blk.ln1, blk.ln2]
-            for lin in (blk.attn.q, blk.attn.k, blk.attn.v, blk.mlp.fc1):
-                sl(lin, "weight", 1)
-                lin.in_features = k
-            for lin in (blk.attn.proj, blk.mlp.fc2):
-                sl(lin, "weight", 0)
-                sl(lin, "bias", 0)
-                lin.out_features = k
-            blk.attn.dim = k
-        for ln in lns:
-            sl(ln, "weight", 0)
-            sl(ln, "bias", 0)
-            ln.normalized_shape = (k,)
-        sl(m.head, "weight", 1)
-        m.head.in_features = k
-    return m
+    return cast(ViT, prune_hidden_width(ViTFamily(), vit, keep_hidden, inplace))
 
 
 def apply_gate_masks(vit: ViT, masks: GateMasks) -> ViT:
     """The physically pruned ViT (a copy): heads and FFN channels removed with
     optprune.nn.surgery.apply_mask, hidden channels with :func:`prune_hidden`."""
-    from ..nn.structures import discover
-    from ..nn.surgery import apply_mask
-
-    image = vit.patch_embed.kernel_size[0] * int(round(math.sqrt(vit.pos_embed.shape[1] - 1)))
-    ss = discover(vit, (vit.patch_embed.in_channels, image, image))
-    want = {}
-    for b, (hm, fm) in enumerate(zip(masks.heads, masks.ffn)):
-        for h, k in enumerate(hm):
-            want[f"blocks.{b}.attn:head:{h}"] = bool(k)
-        for j, k in enumerate(fm):
-            want[f"blocks.{b}.mlp.fc1:ffn:{j}"] = bool(k)
-    missing = [g.id for g in ss.groups if g.id not in want]
-    check(not missing and len(want) == len(ss.groups), "The gate masks",
-          "one entry per head and FFN channel of the ViT", f"{len(want)} entries for "
-          f"{len(ss.groups)} groups")
-    keep = np.array([want[g.id] for g in ss.groups])
-    pruned = apply_mask(ss, keep)
-    return prune_hidden(pruned, masks.hidden, inplace=True)
+    return cast(ViT, apply_masks(ViTFamily(), vit, masks))
 
 
 # ------------------------------------------------------------------ training
 @dataclass
 class CompressoResult:
-    """The trained gates, the peft model (LoRA on the frozen ViT) and the history."""
+    """The trained gates, the peft model (LoRA on the frozen base model) and the history."""
 
     gates: CompressoGates
     peft_model: nn.Module
@@ -559,14 +640,46 @@ class CompressoResult:
 
     def merged_model(self) -> nn.Module:
         """A copy of the base model with the LoRA adapters merged in."""
-        model = copy.deepcopy(self.peft_model).merge_and_unload()
+        peft_copy: Any = copy.deepcopy(self.peft_model)
+        model: nn.Module = peft_copy.merge_and_unload()
         for p in model.parameters():  # the base was frozen for the gate training only
             p.requires_grad_(True)
         return model
 
     def merged_vit(self) -> ViT:
         """A copy of the ViT with the LoRA adapters merged into q and v."""
-        return self.merged_model()
+        return cast(ViT, self.merged_model())
+
+
+def _check_schedule(fn: str, steps: int, warmup_steps: int | None) -> int:
+    """``steps`` and ``warmup_steps`` of a gate training (default warmup: half the
+    steps); the warmup."""
+    check(isinstance(steps, int) and steps > 0, f"The 'steps' of {fn}", "a positive integer",
+          steps)
+    warmup = max(1, steps // 2) if warmup_steps is None else warmup_steps
+    check(isinstance(warmup, int) and 0 < warmup <= steps, f"The 'warmup_steps' of {fn}",
+          f"an integer in [1, steps={steps}]", warmup)
+    return warmup
+
+
+def _lora_gates(model: nn.Module, lora_targets: list[str], target: float,
+                gates_of: Callable[[nn.Module], CompressoGates], *, lora_rank: int,
+                lora_alpha: float, min_hidden: int, seed: int
+                ) -> tuple[nn.Module, CompressoGates]:
+    """A deep copy of ``model`` with its weights frozen and LoRA adapters (peft) on the
+    layers named ``lora_targets`` (after ``torch.manual_seed(seed)``), and its gates
+    ``gates_of(peft model)``, checked to reach ``target``."""
+    peft = require("peft", "hf", "LoRA adapters of Compresso")
+    torch.manual_seed(seed)
+    base = copy.deepcopy(model)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    cfg = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=lora_targets,
+                          lora_dropout=0.0)
+    pm = peft.get_peft_model(base, cfg)
+    gates = gates_of(pm)
+    _check_target(gates, target, min_hidden)
+    return pm, gates
 
 
 def train_compresso(vit: ViT, x: torch.Tensor, y: torch.Tensor, target: float, *,
@@ -585,25 +698,16 @@ def train_compresso(vit: ViT, x: torch.Tensor, y: torch.Tensor, target: float, *
     last good checkpoint (taken every ``checkpoint_every`` steps) and raises
     TrainingDivergedError.
     """
-    peft = require("peft", "hf", "LoRA adapters of Compresso")
-    _vit_blocks(vit)
-    check(isinstance(steps, int) and steps > 0, "The 'steps' of train_compresso",
-          "a positive integer", steps)
-    warmup_steps = max(1, steps // 2) if warmup_steps is None else warmup_steps
-    check(isinstance(warmup_steps, int) and 0 < warmup_steps <= steps,
-          "The 'warmup_steps' of train_compresso", f"an integer in [1, steps={steps}]",
-          warmup_steps)
+    require("peft", "hf", "LoRA adapters of Compresso")
+    family = ViTFamily()
+    family.base(vit)
+    warmup_steps = _check_schedule("train_compresso", steps, warmup_steps)
     check(x.shape[0] == y.shape[0] and x.shape[0] > 0, "The data of train_compresso",
           "non-empty x and y of equal length", (tuple(x.shape), tuple(y.shape)))
-    torch.manual_seed(seed)
-    base = copy.deepcopy(vit)
-    for p in base.parameters():
-        p.requires_grad_(False)
-    cfg = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=["q", "v"],
-                          lora_dropout=0.0)
-    pm = peft.get_peft_model(base, cfg)
-    gates = CompressoGates(pm, init_log_alpha=init_log_alpha, seed=seed, hidden=hidden)
-    _check_target(gates, target, min_hidden)
+    pm, gates = _lora_gates(
+        vit, ["q", "v"], target,
+        lambda m: CompressoGates(m, init_log_alpha, seed, hidden, family=family),
+        lora_rank=lora_rank, lora_alpha=lora_alpha, min_hidden=min_hidden, seed=seed)
     loss_fn = loss_fn or F.cross_entropy
 
     def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:

@@ -3,10 +3,12 @@ hard-concrete gates on attention heads, FFN channels and the hidden (residual) w
 the Lagrangian sparsity target, LoRA (peft) on query and value with the base frozen,
 and physical surgery of all three (hidden width included).
 
-The gate itself, the Lagrangian loop, the final masks (:func:`own_rounding`,
-:func:`exact_allocation`) and the allocation problem (:func:`size_problem`) are those
-of :mod:`optprune.train_prune.gates`; this module supplies BERT's gate sites, its
-exact size model and its hidden-width surgery.
+The gate itself (:class:`~optprune.train_prune.gates.CompressoGates`), the Lagrangian
+loop, the final masks (:func:`own_rounding`, :func:`exact_allocation`), the allocation
+problem (:func:`size_problem`) and the surgery are those of
+:mod:`optprune.train_prune.gates`; this module supplies BERT's family adapter
+(:class:`BertFamily`: gate sites, exact size model, the tensors of the hidden width) and
+the exact final allocation by counts.
 
 BERT is post-norm. Layer l computes (hf.py's notation)
 
@@ -68,7 +70,8 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 import torch
@@ -78,17 +81,19 @@ from torch import nn
 from .._extras import require
 from ..errors import InfeasibleProblemError, UnsupportedModuleError, check
 from ..nn.hf import base_model_hint
-from .gates import (CompressoGates, CompressoResult, GateMasks, _base_named_params,
-                    _check_target, lagrangian_train, size_problem)
+from .families import (GateFamily, GateSites, Widths, base_named_params, keep_array,
+                       param_count, prune_hidden_width, unwrap_peft)
+from .gates import (CompressoGates, CompressoResult, GateMasks, _check_schedule, _check_target,
+                    _lora_gates, apply_masks, lagrangian_train, size_problem)
 
-__all__ = ["BERT_SCOPES", "BertGates", "ScatterHidden", "apply_bert_gate_masks",
+__all__ = ["BERT_SCOPES", "BertFamily", "BertGates", "ScatterHidden", "apply_bert_gate_masks",
            "bert_masks_params", "bert_param_count", "exact_allocation_by_counts",
            "prune_bert_hidden", "scoped_params", "train_compresso_bert"]
 
 BERT_SCOPES = ("encoder", "all")
 
 
-# ------------------------------------------------------------------ model access
+# ------------------------------------------------------------------ the family
 def _linear_like(mod: Any) -> nn.Linear | None:
     """The nn.Linear of ``mod`` (itself, or the base layer of a peft LoRA layer)."""
     if isinstance(mod, nn.Linear):
@@ -97,76 +102,18 @@ def _linear_like(mod: Any) -> nn.Linear | None:
     return base if isinstance(base, nn.Linear) else None
 
 
-def _bert_model(model: nn.Module, gates: bool = False) -> nn.Module:
-    """The BERT-family base model under ``model`` (itself or the base model of a peft
-    wrapper), with every gate site checked up front; all problems are listed at once.
-    ``gates``: also ask for at least one head and FFN channel per layer."""
-    bert = model
-    if hasattr(bert, "get_base_model"):  # a peft wrapper (it forwards attribute look-ups)
-        bert = bert.get_base_model()
-    layers = getattr(getattr(bert, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList) or not isinstance(
-            getattr(bert, "embeddings", None), nn.Module):
-        raise UnsupportedModuleError(
-            f"BERT gates attach to a BERT-family base model (transformers.BertModel: "
-            f"'embeddings' and an 'encoder.layer' ModuleList); got {type(model).__name__}."
-            f"{base_model_hint(bert)}")
-    problems: list[str] = []
+def _layers(bert: nn.Module) -> list[nn.Module]:
+    return list(cast(nn.ModuleList, bert.get_submodule("encoder.layer")))
 
-    def need(path: str, mod: Any, kind: type, bias: bool = True) -> None:
-        m = _linear_like(mod) if kind is nn.Linear else mod
-        if not isinstance(m, kind):
-            problems.append(f"{path} is {type(mod).__name__}, expected {kind.__name__}")
-        elif bias and getattr(m, "bias", None) is None:
-            problems.append(f"{path} has no bias (the size model counts one)")
-        elif kind is nn.LayerNorm and getattr(m, "weight", None) is None:
-            problems.append(f"{path} has no elementwise affine weight")
 
-    emb = bert.embeddings
-    for n in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        need(f"embeddings.{n}", getattr(emb, n, None), nn.Embedding, bias=False)
-    need("embeddings.LayerNorm", getattr(emb, "LayerNorm", None), nn.LayerNorm)
-    head_sizes = set()
-    for i, layer in enumerate(layers):
-        p = f"encoder.layer.{i}"
-        att = getattr(layer, "attention", None)
-        sa = getattr(att, "self", None)
-        for n in ("query", "key", "value"):
-            need(f"{p}.attention.self.{n}", getattr(sa, n, None), nn.Linear)
-        out = getattr(att, "output", None)
-        need(f"{p}.attention.output.dense", getattr(out, "dense", None), nn.Linear)
-        need(f"{p}.attention.output.LayerNorm", getattr(out, "LayerNorm", None), nn.LayerNorm)
-        need(f"{p}.intermediate.dense", getattr(getattr(layer, "intermediate", None), "dense",
-                                                None), nn.Linear)
-        need(f"{p}.output.dense", getattr(getattr(layer, "output", None), "dense", None),
-             nn.Linear)
-        need(f"{p}.output.LayerNorm", getattr(getattr(layer, "output", None), "LayerNorm", None),
-             nn.LayerNorm)
-        if getattr(layer, "crossattention", None) is not None:
-            problems.append(f"{p} has cross-attention (decoder), not supported")
-        dh = getattr(sa, "attention_head_size", None)
-        if not isinstance(dh, int) or dh <= 0:
-            problems.append(f"{p}.attention.self has no positive int attention_head_size")
-            continue
-        head_sizes.add(dh)
-        od = _linear_like(getattr(out, "dense", None))
-        inter = _linear_like(getattr(getattr(layer, "intermediate", None), "dense", None))
-        if gates and od is not None and od.in_features == 0:
-            problems.append(f"{p} has no attention head left (a gate vector needs one)")
-        if gates and inter is not None and inter.out_features == 0:
-            problems.append(f"{p} has no FFN channel left (a gate vector needs one)")
-    if len(head_sizes) > 1:
-        problems.append(f"the layers have different head sizes {sorted(head_sizes)}")
-    pooler = getattr(bert, "pooler", None)
-    if pooler is not None:
-        need("pooler.dense", getattr(pooler, "dense", None), nn.Linear)
-    if not len(layers):
-        problems.append("encoder.layer is empty")
-    if problems:
-        raise UnsupportedModuleError(
-            f"{len(problems)} problem(s) leave {type(bert).__name__} without BERT gate sites: "
-            f"{'; '.join(problems)}.")
-    return bert
+def _lin(root: nn.Module, path: str) -> nn.Linear:
+    # BertFamily.base checked every site
+    return cast(nn.Linear, _linear_like(root.get_submodule(path)))
+
+
+def _head_size(layer: nn.Module) -> int:
+    sa: Any = layer.get_submodule("attention.self")
+    return int(sa.attention_head_size)
 
 
 def _check_scope(scope: str) -> None:
@@ -175,128 +122,207 @@ def _check_scope(scope: str) -> None:
           "(every parameter, word embeddings included)", scope)
 
 
-def _size_coefficients(bert: nn.Module, scope: str) -> dict[str, float]:
-    _check_scope(scope)
-    layers = bert.encoder.layer
-    dh = float(layers[0].attention.self.attention_head_size)
-    c = {"const": 0.0, "hidden": 6.0 * len(layers), "head": 3.0 * dh, "ffn": 1.0,
-         "hidden_head": 4.0 * dh, "hidden_ffn": 2.0}
-    if scope == "all":
-        emb = bert.embeddings
-        c["hidden"] += (emb.word_embeddings.num_embeddings + emb.position_embeddings.num_embeddings
-                        + emb.token_type_embeddings.num_embeddings + 2)
+@dataclass(frozen=True)
+class BertFamily(GateFamily):
+    """A BERT-family base model (transformers.BertModel and its kin: ``embeddings``, an
+    ``encoder.layer`` ModuleList of post-norm layers, optional pooler) for the gates.
+    ``scope`` says which parameters the size model (and so the sparsity) counts:
+    ``"encoder"`` or ``"all"`` (module docstring)."""
+
+    scope: str = "encoder"
+    name = "BERT-family"
+
+    def __post_init__(self) -> None:
+        _check_scope(self.scope)
+
+    def base(self, model: nn.Module, gates: bool = False) -> nn.Module:
+        """The BERT-family base model under ``model`` (itself or the base model of a
+        peft wrapper), with every gate site checked up front; all problems are listed at
+        once. ``gates``: also ask for at least one head and FFN channel per layer."""
+        bert = unwrap_peft(model)
+        layers = getattr(getattr(bert, "encoder", None), "layer", None)
+        if not isinstance(layers, nn.ModuleList) or not isinstance(
+                getattr(bert, "embeddings", None), nn.Module):
+            raise UnsupportedModuleError(
+                f"BERT gates attach to a BERT-family base model (transformers.BertModel: "
+                f"'embeddings' and an 'encoder.layer' ModuleList); got {type(model).__name__}."
+                f"{base_model_hint(bert)}")
+        problems: list[str] = []
+
+        def need(path: str, mod: Any, kind: type, bias: bool = True) -> None:
+            m = _linear_like(mod) if kind is nn.Linear else mod
+            if not isinstance(m, kind):
+                problems.append(f"{path} is {type(mod).__name__}, expected {kind.__name__}")
+            elif bias and getattr(m, "bias", None) is None:
+                problems.append(f"{path} has no bias (the size model counts one)")
+            elif kind is nn.LayerNorm and getattr(m, "weight", None) is None:
+                problems.append(f"{path} has no elementwise affine weight")
+
+        emb = bert.get_submodule("embeddings")
+        for n in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+            need(f"embeddings.{n}", getattr(emb, n, None), nn.Embedding, bias=False)
+        need("embeddings.LayerNorm", getattr(emb, "LayerNorm", None), nn.LayerNorm)
+        head_sizes = set()
+        for i, layer in enumerate(layers):
+            p = f"encoder.layer.{i}"
+            att = getattr(layer, "attention", None)
+            sa = getattr(att, "self", None)
+            for n in ("query", "key", "value"):
+                need(f"{p}.attention.self.{n}", getattr(sa, n, None), nn.Linear)
+            out = getattr(att, "output", None)
+            need(f"{p}.attention.output.dense", getattr(out, "dense", None), nn.Linear)
+            need(f"{p}.attention.output.LayerNorm", getattr(out, "LayerNorm", None),
+                 nn.LayerNorm)
+            need(f"{p}.intermediate.dense", getattr(getattr(layer, "intermediate", None),
+                                                    "dense", None), nn.Linear)
+            need(f"{p}.output.dense", getattr(getattr(layer, "output", None), "dense", None),
+                 nn.Linear)
+            need(f"{p}.output.LayerNorm", getattr(getattr(layer, "output", None), "LayerNorm",
+                                                  None), nn.LayerNorm)
+            if getattr(layer, "crossattention", None) is not None:
+                problems.append(f"{p} has cross-attention (decoder), not supported")
+            dh = getattr(sa, "attention_head_size", None)
+            if not isinstance(dh, int) or dh <= 0:
+                problems.append(f"{p}.attention.self has no positive int attention_head_size")
+                continue
+            head_sizes.add(dh)
+            od = _linear_like(getattr(out, "dense", None))
+            inter = _linear_like(getattr(getattr(layer, "intermediate", None), "dense", None))
+            if gates and od is not None and od.in_features == 0:
+                problems.append(f"{p} has no attention head left (a gate vector needs one)")
+            if gates and inter is not None and inter.out_features == 0:
+                problems.append(f"{p} has no FFN channel left (a gate vector needs one)")
+        if len(head_sizes) > 1:
+            problems.append(f"the layers have different head sizes {sorted(head_sizes)}")
         pooler = getattr(bert, "pooler", None)
         if pooler is not None:
-            d_p = float(_linear_like(pooler.dense).out_features)
-            c["hidden"] += d_p
-            c["const"] += d_p
-    return c
+            need("pooler.dense", getattr(pooler, "dense", None), nn.Linear)
+        if not len(layers):
+            problems.append("encoder.layer is empty")
+        if problems:
+            raise UnsupportedModuleError(
+                f"{len(problems)} problem(s) leave {type(bert).__name__} without BERT gate "
+                f"sites: {'; '.join(problems)}.")
+        return bert
 
+    def widths(self, base: nn.Module) -> Widths:
+        heads, ffn = [], []
+        layers = _layers(base)
+        for layer in layers:
+            heads.append(_lin(layer, "attention.output.dense").in_features // _head_size(layer))
+            ffn.append(_lin(layer, "intermediate.dense").out_features)
+        emb = cast(nn.Embedding, base.get_submodule("embeddings.word_embeddings"))
+        return Widths(emb.embedding_dim, tuple(heads), tuple(ffn), _head_size(layers[0]))
 
-def _count(c: dict[str, float], hidden: Any, heads: Any, ffn: Any) -> Any:
-    total = c["const"] + c["hidden"] * hidden
-    for hb, fb in zip(heads, ffn):
-        total = total + c["head"] * hb + c["ffn"] * fb + c["hidden_head"] * hidden * hb \
-            + c["hidden_ffn"] * hidden * fb
-    return total
+    def sites(self, base: nn.Module) -> GateSites:
+        layers = _layers(base)
 
+        def ln(root: nn.Module, path: str) -> nn.LayerNorm:
+            return cast(nn.LayerNorm, root.get_submodule(path))
 
-def _widths(bert: nn.Module) -> tuple[int, list[int], list[int]]:
-    """Current (hidden width, heads per layer, FFN channels per layer)."""
-    heads, ffn = [], []
-    for layer in bert.encoder.layer:
-        dh = layer.attention.self.attention_head_size
-        heads.append(_linear_like(layer.attention.output.dense).in_features // dh)
-        ffn.append(_linear_like(layer.intermediate.dense).out_features)
-    return bert.embeddings.word_embeddings.embedding_dim, heads, ffn
+        return GateSites(
+            root=base,
+            head_in=tuple(la.get_submodule("attention.output.dense") for la in layers),
+            ffn_in=tuple(la.get_submodule("output.dense") for la in layers), hidden_in=(),
+            hidden_out=tuple(la.get_submodule(p) for la in layers
+                             for p in ("attention.output.dense", "output.dense")),
+            norms=(ln(base, "embeddings.LayerNorm"),) + tuple(
+                ln(la, p) for la in layers
+                for p in ("attention.output.LayerNorm", "output.LayerNorm")),
+            post_norm=True)
+
+    def size_coefficients(self, base: nn.Module) -> dict[str, float]:
+        layers = _layers(base)
+        dh = float(_head_size(layers[0]))
+        c = {"const": 0.0, "hidden": 6.0 * len(layers), "head": 3.0 * dh, "ffn": 1.0,
+             "hidden_head": 4.0 * dh, "hidden_ffn": 2.0}
+        if self.scope == "all":
+            c["hidden"] += sum(cast(nn.Embedding, base.get_submodule(f"embeddings.{n}"))
+                               .num_embeddings for n in ("word_embeddings", "position_embeddings",
+                                                         "token_type_embeddings")) + 2
+            if getattr(base, "pooler", None) is not None:
+                d_p = float(_lin(base, "pooler.dense").out_features)
+                c["hidden"] += d_p
+                c["const"] += d_p
+        return c
+
+    def dense_params(self, base: nn.Module) -> int:
+        return scoped_params(base, self.scope)
+
+    def slot_layers(self, b: int) -> tuple[str, str]:
+        # the layer names of optprune.nn.hf.bert_structures
+        return f"encoder.layer.{b}.attention", f"encoder.layer.{b}.intermediate"
+
+    def prune_slots(self, base: nn.Module, keep: Mapping[str, bool]) -> nn.Module:
+        """Heads and FFN channels removed by :func:`optprune.nn.hf.prune_bert`."""
+        from ..nn.hf import bert_structures, prune_bert
+
+        m = copy.deepcopy(base)
+        ss = bert_structures(m, seq_len=1)
+        return prune_bert(m, keep_array(ss, keep), ss)
+
+    def set_hidden_width(self, base: nn.Module, k: int) -> None:
+        """Nothing: ``config.hidden_size`` keeps the dense width (the modules' sizes are
+        fixed by the shared surgery)."""
+
+    def hidden_tensors(self, base: nn.Module) -> list[tuple[str, int]]:
+        """Embedding table columns (word, position, token type) and the embeddings'
+        LayerNorm entries; per layer the input columns of query/key/value and
+        intermediate.dense, the output rows (and biases) of attention.output.dense and
+        output.dense, both LayerNorms' entries; the pooler's input columns (its outputs
+        stay)."""
+        out = [(f"embeddings.{n}_embeddings.weight", 1) for n in ("word", "position",
+                                                                    "token_type")]
+        out += [(f"embeddings.LayerNorm.{t}", 0) for t in ("weight", "bias")]
+        for i in range(len(_layers(base))):
+            p = f"encoder.layer.{i}"
+            out += [(f"{p}.{lin}.weight", 1) for lin in ("attention.self.query",
+                                                         "attention.self.key",
+                                                         "attention.self.value",
+                                                         "intermediate.dense")]
+            out += [(f"{p}.{m}.{t}", 0) for m in ("attention.output.dense", "output.dense",
+                                                  "attention.output.LayerNorm",
+                                                  "output.LayerNorm")
+                    for t in ("weight", "bias")]
+        if getattr(base, "pooler", None) is not None:
+            out.append(("pooler.dense.weight", 1))
+        return out
 
 
 def bert_param_count(model: nn.Module, hidden: Any, heads: Any, ffn: Any,
                      scope: str = "encoder") -> Any:
     """N(H, h, f) of the module docstring for kept counts (numbers or tensors);
     ``heads``/``ffn`` have one count per layer."""
-    return _count(_size_coefficients(_bert_model(model), scope), hidden, heads, ffn)
+    fam = BertFamily(scope)
+    return param_count(fam.size_coefficients(fam.base(model)), hidden, heads, ffn)
 
 
 def scoped_params(model: nn.Module, scope: str = "encoder") -> int:
     """The parameters of ``model`` in ``scope`` (LoRA adapters not counted)."""
     _check_scope(scope)
-    return int(sum(p.numel() for n, p in _base_named_params(model)
+    return int(sum(p.numel() for n, p in base_named_params(model)
                    if scope == "all" or n.startswith("encoder.")))
 
 
 # ------------------------------------------------------------------ gates
 class BertGates(CompressoGates):
-    """Hard-concrete gates on every head, FFN channel and hidden channel of a
-    BERT-family base model (or a peft wrapper of one), applied through hooks
-    (``attach()`` / ``detach()``). ``scope`` says which parameters the size model
-    (and so the sparsity) counts: ``"encoder"`` or ``"all"`` (module docstring).
+    """:class:`~optprune.train_prune.gates.CompressoGates` with the BERT family: gates
+    on every head, FFN channel and hidden channel of a BERT-family base model (or a
+    peft wrapper of one). ``scope`` says which parameters the size model (and so the
+    sparsity) counts: ``"encoder"`` or ``"all"`` (module docstring).
     Final masks: :func:`own_rounding`, or :func:`exact_allocation_by_counts` (the
     allocation layer's :func:`exact_allocation` gives the same optimum but its
     bilinear terms grow with the product of the widths: use it on small models only)."""
 
     def __init__(self, model: nn.Module, init_log_alpha: float = 2.0, seed: int = 0,
                  hidden: bool = True, scope: str = "encoder") -> None:
-        nn.Module.__init__(self)
-        _check_scope(scope)
-        bert = _bert_model(model, gates=True)
+        super().__init__(model, init_log_alpha, seed, hidden, family=BertFamily(scope))
         self.scope = scope
-        dim, heads, ffn = _widths(bert)
-        self._init_gates(bert, bert.encoder.layer[0].attention.self.attention_head_size, dim,
-                         heads, ffn, init_log_alpha, seed, hidden)
-        self._coef = _size_coefficients(bert, scope)
-        dense, formula = self.dense_params(), _count(self._coef, dim, heads, ffn)
-        if abs(formula - dense) > 0.5:
-            raise UnsupportedModuleError(
-                f"The size model of {type(bert).__name__} predicts {formula:.0f} parameters in "
-                f"scope {scope!r} at its own widths, the model has {dense}: it holds parameters "
-                "BERT's layout does not (extra modules, a tied or shared tensor?).")
-
-    @property
-    def bert(self) -> nn.Module:
-        return self._vit[0]
-
-    def attach(self) -> "BertGates":
-        check(not self._handles, "The gates", "detached before attaching again", "attached")
-        bert = self.bert
-        h = self._handles
-        h.append(bert.register_forward_pre_hook(self._draw))
-        h.append(bert.embeddings.LayerNorm.register_forward_hook(self._ln_out))
-        for b, layer in enumerate(bert.encoder.layer):
-            o = layer.attention.output
-            h.append(o.dense.register_forward_pre_hook(self._head_in(b)))
-            h.append(o.dense.register_forward_hook(self._hidden_out))
-            h.append(o.LayerNorm.register_forward_hook(self._ln_out))
-            h.append(layer.output.dense.register_forward_pre_hook(self._ffn_in(b)))
-            h.append(layer.output.dense.register_forward_hook(self._hidden_out))
-            h.append(layer.output.LayerNorm.register_forward_hook(self._ln_out))
-        return self
-
-    def _ln_out(self, m: nn.LayerNorm, args, out):
-        """LayerNorm over the open hidden channels, then the hidden mask (post-norm:
-        the LayerNorm output is the residual stream)."""
-        y = self._masked_ln(m, args, out)
-        return (out if y is None else y) * self._z["hidden"]
-
-    def param_count(self, hidden: Any, heads: Any, ffn: Any) -> Any:
-        return _count(self._coef, hidden, heads, ffn)
-
-    def size_coefficients(self) -> dict[str, float]:
-        return dict(self._coef)
-
-    def slot_layers(self, b: int) -> tuple[str, str]:
-        # the layer names of optprune.nn.hf.bert_structures
-        return f"encoder.layer.{b}.attention", f"encoder.layer.{b}.intermediate"
-
-    def dense_params(self) -> int:
-        return scoped_params(self.bert, self.scope)
 
 
-def bert_masks_params(gates: BertGates, masks: GateMasks) -> int:
+def bert_masks_params(gates: CompressoGates, masks: GateMasks) -> int:
     """N of the masks in the gates' scope."""
-    return int(round(float(gates.param_count(float(masks.hidden.sum()),
-                                             [float(h.sum()) for h in masks.heads],
-                                             [float(f.sum()) for f in masks.ffn]))))
+    return gates.masks_params(masks)
 
 
 # ------------------------------------------------------------------ exact allocation
@@ -332,10 +358,7 @@ def exact_allocation_by_counts(gates: CompressoGates, target: float, min_hidden:
     check(isinstance(min_hidden, (int, np.integer)) and 1 <= min_hidden <= gates.hidden.n,
           "The 'min_hidden' of exact_allocation_by_counts", f"an int in [1, {gates.hidden.n}]",
           min_hidden)
-    _check_target(gates, target, min_hidden)
-    if min_fill is not None:
-        check(isinstance(min_fill, (int, float)) and 0 < min_fill <= 1,
-              "The 'min_fill' of exact_allocation_by_counts", "in (0, 1] or None", min_fill)
+    _check_target(gates, target, min_hidden, min_fill, "exact_allocation_by_counts")
     t0 = time.perf_counter()
     c = gates.size_coefficients()
     check(c["ffn"] > 0, "The FFN cost coefficient of the size model", "positive", c["ffn"])
@@ -393,84 +416,17 @@ def exact_allocation_by_counts(gates: CompressoGates, target: float, min_hidden:
 
 # ------------------------------------------------------------------ surgery
 def prune_bert_hidden(model: nn.Module, keep_hidden: Any, inplace: bool = False) -> nn.Module:
-    """Remove the dropped hidden channels of a BERT-family base model physically:
-    embedding table columns (word, position, token type) and the embeddings'
-    LayerNorm entries; per layer the input columns of query/key/value and
-    intermediate.dense, the output rows (and biases) of attention.output.dense and
-    output.dense, both LayerNorms' entries; the pooler's input columns (its outputs
-    stay). Merge LoRA adapters first. ``config.hidden_size`` keeps the dense width;
-    :func:`optprune.nn.hf.load_pruned_bert` does not rebuild a hidden-pruned model."""
-    bert = _bert_model(model)
-    lora = [n for n, _ in bert.named_parameters() if "lora_" in n]
-    check(not lora, "The model of prune_bert_hidden", "free of LoRA adapters",
-          f"{len(lora)} LoRA tensors (first {lora[:1]})", "Merge them first "
-          "(peft's merge_and_unload).")
-    dim = bert.embeddings.word_embeddings.embedding_dim
-    keep = np.asarray(keep_hidden, dtype=bool)
-    check(keep.shape == (dim,), "The hidden keep mask", f"of shape ({dim},)", keep.shape)
-    check(bool(keep.any()), "The hidden keep mask", "keeping at least one channel", 0)
-    m = model if inplace else copy.deepcopy(model)
-    bert = _bert_model(m)
-    idx = torch.as_tensor(np.flatnonzero(keep), dtype=torch.long)
-    k = int(idx.numel())
-
-    def sl(mod: nn.Module, name: str, dim_: int) -> None:
-        t = getattr(mod, name)
-        setattr(mod, name, nn.Parameter(t.detach().index_select(dim_, idx).contiguous(),
-                                        requires_grad=t.requires_grad))
-
-    def ln(mod: nn.LayerNorm) -> None:
-        sl(mod, "weight", 0)
-        sl(mod, "bias", 0)
-        mod.normalized_shape = (k,)
-
-    with torch.no_grad():
-        emb = bert.embeddings
-        for e in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
-            sl(e, "weight", 1)
-            e.embedding_dim = k
-        ln(emb.LayerNorm)
-        for layer in bert.encoder.layer:
-            sa = layer.attention.self
-            for lin in (sa.query, sa.key, sa.value, layer.intermediate.dense):
-                sl(lin, "weight", 1)
-                lin.in_features = k
-            for lin in (layer.attention.output.dense, layer.output.dense):
-                sl(lin, "weight", 0)
-                sl(lin, "bias", 0)
-                lin.out_features = k
-            ln(layer.attention.output.LayerNorm)
-            ln(layer.output.LayerNorm)
-        pooler = getattr(bert, "pooler", None)
-        if pooler is not None:
-            sl(pooler.dense, "weight", 1)
-            pooler.dense.in_features = k
-    return m
+    """Remove the dropped hidden channels of a BERT-family base model physically
+    (the tensors of :meth:`BertFamily.hidden_tensors`). Merge LoRA adapters first.
+    ``config.hidden_size`` keeps the dense width; :func:`optprune.nn.hf.load_pruned_bert`
+    does not rebuild a hidden-pruned model."""
+    return prune_hidden_width(BertFamily(), model, keep_hidden, inplace)
 
 
 def apply_bert_gate_masks(model: nn.Module, masks: GateMasks) -> nn.Module:
     """The physically pruned model (a copy): heads and FFN channels removed with
     :func:`optprune.nn.hf.prune_bert`, hidden channels with :func:`prune_bert_hidden`."""
-    from ..nn.hf import bert_structures, prune_bert
-
-    bert = _bert_model(model)
-    dim, heads, ffn = _widths(bert)
-    ok = (len(masks.heads) == len(heads) == len(masks.ffn)
-          and all(np.asarray(h).shape == (n,) for h, n in zip(masks.heads, heads))
-          and all(np.asarray(f).shape == (n,) for f, n in zip(masks.ffn, ffn)))
-    check(ok, "The gate masks", f"one head mask per layer of sizes {heads} and one FFN mask of "
-          f"sizes {ffn}", {"heads": [np.asarray(h).size for h in masks.heads],
-                           "ffn": [np.asarray(f).size for f in masks.ffn]})
-    m = copy.deepcopy(model)
-    ss = bert_structures(m, seq_len=1)
-    want = {}
-    for b, (hm, fm) in enumerate(zip(masks.heads, masks.ffn)):
-        for h, k in enumerate(hm):
-            want[f"encoder.layer.{b}.attention:head:{h}"] = bool(k)
-        for j, k in enumerate(fm):
-            want[f"encoder.layer.{b}.intermediate:ffn:{j}"] = bool(k)
-    prune_bert(m, np.array([want[g.id] for g in ss.groups]), ss)
-    return prune_bert_hidden(m, masks.hidden, inplace=True)
+    return apply_masks(BertFamily(), model, masks)
 
 
 class ScatterHidden(nn.Module):
@@ -478,10 +434,12 @@ class ScatterHidden(nn.Module):
     width d (zeros elsewhere): the sentence embedding of a hidden-pruned model in the
     dense model's coordinates, exactly what the gated model outputs."""
 
+    idx: torch.Tensor
+
     def __init__(self, module: nn.Module, keep_hidden: Any) -> None:
         super().__init__()
         keep = np.asarray(keep_hidden, dtype=bool)
-        check(keep.ndim == 1 and keep.any(), "The hidden keep mask of ScatterHidden",
+        check(keep.ndim == 1 and bool(keep.any()), "The hidden keep mask of ScatterHidden",
               "a 1-d mask keeping at least one channel", keep.shape)
         self.module = module
         self.dim = int(keep.size)
@@ -523,27 +481,17 @@ def train_compresso_bert(bert: nn.Module, x: torch.Tensor, y: torch.Tensor, targ
     """
     from ..nn.hf import TokenIdsEncoder
 
-    peft = require("peft", "hf", "LoRA adapters of Compresso")
-    _bert_model(bert)
-    check(isinstance(steps, int) and steps > 0, "The 'steps' of train_compresso_bert",
-          "a positive integer", steps)
-    warmup_steps = max(1, steps // 2) if warmup_steps is None else warmup_steps
-    check(isinstance(warmup_steps, int) and 0 < warmup_steps <= steps,
-          "The 'warmup_steps' of train_compresso_bert", f"an integer in [1, steps={steps}]",
-          warmup_steps)
+    require("peft", "hf", "LoRA adapters of Compresso")
+    BertFamily(scope).base(bert)
+    warmup_steps = _check_schedule("train_compresso_bert", steps, warmup_steps)
     check(x.dim() == 2 and y.dim() == 2 and x.shape[0] == y.shape[0] and x.shape[0] > 0,
           "The data of train_compresso_bert", "token ids (N, T) and targets (N, d), N > 0",
           (tuple(x.shape), tuple(y.shape)))
-    torch.manual_seed(seed)
-    base = copy.deepcopy(bert)
-    for p in base.parameters():
-        p.requires_grad_(False)
-    cfg = peft.LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=["query", "value"],
-                          lora_dropout=0.0)
-    pm = peft.get_peft_model(base, cfg)
-    gates = BertGates(pm, init_log_alpha=init_log_alpha, seed=seed, hidden=hidden, scope=scope)
-    _check_target(gates, target, min_hidden)
-    enc = TokenIdsEncoder(pm.get_base_model(), pad_token_id)
+    pm, gates = _lora_gates(
+        bert, ["query", "value"], target,
+        lambda m: BertGates(m, init_log_alpha, seed, hidden, scope=scope),
+        lora_rank=lora_rank, lora_alpha=lora_alpha, min_hidden=min_hidden, seed=seed)
+    enc = TokenIdsEncoder(gates.model, pad_token_id)
     loss_fn = loss_fn or _cos_loss
 
     def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:

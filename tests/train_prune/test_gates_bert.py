@@ -316,3 +316,34 @@ def test_minilm_gates_size_and_surgery():
     finally:
         gates.detach()
     assert torch.allclose(a, run(pruned, ids).last_hidden_state, atol=1e-4)
+
+
+# ------------------------------------------------------------------ one gate class, two families
+def test_compresso_gates_pick_the_family_and_equal_bert_gates():
+    """CompressoGates finds the BERT family by itself and builds the gates BertGates
+    builds (same seeded log_alpha, same size model); a family that does not fit the
+    model is refused with the family's own message."""
+    from optprune.nn.models import ViT
+    from optprune.train_prune import CompressoGates
+    from optprune.train_prune.gates import ViTFamily, family_of
+    from optprune.train_prune.gates_bert import BertFamily
+
+    m = tiny_bert(seed=8)
+    for scope in ("encoder", "all"):
+        auto = CompressoGates(m, seed=3, family=None if scope == "encoder" else BertFamily(scope))
+        ref = BertGates(m, seed=3, scope=scope)
+        assert isinstance(auto.family, BertFamily) and auto.family.scope == scope
+        assert auto.size_coefficients() == ref.size_coefficients()
+        assert auto.dense_params() == ref.dense_params() == scoped_params(m, scope)
+        assert all(torch.equal(a, b) for a, b in zip(auto.state_dict().values(),
+                                                    ref.state_dict().values()))
+    vit = ViT(image_size=8, patch=4, dim=8, heads=(2,), head_dim=4, ffn=(6,), n_classes=3)
+    assert isinstance(family_of(vit), ViTFamily) and isinstance(family_of(m), BertFamily)
+    with pytest.raises(UnsupportedModuleError, match="BERT-family base model"):
+        CompressoGates(vit, family=BertFamily())
+    with pytest.raises(UnsupportedModuleError, match="optprune.nn.models.ViT"):
+        CompressoGates(m, family=ViTFamily())
+    with pytest.raises(UnsupportedModuleError, match="ViT or a BERT-family"):
+        family_of(MLP(4, [3], 2))
+    with pytest.raises(ValidationError, match="GateFamily"):
+        CompressoGates(m, family="bert")
