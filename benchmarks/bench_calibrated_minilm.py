@@ -19,7 +19,10 @@ Contenders (heads and FFN channels):
   proposal, measured choice, reconstruction), with a cheaper curve setting than the
   default (``--k-best 2``, 32 curve sequences, 8 measured widths per slot);
 * ``calibrated-fisher``: the pipeline without curves (``CalibrationOptions(curves=False,
-  k_best=1)``: the exact optimum of the summed Fisher saliency, then reconstruction).
+  k_best=1)``: the exact optimum of the summed Fisher saliency, then reconstruction);
+* ``prune``: the one call a user types, ``optprune.prune(model, budget=..., data=calib)``
+  with every default (its ``curves="auto"`` skips the curves on this model), timed from
+  structure discovery to the pruned model on ``--threads`` torch threads.
 
 Every selection is measured as it is and with the same reconstruction. Times are wall
 and CPU seconds of the whole selection (calibration passes included).
@@ -44,6 +47,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import optprune  # noqa: E402
 from optprune.alloc import AllocationProblem, allocate  # noqa: E402
 from optprune.nn import importance as imp  # noqa: E402
 from optprune.nn.bridge import problem_from_structures  # noqa: E402
@@ -67,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k-best", type=int, default=2)
     ap.add_argument("--curve-samples", type=int, default=32)
     ap.add_argument("--max-widths", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     add_method_args(ap, "contenders to run (default: all of top-k uniform exact-flap kwon "
-                        "calibrated calibrated-fisher)")
+                        "calibrated calibrated-fisher prune)")
     ap.add_argument("--out", default="benchmarks/out/calibrated_minilm.json")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     model, tok = load_minilm()
     corpus = load_corpus()
     held = list(corpus.eval[: args.n_eval])
@@ -109,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         cpu: dict[str, float] = {}
         # The pipeline: same cap, measured end to end (calibration passes included).
         q = problem_from_structures(ss, np.zeros(len(ss.groups)))
-        q.add_budget("params", max=min(cap, min(ss.predict(k)["params"] for k in sel.values())))
+        qcap = min(cap, min(ss.predict(k)["params"] for k in sel.values()))
+        q.add_budget("params", max=qcap)
         guard = guard_options(args)
         pipelines = {
-            "calibrated": CalibrationOptions(k_best=args.k_best, batch_size=32,
+            "calibrated": CalibrationOptions(curves=True, k_best=args.k_best, batch_size=32,
                                              curve_samples=args.curve_samples,
                                              max_widths=args.max_widths, **guard),
             "calibrated-fisher": CalibrationOptions(curves=False, k_best=1, batch_size=32,
@@ -129,11 +135,28 @@ def main(argv: list[str] | None = None) -> int:
             times[label] = time.perf_counter() - t
             cpu[label] = time.process_time() - c
             sel[label] = runs[label].keep
+        if "prune" in wanted:
+            t, c = time.perf_counter(), time.process_time()
+            ss_u = bert_structures(model, seq_len=args.seq_len)  # discovery counts
+            budget = qcap / ss_u.dense_params
+            pruned, rep = optprune.prune(ss_u.model, budget=budget, data=calib, structures=ss_u)
+            times["prune"] = time.perf_counter() - t
+            cpu["prune"] = time.process_time() - c
+            sel["prune"] = np.isin(ss.ids, rep.kept_ids)
+            user = {"bert": pruned.__dict__["wrapped"], "stages": rep.stages,
+                    "times": rep.times_s, "after": rep.after, "predicted": rep.predicted}
         for label, keep in sel.items():
             row = {"reduction": r, "method": label, "time_s": times[label],
                    "cpu_s": cpu.get(label),
                    "prunable_removed": 1.0 - (ss.predict(keep)["params"] - fixed) / prunable}
-            if label in runs:
+            if label == "prune":
+                row.update(physical(ss, keep))
+                row.update({f"rec_{k}": v for k, v in judge.of(user["bert"]).items()})
+                assert user["after"]["params"] == user["predicted"]["params"]
+                row.update(settings=user["stages"].get("settings"), chosen=user["stages"]["chosen"],
+                           candidates=user["stages"]["candidates"],
+                           stage_times_s=user["stages"]["times_s"], prune_times_s=user["times"])
+            elif label in runs:
                 cs = runs[label]
                 row.update({f"rec_{k}": v for k, v in physical(cs.structures, keep).items()})
                 row.update(physical(ss, keep))

@@ -26,7 +26,10 @@ choice, reconstruction (formulations/reconstruction.md).
    "The guard").
 
 ``curves=False`` skips stage 2 (the Fisher proposals alone, several times faster on a
-large model); a single candidate skips the choice.
+large model); the default ``curves="auto"`` skips it when its estimated cost exceeds
+``auto_macs`` multiply-accumulates (on all-MiniLM-L6-v2 the curves' proposals lost the
+measured choice to the Fisher proposal at 30% and 50% removed, and cost 1.6-1.7 times
+the CPU time with a cheap curve setting; benchmarks/BENCHMARKS.md). A single candidate skips the choice.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from .sensitivity import Evaluator, SlotCurve, additivity, measure_curves, slot_
 from .structures import StructureSet
 
 __all__ = ["CalibrationOptions", "CalibratedSelection", "calibrated_selection",
-           "calibrated_problem", "run_fisher"]
+           "calibrated_problem", "resolve_options", "run_fisher"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ class CalibrationOptions:
     """Settings of the default pipeline (each stage's knob, with the default used by
     ``optprune.prune``).
 
-    k_best: allocations proposed by the solver and measured after reconstruction.
+    k_best: allocations proposed by the solver and measured after reconstruction
+        (None: 4 when the curves are measured, 1 when only the Fisher saliency
+        proposes: its next-best allocations differ from the first by a structure or two).
     max_widths: widths measured per slot (more are interpolated).
     order: keep order within a slot: "block" (Gauss-Newton block greedy), "diag"
         (Fisher saliency), or "layerwise" (greedy elimination of the consumer's refit
@@ -80,7 +85,16 @@ class CalibrationOptions:
     curve_samples: calibration samples the curves (and the measured choice) use: the
         first ones of ``data`` (None: all). The Fisher and the reconstruction use all.
     curves: measure the per-slot curves and propose the ``k_best`` allocations of
-        their sum (False: only the Fisher proposals, ``k_best`` of them).
+        their sum (False: only the Fisher proposals, ``k_best`` of them; "auto": True
+        when the curves' estimated cost is at most ``auto_macs``, else False).
+    auto_macs: the cost above which ``curves="auto"`` skips the curves, in
+        multiply-accumulates: (measured points: every slot's measured widths but the
+        full one) x (curve samples) x (the dense model's MACs per sample), an upper
+        bound (a point re-runs the model from its slot on). The default 1e12 is tens of
+        seconds of one CPU core; the project's digits MLP, CNN and ViT estimate 6e8 to
+        2e10 on 512 samples (curves on), all-MiniLM-L6-v2 on 128 sequences of 64
+        tokens 1.8e13 (off). The choice and its estimate are in
+        ``CalibratedSelection.settings``.
     fisher_proposals: best allocations of the summed Fisher saliency added to the
         measured choice when ``curves`` is on (0: none).
     max_weight_change: the reconstruction's guard (``reconstruct.reconstruct``): a
@@ -88,7 +102,7 @@ class CalibrationOptions:
         norm keeps its dense weights (None: no guard).
     """
 
-    k_best: int = 4
+    k_best: int | None = None
     max_widths: int = 24
     order: str = "block"
     fisher_labels: str = "auto"
@@ -100,18 +114,21 @@ class CalibrationOptions:
     reconstruct_scope: str = "all"
     batch_size: int = 128
     seed: int = 0
-    curves: bool = True
+    curves: bool | str = "auto"
+    auto_macs: float = 1e12
     fisher_proposals: int = 1
     max_weight_change: float | None = 1.0
 
     def __post_init__(self) -> None:
-        check(isinstance(self.k_best, int) and self.k_best >= 1, "The 'k_best' of "
-              "CalibrationOptions", "an int >= 1", self.k_best)
+        check(self.k_best is None or (isinstance(self.k_best, int) and self.k_best >= 1),
+              "The 'k_best' of CalibrationOptions", "None or an int >= 1", self.k_best)
         check(isinstance(self.fisher_proposals, int) and self.fisher_proposals >= 0,
               "The 'fisher_proposals' of CalibrationOptions", "an int >= 0",
               self.fisher_proposals)
-        check(isinstance(self.curves, bool), "The 'curves' of CalibrationOptions",
-              "True or False", self.curves)
+        check(isinstance(self.curves, bool) or self.curves == "auto", "The 'curves' of "
+              "CalibrationOptions", "True, False or 'auto'", self.curves)
+        check(isinstance(self.auto_macs, (int, float)) and self.auto_macs >= 0,
+              "The 'auto_macs' of CalibrationOptions", "a number >= 0", self.auto_macs)
         check(self.order in ("block", "diag", "layerwise"), "The 'order' of "
               "CalibrationOptions", "'block', 'diag' or 'layerwise'", self.order)
         check(self.fisher_labels in ("auto", "data", "model"), "The 'fisher_labels' of "
@@ -142,6 +159,7 @@ class CalibratedSelection:
     additivity: dict[str, Any] | None
     times_s: dict[str, float]
     allocation: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,6 +167,7 @@ class CalibratedSelection:
             "curves": [c.to_dict() for c in self.curves.values()],
             "reconstruction": None if self.reconstruction is None else self.reconstruction.to_dict(),
             "additivity": self.additivity, "times_s": self.times_s,
+            "settings": self.settings,
             "fisher": {"samples": self.fisher.n_samples, "kind": self.fisher.kind,
                        "draws": self.fisher.draws},
         }
@@ -163,6 +182,33 @@ def run_fisher(structures: StructureSet, data: Any, opts: CalibrationOptions) ->
     return mask_fisher(structures, data, labels=labels,
                        draws=1 if labels == "data" else opts.fisher_draws,
                        seed=opts.seed, batch_size=opts.batch_size, blocks=opts.order == "block")
+
+
+def resolve_options(opts: CalibrationOptions, structures: StructureSet,
+                    problem: AllocationProblem, data: Any) -> dict[str, Any]:
+    """What the pipeline will run: ``curves`` (bool), ``k_best`` (int), and for
+    ``curves="auto"`` the estimate it was decided on (``curve_macs``: measured points x
+    curve samples x dense MACs per sample, against ``auto_macs``)."""
+    from .calib import n_samples
+    from .sensitivity import _grid
+
+    out: dict[str, Any] = {"curves": opts.curves}
+    if opts.curves == "auto":
+        n = 0
+        for x, _ in structures.batches(data, opts.batch_size, "the sensitivity curves"):
+            n += n_samples(x)
+            if opts.curve_samples is not None and n >= opts.curve_samples:
+                n = opts.curve_samples
+                break
+        points = 0
+        for s, ix in problem.slots().items():
+            meas = _grid(np.asarray(problem.allowed_counts(s), dtype=np.int64), opts.max_widths)
+            points += int(np.sum(meas != ix.size))
+        macs = float(points) * n * float(structures.dense_flops)
+        out.update(curves=macs <= opts.auto_macs, curve_macs=macs, curve_points=points,
+                   curve_samples=n, auto_macs=opts.auto_macs)
+    out["k_best"] = opts.k_best if opts.k_best is not None else (4 if out["curves"] else 1)
+    return out
 
 
 def _has_targets(structures: StructureSet, data: Any) -> bool:
@@ -193,26 +239,28 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
     check(problem.n == len(structures.groups), "The problem of calibrated_selection",
           f"built from these structures ({len(structures.groups)} groups)", problem.n)
     times: dict[str, float] = {}
+    settings = resolve_options(opts, structures, problem, data)
+    use_curves, k_best = settings["curves"], settings["k_best"]
     t = time.perf_counter()
     fr = fisher or run_fisher(structures, data, opts)
     times["fisher"] = time.perf_counter() - t
     t = time.perf_counter()
     # The consumers' Gram matrices (one more calibration pass) serve the curves' refits
     # only; without curves the evaluator just measures candidates.
-    ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit and opts.curves,
+    ev = Evaluator(structures, data, batch_size=opts.batch_size, refit=refit and use_curves,
                    alpha=opts.curve_alpha, max_samples=opts.curve_samples)
     curves: dict[tuple[str, str], SlotCurve] = {}
-    if opts.curves:
+    if use_curves:
         curves = measure_curves(ev, problem, slot_orders(structures, fr, opts.order, ev),
                                 max_widths=opts.max_widths, refit=refit)
     times["curves"] = time.perf_counter() - t
     t = time.perf_counter()
     proposals: list[tuple[str, Any]] = []
-    if opts.curves:
+    if use_curves:
         proposals += [("curves", r) for r in _search(
-            calibrated_problem(problem, structures, curves), opts.k_best, backend,
+            calibrated_problem(problem, structures, curves), k_best, backend,
             time_limit_s, rel_gap)]
-    n_fisher = opts.fisher_proposals if opts.curves else opts.k_best
+    n_fisher = opts.fisher_proposals if use_curves else k_best
     if n_fisher:
         pf = copy.deepcopy(problem)
         pf.score = fr.saliency
@@ -282,7 +330,7 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
         work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
     return CalibratedSelection(keep=keep, structures=work, fisher=fr, curves=curves,
                                candidates=candidates, chosen=chosen, reconstruction=rec,
-                               additivity=add, times_s=times,
+                               additivity=add, times_s=times, settings=settings,
                                allocation=proposals[chosen][1].to_dict())
 
 

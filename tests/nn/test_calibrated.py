@@ -470,6 +470,42 @@ def test_pipeline_without_curves_measures_the_fisher_proposals_only():
         CalibrationOptions(fisher_proposals=-1)
 
 
+def test_auto_curves_follow_their_estimated_cost_and_say_so():
+    from optprune.nn.pipeline import CalibrationOptions, calibrated_selection, resolve_options
+    from optprune.nn.pruning import build_problem
+
+    m, x, y = _tiny_vit(2)
+    ss = discover(m, (1, 4, 4))
+    p, _ = build_problem(ss, np.zeros(len(ss.groups)), 0.6)
+    # The estimate: measured points (every slot's measured widths but the full one) x
+    # curve samples x the dense MACs per sample.
+    points = sum(int(np.sum(np.asarray(p.allowed_counts(s)) != ix.size))
+                 for s, ix in p.slots().items())
+    got = resolve_options(CalibrationOptions(curve_samples=64), ss, p, (x, y))
+    assert got["curve_points"] == points and got["curve_samples"] == 64
+    assert got["curve_macs"] == points * 64 * ss.dense_flops
+    assert got["curves"] is True and got["k_best"] == 4
+    cheap = got["curve_macs"]
+    assert resolve_options(CalibrationOptions(auto_macs=cheap, curve_samples=64), ss, p,
+                           (x, y))["curves"] is True
+    # All 96 samples when curve_samples is larger than the data.
+    assert resolve_options(CalibrationOptions(), ss, p, (x, y))["curve_samples"] == 96
+    off = resolve_options(CalibrationOptions(auto_macs=cheap - 1, curve_samples=64), ss, p,
+                          (x, y))
+    assert off["curves"] is False and off["k_best"] == 1
+    assert resolve_options(CalibrationOptions(auto_macs=0, k_best=2), ss, p, (x, y))["k_best"] == 2
+    assert resolve_options(CalibrationOptions(curves=True, auto_macs=0), ss, p,
+                           (x, y)) == {"curves": True, "k_best": 4}
+    # Skipped curves: the Fisher proposal alone, and the report says why.
+    sel = calibrated_selection(ss, p, (x, y), CalibrationOptions(auto_macs=0, batch_size=32))
+    assert sel.curves == {} and [c["source"] for c in sel.candidates] == ["fisher"]
+    assert sel.to_dict()["settings"]["curves"] is False
+    assert sel.to_dict()["settings"]["curve_macs"] > 0
+    for bad in ({"curves": "sometimes"}, {"auto_macs": -1.0}, {"k_best": 0}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            CalibrationOptions(**bad)
+
+
 def test_default_prune_is_the_pipeline_and_leaves_the_model_alone():
     import optprune
     from optprune.nn.pipeline import CalibrationOptions
