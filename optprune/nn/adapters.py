@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Any
+from typing import Any, Protocol, TypeGuard, cast
 
 import numpy as np
 import torch
+import torch.fx as fx
 from torch import nn
 
 from .explicit import PrunedMultiheadAttention
@@ -49,6 +50,47 @@ __all__ = ["EmptyAttention", "attention_macs", "attention_kind", "is_attention",
 
 
 # ----------------------------------------------------------------- recognising families
+# What each family's predicate checks, as types: the handlers and resizers filed under a
+# predicate take these (``register_matcher`` ties the two together).
+class _ProjAttention(Protocol):
+    head_dim: int
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    o_proj: nn.Linear
+
+
+class _HFProjAttention(_ProjAttention, Protocol):
+    """A transformers q/k/v/o attention module (its config picks the attention function)."""
+
+    num_key_value_groups: int
+    config: Any  # transformers.PretrainedConfig
+    optprune_kv_index: list[int]
+    optprune_base_attn: str
+
+
+class _BertAttention(Protocol):
+    attention_head_size: int
+    num_attention_heads: int
+    all_head_size: int
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+
+
+class _HFConv1D(Protocol):
+    weight: torch.Tensor  # (in, out)
+    bias: torch.Tensor
+
+
+class _GPT2Attention(Protocol):
+    head_dim: int
+    split_size: int
+    num_heads: int
+    c_attn: _HFConv1D
+    c_proj: _HFConv1D
+
+
 def _lin(m: Any) -> bool:
     return isinstance(m, nn.Linear)
 
@@ -57,7 +99,7 @@ def _own_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False))
 
 
-def _proj_attention(m: nn.Module) -> bool:
+def _proj_attention(m: nn.Module) -> TypeGuard[_ProjAttention]:
     """q_proj / k_proj / v_proj / o_proj Linear layers and an int head_dim, heads
     consistent, nothing else with parameters but per-head-dim norms (q_norm, k_norm)."""
     names = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -82,23 +124,26 @@ def _proj_attention(m: nn.Module) -> bool:
     return True
 
 
-def _bert_attention(m: nn.Module) -> bool:
+def _bert_attention(m: nn.Module) -> TypeGuard[_BertAttention]:
     """BERT-family self-attention: query/key/value Linear, int attention_head_size,
     returns the concatenated heads (no output projection inside)."""
-    if not all(_lin(getattr(m, n, None)) for n in ("query", "key", "value")):
+    q = getattr(m, "query", None)
+    if not (isinstance(q, nn.Linear) and _lin(getattr(m, "key", None))
+            and _lin(getattr(m, "value", None))):
         return False
     dh = getattr(m, "attention_head_size", None)
     if not isinstance(dh, int) or dh <= 0 or _own_params(m):
         return False
-    if getattr(m, "is_cross_attention", False) or m.query.out_features % dh:
+    if getattr(m, "is_cross_attention", False) or q.out_features % dh:
         return False
     if getattr(m, "position_embedding_type", "absolute") not in ("absolute", None):
         return False  # relative position embeddings are per head-dim of the whole width
     return all(n in ("query", "key", "value", "dropout") for n, _ in m.named_children())
 
 
-def _gpt2_attention(m: nn.Module) -> bool:
-    c_attn, c_proj = getattr(m, "c_attn", None), getattr(m, "c_proj", None)
+def _gpt2_attention(m: nn.Module) -> TypeGuard[_GPT2Attention]:
+    c_attn: Any = getattr(m, "c_attn", None)
+    c_proj: Any = getattr(m, "c_proj", None)
     if not (_is_hf_conv1d(c_attn) and _is_hf_conv1d(c_proj)):
         return False
     dh, split = getattr(m, "head_dim", None), getattr(m, "split_size", None)
@@ -107,13 +152,13 @@ def _gpt2_attention(m: nn.Module) -> bool:
         and split % dh == 0 and c_proj.weight.shape[0] == split
 
 
-def _gpt2_layout(m: nn.Module) -> bool:
+def _gpt2_layout(m: nn.Module) -> TypeGuard[_GPT2Attention]:
     """GPT-2 attention by its parts alone (also while surgery has sliced its tensors)."""
     return _is_hf_conv1d(getattr(m, "c_attn", None)) and _is_hf_conv1d(getattr(m, "c_proj", None)) \
         and isinstance(getattr(m, "head_dim", None), int) and hasattr(m, "split_size")
 
 
-def _torch_mha(m: nn.Module) -> bool:
+def _torch_mha(m: nn.Module) -> TypeGuard[nn.MultiheadAttention]:
     return isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None and \
         m.bias_k is None and not m.add_zero_attn
 
@@ -140,18 +185,20 @@ def is_attention(m: nn.Module) -> bool:
 
 
 def _n_heads(m: nn.Module) -> tuple[int, int]:
-    """(query heads, head size) of an attention module as it is now."""
-    kind = attention_kind(m)
-    if kind == "optprune":
+    """(query heads, head size) of an attention module as it is now (the families in
+    :func:`attention_kind`'s order)."""
+    if isinstance(m, EmptyAttention):
+        return 0, 1
+    if isinstance(m, MultiHeadAttention):
         return m.num_heads, m.head_dim
-    if kind == "torch":
-        return m.in_proj_weight.shape[0] // (3 * m.head_dim), m.head_dim
-    if kind == "proj":
+    if _torch_mha(m):
+        return int(m.in_proj_weight.shape[0]) // (3 * m.head_dim), m.head_dim
+    if _proj_attention(m):
         return m.q_proj.out_features // m.head_dim, m.head_dim
-    if kind == "bert":
+    if _bert_attention(m):
         return m.query.out_features // m.attention_head_size, m.attention_head_size
-    if kind == "gpt2":
-        return m.c_attn.weight.shape[1] // (3 * m.head_dim), m.head_dim
+    if _gpt2_attention(m):
+        return int(m.c_attn.weight.shape[1]) // (3 * m.head_dim), m.head_dim
     return 0, 1
 
 
@@ -164,7 +211,7 @@ def attention_macs(m: nn.Module, args: tuple, kwargs: dict) -> int:
     head, per sample (``count_flops`` runs one sample); for ``nn.MultiheadAttention``
     also its fused in-projection, which no Linear module computes."""
     h, dh = _n_heads(m)
-    if attention_kind(m) == "torch":
+    if _torch_mha(m):
         q = args[0] if args else kwargs["query"]
         k = args[1] if len(args) > 1 else kwargs.get("key", q)
         bf = m.batch_first and q.dim() == 3
@@ -186,12 +233,12 @@ def _out_ann(ctx: _Ctx, like: tuple[int, ...] | None, width: int, reason: str) -
     return _Ann(ctx.new_space(width, reason), nd - 1, 1, nd)
 
 
-def _freeze_inputs(ctx: _Ctx, node, reason: str) -> None:
+def _freeze_inputs(ctx: _Ctx, node: fx.Node, reason: str) -> None:
     ctx.freeze([ctx.env_of(a) for a in node.args] + [ctx.env_of(v) for v in node.kwargs.values()],
                reason)
 
 
-def _prologue(ctx: _Ctx, name: str, node) -> tuple[tuple[int, ...] | None, int]:
+def _prologue(ctx: _Ctx, name: str, node: fx.Node) -> tuple[tuple[int, ...] | None, int]:
     """(input shape, tokens per sample) of an attention leaf; its inputs stay dense
     (the projections read the hidden width, which norms mix)."""
     shape = _shape(_input(node))
@@ -206,7 +253,7 @@ def _rows(name: str, mod: nn.Linear, unit: int, offset: int = 0) -> list[tuple[s
     return out
 
 
-def _head_space(ctx: _Ctx, layer: str, n: int, slots: list, extra: int,
+def _head_space(ctx: _Ctx, layer: str, n: int, slots: list[tuple[str, int, int, int]], extra: int,
                 consumer: tuple[str, str, int, int] | None = None) -> int:
     s = ctx.produce(n, layer, "head", slots, extra_per_unit=extra)
     if consumer is not None:
@@ -214,7 +261,7 @@ def _head_space(ctx: _Ctx, layer: str, n: int, slots: list, extra: int,
     return s
 
 
-def _proj_leaf(ctx: _Ctx, name: str, m: nn.Module, node) -> Any:
+def _proj_leaf(ctx: _Ctx, name: str, m: _ProjAttention, node: fx.Node) -> Any:
     shape, t = _prologue(ctx, name, node)
     dh = m.head_dim
     hq, hk = m.q_proj.out_features // dh, m.k_proj.out_features // dh
@@ -251,7 +298,7 @@ def _proj_leaf(ctx: _Ctx, name: str, m: nn.Module, node) -> Any:
     return (_out_ann(ctx, shape, m.o_proj.out_features, f"output of attention {name}"), None)
 
 
-def _kv_owner(m: nn.Module, hq: int, hk: int) -> list[int]:
+def _kv_owner(m: _ProjAttention, hq: int, hk: int) -> list[int]:
     """The key/value head of every query head."""
     idx = getattr(m, "optprune_kv_index", None)
     if idx is not None:
@@ -260,7 +307,7 @@ def _kv_owner(m: nn.Module, hq: int, hk: int) -> list[int]:
     return [i // g for i in range(hq)]
 
 
-def _bert_leaf(ctx: _Ctx, name: str, m: nn.Module, node) -> Any:
+def _bert_leaf(ctx: _Ctx, name: str, m: _BertAttention, node: fx.Node) -> Any:
     shape, t = _prologue(ctx, name, node)
     dh = m.attention_head_size
     h = m.query.out_features // dh
@@ -273,7 +320,7 @@ def _bert_leaf(ctx: _Ctx, name: str, m: nn.Module, node) -> Any:
     return (_Ann(s, nd - 1, dh, nd), None)
 
 
-def _gpt2_leaf(ctx: _Ctx, name: str, m: nn.Module, node) -> Any:
+def _gpt2_leaf(ctx: _Ctx, name: str, m: _GPT2Attention, node: fx.Node) -> Any:
     shape, t = _prologue(ctx, name, node)
     dh, split = m.head_dim, m.split_size
     for p in ("c_attn", "c_proj"):
@@ -287,7 +334,7 @@ def _gpt2_leaf(ctx: _Ctx, name: str, m: nn.Module, node) -> Any:
     return (_out_ann(ctx, shape, m.c_proj.weight.shape[1], f"output of attention {name}"), None)
 
 
-def _torch_mha_leaf(ctx: _Ctx, name: str, m: nn.MultiheadAttention, node) -> Any:
+def _torch_mha_leaf(ctx: _Ctx, name: str, m: nn.MultiheadAttention, node: fx.Node) -> Any:
     args = list(node.args) + [node.kwargs.get(k) for k in ("query", "key", "value")
                               if k in node.kwargs]
     q, k = args[0], args[1] if len(args) > 1 else args[0]
@@ -316,7 +363,7 @@ def _torch_mha_leaf(ctx: _Ctx, name: str, m: nn.MultiheadAttention, node) -> Any
     return (_out_ann(ctx, sq, m.embed_dim, f"output of attention {name}"), None)
 
 
-def _optprune_leaf(ctx: _Ctx, name: str, m: MultiHeadAttention, node) -> Any:
+def _optprune_leaf(ctx: _Ctx, name: str, m: MultiHeadAttention, node: fx.Node) -> Any:
     """Heads of optprune's MultiHeadAttention: head h owns q/k/v rows and proj columns
     h*head_dim .. (h+1)*head_dim - 1."""
     shape, t = _prologue(ctx, name, node)
@@ -364,24 +411,24 @@ class EmptyAttention(nn.Module):
 
 
 # ----------------------------------------------------------------- surgery
-def _resize_proj(m: nn.Module) -> None:
+def _resize_proj(m: _ProjAttention) -> None:
     dh = m.head_dim
     hq, hk = m.q_proj.out_features // dh, m.k_proj.out_features // dh
-    for attr, v in (("num_heads", hq), ("num_attention_heads", hq), ("num_key_value_heads", hk)):
+    sizes = [("num_heads", hq), ("num_attention_heads", hq), ("num_key_value_heads", hk)]
+    if getattr(m, "optprune_kv_index", None) is None and hk:
+        sizes.append(("num_key_value_groups", hq // hk))
+    for attr, v in sizes:
         if hasattr(m, attr):
             setattr(m, attr, v)
-    if hasattr(m, "num_key_value_groups") and getattr(m, "optprune_kv_index", None) is None \
-            and hk:
-        m.num_key_value_groups = hq // hk
 
 
-def _resize_bert(m: nn.Module) -> None:
+def _resize_bert(m: _BertAttention) -> None:
     h = m.query.out_features // m.attention_head_size
     m.num_attention_heads = h
     m.all_head_size = h * m.attention_head_size
 
 
-def _resize_gpt2(m: nn.Module) -> None:
+def _resize_gpt2(m: _GPT2Attention) -> None:
     m.split_size = m.c_attn.weight.shape[1] // 3
     m.num_heads = m.split_size // m.head_dim
 
@@ -398,11 +445,12 @@ def _resize_optprune(m: MultiHeadAttention) -> None:
     m.num_heads = m.q.out_features // m.head_dim
 
 
-def set_kv_index(m: nn.Module, kv_index: list[int]) -> None:
+def set_kv_index(module: nn.Module, kv_index: list[int]) -> None:
     """Give a q/k/v/o attention module a map from each query head to its key/value
     head (``kv_index[i]``), for layers whose key/value heads keep unequal numbers of
     query heads. The module then runs the ``optprune_gqa`` attention function, which
     repeats key/value heads by that map and calls the model's own implementation."""
+    m = cast(_HFProjAttention, module)  # the contract above; surgery calls it so
     hq = m.q_proj.out_features // m.head_dim
     kv = [int(v) for v in kv_index]
     if len(kv) != hq:
@@ -426,14 +474,15 @@ def set_kv_index(m: nn.Module, kv_index: list[int]) -> None:
 _GQA_REGISTERED = False
 
 
-def _gqa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+def _gqa_attention(module: _HFProjAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    attention_mask: Any, **kwargs: Any):
     from transformers import AttentionInterface
 
     idx = torch.as_tensor(module.optprune_kv_index, dtype=torch.long, device=key.device)
     key, value = key.index_select(1, idx), value.index_select(1, idx)
     base = module.optprune_base_attn
-    default = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    # The model's own eager function (get_interface falls back to it for "eager" only).
+    default: Any = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     fn = AttentionInterface().get_interface(base, default)
     return fn(module, query, key, value, attention_mask, **kwargs)
 
@@ -445,8 +494,7 @@ def _register_gqa() -> None:
     from transformers import AttentionInterface, AttentionMaskInterface
 
     AttentionInterface.register("optprune_gqa", _gqa_attention)
-    AttentionMaskInterface.register("optprune_gqa",
-                                    AttentionMaskInterface._global_mapping["sdpa"])
+    AttentionMaskInterface.register("optprune_gqa", AttentionMaskInterface()["sdpa"])
     _GQA_REGISTERED = True
 
 
@@ -468,7 +516,7 @@ register_resizer(_bert_attention, _resize_bert)
 register_resizer(_gpt2_layout, _resize_gpt2)
 
 
-def _opaque_leaf(ctx: _Ctx, name: str, m: nn.Module, node) -> Any:
+def _opaque_leaf(ctx: _Ctx, name: str, m: nn.Module, node: fx.Node) -> Any:
     from .structures import _opaque
 
     return _opaque(ctx, name, m, node)

@@ -55,7 +55,8 @@ import contextlib
 import operator
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import (Any, Callable, Iterable, Iterator, Sequence, TypeGuard, TypeVar, cast,
+                    overload)
 
 import numpy as np
 import torch
@@ -185,7 +186,7 @@ class StructureSet:
         keep = np.asarray(keep)
         check(keep.shape == (len(self.groups),), "The keep mask", f"of shape ({len(self.groups)},)"
               " (one entry per group)", keep.shape)
-        check(keep.dtype == bool or np.isin(keep, (0, 1)).all(), "The keep mask",
+        check(keep.dtype == bool or bool(np.isin(keep, (0, 1)).all()), "The keep mask",
               "boolean (or 0/1)", str(keep.dtype))
         return keep.astype(bool)
 
@@ -304,8 +305,14 @@ class StructureSet:
 def consumer_weight(mod: nn.Module) -> tuple[torch.Tensor, int]:
     """(weight, dim of the consumer's input channels in it): dim 1 for Linear and
     convolutions, dim 0 for Hugging Face Conv1D (its weight is (in, out))."""
+    return _weight(mod), 0 if _is_hf_conv1d(mod) else 1
+
+
+def _weight(mod: nn.Module) -> torch.Tensor:
     w = mod.weight
-    return w, 0 if _is_hf_conv1d(mod) else 1
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(mod).__name__}.weight is a {type(w).__name__}, not a tensor")
+    return w
 
 
 def _in_width(mod: nn.Module) -> int:
@@ -314,7 +321,7 @@ def _in_width(mod: nn.Module) -> int:
     if isinstance(mod, nn.modules.conv._ConvNd):
         return mod.in_channels
     if _is_hf_conv1d(mod):
-        return int(mod.weight.shape[0])
+        return int(_weight(mod).shape[0])
     raise TypeError(f"not a consumer type: {type(mod).__name__}")
 
 
@@ -339,12 +346,12 @@ def _mask_hook(mod: nn.Module, mask: torch.Tensor, fill: torch.Tensor | None):
 
 def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer by every name it has (tied weights under each name)."""
-    d = dict(model.named_parameters(remove_duplicate=False))
+    d: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     d.update(dict(model.named_buffers(remove_duplicate=False)))
     return d
 
 
-def _is_hf_conv1d(mod: nn.Module) -> bool:
+def _is_hf_conv1d(mod: object) -> bool:
     t = type(mod)
     return t.__name__ == "Conv1D" and t.__module__.startswith("transformers")
 
@@ -364,30 +371,65 @@ FREEZING_MODULES: tuple[type, ...] = (nn.LayerNorm, nn.Softmax, nn.GroupNorm, nn
 # Norm layers of other libraries (LlamaRMSNorm, T5LayerNorm...) mix every channel.
 _NORM_NAME = re.compile(r"(Norm|LayerNorm|RMSNorm)(\dd)?$")
 
+# What a handler or resizer may assume of its module: the class it is filed under, or
+# what its matcher's TypeGuard states (a Protocol of the attributes it checked).
+M = TypeVar("M")
 LeafHandler = Callable[["_Ctx", str, nn.Module, fx.Node], Any]
+Resizer = Callable[[nn.Module], None]
 _LEAF_HANDLERS: dict[type, LeafHandler] = {}
 _MATCHERS: list[tuple[Callable[[nn.Module], bool], LeafHandler]] = []
-_RESIZERS: dict[type, Callable[[nn.Module], None]] = {}
-_RESIZE_MATCHERS: list[tuple[Callable[[nn.Module], bool], Callable[[nn.Module], None]]] = []
+_RESIZERS: dict[type, Resizer] = {}
+_RESIZE_MATCHERS: list[tuple[Callable[[nn.Module], bool], Resizer]] = []
 
 
-def register_leaf(module_type: type, handler: LeafHandler) -> None:
+def _file(table: dict[type, LeafHandler], types: Iterable[type[M]],
+          handler: Callable[[_Ctx, str, M, fx.Node], Any]) -> None:
+    for t in types:
+        # Tables are read along type(module).__mro__: the handler only sees instances of t.
+        table[t] = cast(LeafHandler, handler)
+
+
+def register_leaf(module_type: type[M], handler: Callable[[_Ctx, str, M, fx.Node], Any]) -> None:
     """Teach discovery a new leaf module type. ``handler(ctx, name, module, node)``
     returns the output annotation (``ctx.frozen_ann(node)`` for a new frozen space, a
     tuple of annotations for a tuple output) and may add groups with
     ``ctx.add_group(...)``, spaces with ``ctx.new_space`` / ``ctx.produce``, ops with
     ``ctx.add_op(...)``."""
-    _LEAF_HANDLERS[module_type] = handler
+    _file(_LEAF_HANDLERS, (module_type,), handler)
 
 
-def register_matcher(predicate: Callable[[nn.Module], bool], handler: LeafHandler) -> None:
+@overload
+def register_matcher(predicate: Callable[[nn.Module], TypeGuard[M]],
+                     handler: Callable[[_Ctx, str, M, fx.Node], Any]) -> None: ...
+
+
+@overload
+def register_matcher(predicate: Callable[[nn.Module], bool], handler: LeafHandler) -> None: ...
+
+
+def register_matcher(predicate: Callable[[nn.Module], bool],
+                     handler: Callable[[_Ctx, str, Any, fx.Node], Any]) -> None:
     """Like :func:`register_leaf` for every module ``predicate(module)`` accepts (model
-    families recognised by their structure rather than one class)."""
+    families recognised by their structure rather than one class). A predicate typed
+    ``TypeGuard[P]`` lets the handler take a ``P``."""
     _MATCHERS.append((predicate, handler))
 
 
+@overload
+def register_resizer(module_type: type[M], fn: Callable[[M], None]) -> None: ...
+
+
+@overload
+def register_resizer(module_type: Callable[[nn.Module], TypeGuard[M]],
+                     fn: Callable[[M], None]) -> None: ...
+
+
+@overload
+def register_resizer(module_type: Callable[[nn.Module], bool], fn: Resizer) -> None: ...
+
+
 def register_resizer(module_type: type | Callable[[nn.Module], bool],
-                     fn: Callable[[nn.Module], None]) -> None:
+                     fn: Callable[[Any], None]) -> None:
     """After surgery slices a module's tensors, ``fn(module)`` fixes its size attributes.
     ``module_type`` is a class, or a predicate on modules."""
     if isinstance(module_type, type):
@@ -396,7 +438,7 @@ def register_resizer(module_type: type | Callable[[nn.Module], bool],
         _RESIZE_MATCHERS.append((module_type, fn))
 
 
-def resizer_of(m: nn.Module) -> Callable[[nn.Module], None] | None:
+def resizer_of(m: nn.Module) -> Resizer | None:
     fn = _RESIZERS.get(type(m))
     if fn is not None:
         return fn
@@ -604,22 +646,21 @@ def _positions(shape: tuple[int, ...] | None, channels_first: bool = False) -> i
 def _linear(ctx: _Ctx, name: str, mod: nn.Module, node: fx.Node) -> Any:
     src = _input(node)
     x, in_shape, shape = ctx.env_of(src), _shape(src), _shape(node)
-    hf = _is_hf_conv1d(mod)
-    in_w, out_w = (mod.weight.shape[0], mod.weight.shape[1]) if hf else (mod.in_features,
-                                                                        mod.out_features)
+    w, in_dim = consumer_weight(mod)  # Linear (out, in), Conv1D (in, out)
+    in_w, out_w = int(w.shape[in_dim]), int(w.shape[1 - in_dim])
     ctx.add_op(name, f"{name}.weight", _positions(in_shape))
-    ctx.consume(x, name, f"{name}.weight", 0 if hf else 1, in_w, -1,
+    ctx.consume(x, name, f"{name}.weight", in_dim, in_w, -1,
                 f"input of {name} ({type(mod).__name__}) not on its last dim")
     kind = "ffn" if in_shape is not None and len(in_shape) >= 3 else "neuron"
-    slots = [(f"{name}.weight", 1 if hf else 0, 1, 0)]
+    slots = [(f"{name}.weight", 1 - in_dim, 1, 0)]
     if mod.bias is not None:
         slots.append((f"{name}.bias", 0, 1, 0))
-    s = ctx.produce(int(out_w), name, kind, slots)
+    s = ctx.produce(out_w, name, kind, slots)
     nd = len(shape) if shape else 2
     return _Ann(s, nd - 1, 1, nd)
 
 
-def _conv(ctx: _Ctx, name: str, mod: nn.Module, node: fx.Node) -> Any:
+def _conv(ctx: _Ctx, name: str, mod: nn.modules.conv._ConvNd, node: fx.Node) -> Any:
     src = _input(node)
     x, shape = ctx.env_of(src), _shape(node)
     nd = len(shape) if shape else 4
@@ -628,8 +669,9 @@ def _conv(ctx: _Ctx, name: str, mod: nn.Module, node: fx.Node) -> Any:
         depthwise = mod.groups == mod.in_channels == mod.out_channels
         if depthwise and isinstance(x, _Ann) and x.cdim == 1 and x.expand == 1 and \
                 ctx.space(x.space).width == mod.in_channels:
-            slots = [(f"{name}.weight", 0)] + ([(f"{name}.bias", 0)] if mod.bias is not None else [])
-            ctx.add_percha(x, slots)
+            percha = [(f"{name}.weight", 0)] + ([(f"{name}.bias", 0)] if mod.bias is not None
+                                                else [])
+            ctx.add_percha(x, percha)
             return _Ann(x.space, 1, 1, nd)
         reason = f"grouped conv {name} (groups={mod.groups}; only depthwise with " \
                  "in = out = groups is followed)"
@@ -672,7 +714,7 @@ def _spatial_module(ctx: _Ctx, name: str, mod: nn.Module, node: fx.Node) -> Any:
     return _opaque(ctx, name, mod, node)
 
 
-def _flatten_module(ctx: _Ctx, name: str, mod: nn.Module, node: fx.Node) -> Any:
+def _flatten_module(ctx: _Ctx, name: str, mod: nn.Flatten, node: fx.Node) -> Any:
     return _flatten(ctx, node, ctx.env_of(_input(node)), mod.start_dim, mod.end_dim,
                     f"{name} (Flatten)")
 
@@ -689,13 +731,14 @@ def _opaque(ctx: _Ctx, name: str, mod: nn.Module, node: fx.Node) -> Any:
     return ctx.frozen_ann(node, reason)
 
 
-_MODULE_HANDLERS: dict[type, LeafHandler] = {
-    nn.Linear: _linear, nn.Conv1d: _conv, nn.Conv2d: _conv,
-    nn.BatchNorm1d: _batchnorm, nn.BatchNorm2d: _batchnorm, nn.Flatten: _flatten_module,
-    **{t: _elementwise_module for t in ELEMENTWISE_MODULES},
-    **{t: _spatial_module for t in SPATIAL_MODULES},
-    **{t: _freezing_module for t in FREEZING_MODULES},
-}
+_MODULE_HANDLERS: dict[type, LeafHandler] = {}
+_file(_MODULE_HANDLERS, (nn.Linear,), _linear)
+_file(_MODULE_HANDLERS, (nn.Conv1d, nn.Conv2d), _conv)
+_file(_MODULE_HANDLERS, (nn.BatchNorm1d, nn.BatchNorm2d), _batchnorm)
+_file(_MODULE_HANDLERS, (nn.Flatten,), _flatten_module)
+_file(_MODULE_HANDLERS, ELEMENTWISE_MODULES, _elementwise_module)
+_file(_MODULE_HANDLERS, SPATIAL_MODULES, _spatial_module)
+_file(_MODULE_HANDLERS, FREEZING_MODULES, _freezing_module)
 
 
 # ----------------------------------------------------------------- function handlers
@@ -734,8 +777,9 @@ def _binary(ctx: _Ctx, node: fx.Node, args: list) -> Any:
                 # The other operand is the same for every channel (a mask, a scale).
                 ctx.freeze(other, f"{_label(node)} with a broadcast operand")
                 return main
-            if isinstance(other, _Ann) and other.cdim - other.ndim == main.cdim - main.ndim \
-                    and other.expand == main.expand and so[other.cdim] == sm[main.cdim]:
+            if isinstance(other, _Ann) and so is not None and other.expand == main.expand \
+                    and other.cdim - other.ndim == main.cdim - main.ndim \
+                    and so[other.cdim] == sm[main.cdim]:
                 # Channel-aligned broadcast (a squeeze-excitation gate): channel i meets i.
                 return _Ann(ctx.union(main.space, other.space), main.cdim, main.expand, main.ndim)
     return _freeze_node(ctx, node, args)
@@ -808,26 +852,32 @@ def _reshape(ctx: _Ctx, node: fx.Node, args: list) -> Any:
 def _reduce(ctx: _Ctx, node: fx.Node, args: list) -> Any:
     x = args[0] if args else None
     in_shape, out_shape = _shape(node.args[0]) if node.args else None, _shape(node)
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    raw = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    if isinstance(x, _Ann) and in_shape is not None and out_shape is not None and \
-            x.expand == 1 and dims is not None:
-        dims = [dims] if isinstance(dims, int) else list(dims)
-        if all(isinstance(d, int) for d in dims):
-            nd = len(in_shape)
-            dims = [d % nd for d in dims]
-            if x.cdim not in dims:
-                if keepdim:
-                    return x
-                return _Ann(x.space, x.cdim - sum(d < x.cdim for d in dims), 1, nd - len(dims))
+    if isinstance(x, _Ann) and in_shape is not None and out_shape is not None and x.expand == 1:
+        nd = len(in_shape)
+        dims = _int_dims(raw, nd)
+        if dims is not None and x.cdim not in dims:
+            if keepdim:
+                return x
+            return _Ann(x.space, x.cdim - sum(d < x.cdim for d in dims), 1, nd - len(dims))
     return _freeze_node(ctx, node, args)
+
+
+def _int_dims(raw: Any, nd: int) -> list[int] | None:
+    """``raw`` (a dim or a list/tuple of dims) as dims in 0..nd-1; None unless all are ints."""
+    if isinstance(raw, int):
+        return [raw % nd]
+    if isinstance(raw, (list, tuple)) and all(isinstance(d, int) for d in raw):
+        return [d % nd for d in raw]
+    return None
 
 
 def _transpose(ctx: _Ctx, node: fx.Node, args: list) -> Any:
     x = args[0] if args else None
-    if isinstance(x, _Ann) and len(node.args) >= 3 and \
-            all(isinstance(d, int) for d in node.args[1:3]):
-        a, b = (d % x.ndim for d in node.args[1:3])
+    dims = _int_dims(node.args[1:3], x.ndim) if isinstance(x, _Ann) else None
+    if isinstance(x, _Ann) and dims is not None and len(dims) == 2:
+        a, b = dims
         c = b if x.cdim == a else a if x.cdim == b else x.cdim
         if x.expand == 1 or c == x.cdim:
             return _Ann(x.space, c, x.expand, x.ndim)
@@ -837,10 +887,10 @@ def _transpose(ctx: _Ctx, node: fx.Node, args: list) -> Any:
 def _permute(ctx: _Ctx, node: fx.Node, args: list) -> Any:
     x = args[0] if args else None
     perm = node.args[1:] if len(node.args) > 2 else (node.args[1] if len(node.args) > 1 else None)
-    if isinstance(x, _Ann) and isinstance(perm, (list, tuple)) and x.expand == 1 and \
-            all(isinstance(d, int) for d in perm) and len(perm) == x.ndim:
-        perm = [d % x.ndim for d in perm]
-        return _Ann(x.space, perm.index(x.cdim), 1, x.ndim)
+    dims = _int_dims(perm, x.ndim) if isinstance(x, _Ann) and isinstance(perm, (list, tuple)) \
+        else None
+    if isinstance(x, _Ann) and dims is not None and x.expand == 1 and len(dims) == x.ndim:
+        return _Ann(x.space, dims.index(x.cdim), 1, x.ndim)
     return _freeze_node(ctx, node, args)
 
 
@@ -918,7 +968,9 @@ def _visit_output(ctx: _Ctx, node: fx.Node) -> Any:
 
 
 def _visit_module(ctx: _Ctx, node: fx.Node) -> Any:
-    name, mod = node.target, ctx.modules[node.target]
+    name = node.target
+    assert isinstance(name, str)  # a call_module node's target is the module's path
+    mod = ctx.modules[name]
     n_calls = ctx.calls[name]
     if n_calls > 1 and any(True for _ in mod.parameters()):
         reason = f"{name} is called {n_calls} times"
@@ -932,7 +984,8 @@ def _visit_module(ctx: _Ctx, node: fx.Node) -> Any:
 def _visit_call(ctx: _Ctx, node: fx.Node) -> Any:
     args = [ctx.env_of(a) for a in node.args]
     if node.op == "call_method":
-        handler = _METHOD_HANDLERS.get(node.target, _freeze_node)
+        handler = _METHOD_HANDLERS.get(node.target, _freeze_node) \
+            if isinstance(node.target, str) else _freeze_node
     else:
         try:
             handler = _FUNCTION_HANDLERS.get(node.target, _freeze_node)
@@ -986,6 +1039,7 @@ def _example_inputs(model: nn.Module, input_shape: Sequence[int] | None, data: A
     else:
         check(shape is not None, "The inputs of discover", "given as input_shape (one sample's "
               "shape), data or example_input (a tensor or a dict of model inputs)", None)
+        assert shape is not None  # check() raised otherwise
         x = torch.randn(2, *shape, dtype=dtype, device=device)
     x = sample_input(x, 2)
     if isinstance(x, dict):
@@ -1169,6 +1223,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | None = None, *,
     if inputs is None:
         check(input_shape is not None, "The inputs of count_flops", "input_shape or inputs",
               None)
+        assert input_shape is not None  # check() raised otherwise
         inputs = torch.zeros(1, *input_shape)
     inputs = place(sample_input(inputs, 1), param_dtype(model), model_device(model))
     total = 0
