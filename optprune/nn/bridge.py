@@ -24,15 +24,21 @@ needs its key/value head) become implications of the problem.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..alloc import AllocationProblem
 from ..errors import ValidationError
-from .structures import StructureSet, _named_tensors
+from .structures import Group, StructureSet, _named_tensors
 
 __all__ = ["problem_from_structures"]
+
+Slot = tuple[str, str]
+# One owned dimension of a tensor: (group -> indices it removes there, c0 = indices no
+# group owns, the distinct per-group index counts).
+_Owned = tuple[dict[int, int], int, set[int]]
 
 
 def problem_from_structures(structures: StructureSet, scores: Any, name: str = "model"
@@ -47,79 +53,26 @@ def problem_from_structures(structures: StructureSet, scores: Any, name: str = "
                               f"{scores.shape}.")
     tensors = _named_tensors(structures.model)
     slot_of_group = [(g.layer, g.kind) for g in groups]
-    # (tensor, dim) -> slot, and per group the indices it removes there.
-    owner: dict[tuple[str, int], tuple[str, str]] = {}
-    per_group: dict[tuple[str, int], dict[int, int]] = {}
-    for gi, g in enumerate(groups):
-        for tname, dim, idx in g.slices:
-            key = (tname, dim)
-            s = slot_of_group[gi]
-            if owner.setdefault(key, s) != s:
-                raise ValidationError(
-                    f"Dimension {dim} of {tname!r} is pruned by two slots ({owner[key]} and "
-                    f"{s}); exact costs need one owner per dimension.")
-            pg = per_group.setdefault(key, {})
-            pg[gi] = pg.get(gi, 0) + len(idx)
-
+    per_dim = _owned_dims(groups, slot_of_group)
     positions = {w: pos for _, w, pos in structures.ops}
-    params_ = np.zeros(n)
-    flops_ = np.zeros(n)
-    fixed = {"params": 0.0, "flops": float(structures._fixed_extra_flops)}
-    pairs: dict[tuple[str, tuple[str, str], tuple[str, str]], float] = {}
-    for gi, g in enumerate(groups):
-        flops_[gi] += g.extra_flops
-
+    costs = _Costs({"params": np.zeros(n),
+                    "flops": np.asarray([g.extra_flops for g in groups], dtype=np.float64)},
+                   {"params": 0.0, "flops": float(structures._fixed_extra_flops)})
     for tname, t in tensors.items():
-        weights = []
+        mults = []
         if tname in structures.param_names:
-            weights.append(("params", params_, 1))
+            mults.append(("params", 1.0))
         if positions.get(tname):
-            weights.append(("flops", flops_, positions[tname]))
-        if not weights:
+            mults.append(("flops", float(positions[tname])))
+        if not mults:
             continue
-        shape = tuple(t.shape)
-        dims = sorted(d for (tn, d) in owner if tn == tname)
-        rest = int(np.prod([shape[d] for d in range(len(shape)) if d not in dims], dtype=np.int64))
-        info = []
-        for d in dims:
-            members = per_group[(tname, d)]
-            e = set(members.values())
-            c0 = shape[d] - sum(members.values())
-            if c0 < 0:
-                raise ValidationError(f"The groups remove more indices of {tname!r} dim {d} than "
-                                      "it has; discovery produced overlapping groups.")
-            info.append((d, members, c0, e))
-        for res, arr, mult in weights:
-            w = float(mult)
-            if not dims:
-                fixed[res] += w * t.numel()
-            elif len(dims) == 1:
-                _, members, c0, _ = info[0]
-                fixed[res] += w * rest * c0
-                for gi, cnt in members.items():
-                    arr[gi] += w * rest * cnt
-            elif len(dims) == 2:
-                (_, m1, c01, e1), (_, m2, c02, e2) = info
-                if len(e1) != 1 or len(e2) != 1:
-                    raise ValidationError(
-                        f"{tname!r} is pruned along two dimensions by groups of unequal sizes; "
-                        "exact bilinear costs need equal group sizes per dimension.")
-                ea, eb = next(iter(e1)), next(iter(e2))
-                fixed[res] += w * rest * c01 * c02
-                for gi in m1:
-                    arr[gi] += w * rest * c02 * ea
-                for gi in m2:
-                    arr[gi] += w * rest * c01 * eb
-                sa, sb = slot_of_group[next(iter(m1))], slot_of_group[next(iter(m2))]
-                pair = (res, sa, sb)
-                pairs[pair] = pairs.get(pair, 0.0) + w * rest * ea * eb
-            else:
-                raise ValidationError(f"{tname!r} is pruned along {len(dims)} dimensions; at most "
-                                      "two are supported.")
+        rest, owned = _tensor_dims(tname, tuple(t.shape), per_dim.get(tname, {}))
+        for res, w in mults:
+            costs.add(res, w, tname, t.numel(), rest, owned, slot_of_group)
     p = AllocationProblem([g.id for g in groups], [g.layer for g in groups],
-                          [g.kind for g in groups], scores,
-                          {"params": params_, "flops": flops_}, fixed_costs=fixed, name=name)
-    for (res, sa, sb), coef in pairs.items():
+                          [g.kind for g in groups], scores, {**costs.per_group},
+                          fixed_costs=costs.fixed, name=name)
+    for (res, sa, sb), coef in costs.pairs.items():
         p.add_pair_cost(res, sa, sb, coef)
     for i, j in structures.requirements():
         p.add_implication(groups[i].id, groups[j].id)
@@ -130,3 +83,74 @@ def problem_from_structures(structures: StructureSet, scores: Any, name: str = "
             raise ValidationError(f"Internal cost mismatch for {res}: problem {got} vs model "
                                   f"{dense[res]}.")
     return p
+
+
+def _owned_dims(groups: list[Group], slot_of_group: list[Slot]) -> dict[str, dict[int, dict[int, int]]]:
+    """tensor -> dim -> {group: indices it removes there}, for every dimension groups
+    prune; a dimension pruned by the groups of two slots is an error."""
+    owner: dict[tuple[str, int], Slot] = {}
+    per_dim: dict[str, dict[int, dict[int, int]]] = {}
+    for gi, g in enumerate(groups):
+        for tname, dim, idx in g.slices:
+            key = (tname, dim)
+            s = slot_of_group[gi]
+            if owner.setdefault(key, s) != s:
+                raise ValidationError(
+                    f"Dimension {dim} of {tname!r} is pruned by two slots ({owner[key]} and "
+                    f"{s}); exact costs need one owner per dimension.")
+            pg = per_dim.setdefault(tname, {}).setdefault(dim, {})
+            pg[gi] = pg.get(gi, 0) + len(idx)
+    return per_dim
+
+
+def _tensor_dims(tname: str, shape: tuple[int, ...], dims: dict[int, dict[int, int]]
+                 ) -> tuple[int, list[_Owned]]:
+    """(product of the unowned dimensions, the owned ones in order of dim)."""
+    rest = int(np.prod([shape[d] for d in range(len(shape)) if d not in dims], dtype=np.int64))
+    owned = []
+    for d in sorted(dims):
+        members = dims[d]
+        c0 = shape[d] - sum(members.values())
+        if c0 < 0:
+            raise ValidationError(f"The groups remove more indices of {tname!r} dim {d} than "
+                                  "it has; discovery produced overlapping groups.")
+        owned.append((members, c0, set(members.values())))
+    return rest, owned
+
+
+@dataclass
+class _Costs:
+    """Per-group, fixed and pair costs of each resource, summed over the tensors."""
+
+    per_group: dict[str, np.ndarray]
+    fixed: dict[str, float]
+    pairs: dict[tuple[str, Slot, Slot], float] = field(default_factory=dict)
+
+    def add(self, res: str, w: float, tname: str, numel: int, rest: int,
+            owned: list[_Owned], slot_of_group: list[Slot]) -> None:
+        """Add ``w`` times the kept entries of one tensor (module docstring's cases)."""
+        arr = self.per_group[res]
+        if not owned:
+            self.fixed[res] += w * numel
+        elif len(owned) == 1:
+            members, c0, _ = owned[0]
+            self.fixed[res] += w * rest * c0
+            for gi, cnt in members.items():
+                arr[gi] += w * rest * cnt
+        elif len(owned) == 2:
+            (m1, c01, e1), (m2, c02, e2) = owned
+            if len(e1) != 1 or len(e2) != 1:
+                raise ValidationError(
+                    f"{tname!r} is pruned along two dimensions by groups of unequal sizes; "
+                    "exact bilinear costs need equal group sizes per dimension.")
+            ea, eb = next(iter(e1)), next(iter(e2))
+            self.fixed[res] += w * rest * c01 * c02
+            for gi in m1:
+                arr[gi] += w * rest * c02 * ea
+            for gi in m2:
+                arr[gi] += w * rest * c01 * eb
+            pair = (res, slot_of_group[next(iter(m1))], slot_of_group[next(iter(m2))])
+            self.pairs[pair] = self.pairs.get(pair, 0.0) + w * rest * ea * eb
+        else:
+            raise ValidationError(f"{tname!r} is pruned along {len(owned)} dimensions; at most "
+                                  "two are supported.")
