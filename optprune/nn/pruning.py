@@ -32,6 +32,7 @@ from ..alloc import AllocationProblem, allocate
 from ..alloc.baselines import RULES, run_baselines
 from ..errors import ValidationError, check
 from .bridge import problem_from_structures
+from .fisher import FisherResult
 from .importance import score
 from .pipeline import CalibrationOptions, calibrated_selection, run_fisher
 from .reconstruct import reconstruct as reconstruct_layers
@@ -126,6 +127,49 @@ def _baselines_of(p: AllocationProblem) -> dict[str, Any]:
     return {k: v.to_dict() for k, v in run_baselines(p).items()}
 
 
+@dataclass
+class _Chosen:
+    """A selection and what made it, for the report."""
+
+    keep: np.ndarray
+    allocation: dict[str, Any] | None = None
+    baselines: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    stages: dict[str, Any] = field(default_factory=dict)
+    work: StructureSet | None = None  # the refit copy the default pipeline measured
+    refit: bool = True  # False: the pipeline measured its selection better unrefit
+
+
+def _select_calibrated(structures: StructureSet, p: AllocationProblem, data: Any,
+                       opts: CalibrationOptions, fisher: FisherResult | None, do_rec: bool,
+                       solver: dict[str, Any], baselines: bool) -> _Chosen:
+    base = _baselines_of(p) if baselines else {}
+    sel = calibrated_selection(structures, p, data, opts, refit=do_rec, fisher=fisher, **solver)
+    alloc = sel.allocation
+    alloc.pop("baselines", None)
+    return _Chosen(sel.keep, alloc, base, stages=sel.to_dict(), work=sel.structures,
+                   refit=sel.reconstruction is not None)
+
+
+def _select_exact(p: AllocationProblem, solver: dict[str, Any], baselines: bool) -> _Chosen:
+    r = allocate(p, baselines=baselines, **solver)
+    if r.keep is None:
+        raise ValidationError(
+            f"The solver stopped ({r.solve.termination.value}) without a selection; raise "
+            "time_limit_s.")
+    alloc = r.to_dict()
+    return _Chosen(r.keep, alloc, alloc.pop("baselines"))
+
+
+def _select_rule(p: AllocationProblem, selection: str, strict: bool) -> _Chosen:
+    p.diagnose()
+    res = run_baselines(p, [selection])[selection]
+    if not res.feasible and strict:
+        raise ValidationError(f"The {selection!r} rule breaks the constraints: "
+                              + "; ".join(res.violations[:5]))
+    return _Chosen(res.keep, None, {selection: res.to_dict()}, list(res.violations))
+
+
 def _reasons(frozen: dict[str, str], most: int = 4) -> str:
     items = [f"{k}: {v}" for k, v in list(frozen.items())[:most]]
     more = f" (+{len(frozen) - most} more)" if len(frozen) > most else ""
@@ -206,40 +250,14 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
     t2 = time.perf_counter()
     p, budgets = build_problem(structures, s, budget, flops, multiples, min_keep,
                                allow_empty_layers, constraints, name=type(model).__name__)
-    alloc_dict = None
-    violations: list[str] = []
-    base: dict[str, Any] = {}
-    stages: dict[str, Any] = {}
-    work: StructureSet | None = None
-    refit = do_rec  # whether the returned model carries a refit
+    solver = {"backend": backend, "time_limit_s": time_limit_s, "rel_gap": rel_gap}
     if selection == "exact" and calibrated:
-        base = _baselines_of(p) if baselines else {}
-        sel = calibrated_selection(structures, p, data, opts, backend=backend,
-                                   time_limit_s=time_limit_s, rel_gap=rel_gap, refit=do_rec,
-                                   fisher=fisher)
-        keep, work, alloc_dict = sel.keep, sel.structures, sel.allocation
-        refit = do_rec and sel.reconstruction is not None  # unrefit when that measured better
-        alloc_dict.pop("baselines", None)
-        stages = sel.to_dict()
+        chosen = _select_calibrated(structures, p, data, opts, fisher, do_rec, solver, baselines)
     elif selection == "exact":
-        r = allocate(p, backend=backend, time_limit_s=time_limit_s, rel_gap=rel_gap,
-                     baselines=baselines)
-        if r.keep is None:
-            raise ValidationError(
-                f"The solver stopped ({r.solve.termination.value}) without a selection; raise "
-                "time_limit_s.")
-        keep = r.keep
-        alloc_dict = r.to_dict()
-        base = alloc_dict.pop("baselines")
+        chosen = _select_exact(p, solver, baselines)
     else:
-        p.diagnose()
-        res = run_baselines(p, [selection])[selection]
-        violations = list(res.violations)
-        if not res.feasible and strict:
-            raise ValidationError(f"The {selection!r} rule breaks the constraints: "
-                                  + "; ".join(res.violations[:5]))
-        keep = res.keep
-        base = {selection: res.to_dict()}
+        chosen = _select_rule(p, selection, strict)
+    keep, work, stages = chosen.keep, chosen.work, chosen.stages
     if do_rec and work is None:
         work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
         rec = reconstruct_layers(work, keep, data, alphas=opts.alphas,
@@ -267,8 +285,9 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
         importance=str(name), selection=selection,
         kept_ids=[g.id for g, k in zip(structures.groups, keep) if k],
         n_groups=len(structures.groups), n_kept=int(keep.sum()), before=before,
-        predicted=predicted, after=after, budgets=budgets, allocation=alloc_dict,
-        baselines=base, violations=violations, stages=stages, reconstructed=refit,
+        predicted=predicted, after=after, budgets=budgets, allocation=chosen.allocation,
+        baselines=chosen.baselines, violations=chosen.violations, stages=stages,
+        reconstructed=do_rec and chosen.refit,
         times_s={"discover": t1 - t0, "score": t2 - t1, "select": t3 - t2, "surgery": t4 - t3,
                  "total": t4 - t0},
     )
