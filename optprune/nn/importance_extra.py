@@ -410,24 +410,7 @@ def _gohsp_pass(structures: StructureSet, data: Any, similarity: str,
     for k, g in enumerate(structures.groups):
         if g.kind == "head":
             layers.setdefault(g.layer, []).append(k)
-    # a head's contribution P_h = x[..., J_h] W[:, J_h]^T is read at its consumer
-    # (the output projection) input, which works for any head group with a Linear
-    # consumer; the attention maps of "kl" need optprune's MultiHeadAttention.
-    cons_of: dict[str, str] = {}
-    bad = []
-    for ly, pos in layers.items():
-        cs = {structures.groups[k].consumers[0][0] if structures.groups[k].consumers else ""
-              for k in pos}
-        c = cs.pop() if len(cs) == 1 else ""
-        if not c or not isinstance(named.get(c), nn.Linear) or \
-                (similarity == "kl" and not isinstance(named.get(ly), MultiHeadAttention)):
-            bad.append(ly)
-        cons_of[ly] = c
-    if bad:
-        raise UnsupportedModuleError(
-            f"gohsp needs every head of a layer to feed one Linear output projection "
-            f"(and, for similarity='kl', optprune.nn.models.MultiHeadAttention); the head "
-            f"groups of {bad} do not. Use similarity='cosine' or another criterion.")
+    cons_of = _head_consumers(structures, layers, named, similarity)
     acc: dict[str, dict[str, Any]] = {ly: {"n": 0, "gram": 0.0, "kl": 0.0, "rows": 0}
                                       for ly in layers}
     sq: dict[str, list] = {c: [0, 0.0] for c in consumers}
@@ -485,26 +468,53 @@ def _gohsp_pass(structures: StructureSet, data: Any, similarity: str,
         model.train(was)
         for hk in hooks:
             hk.remove()
-    out = []
-    for ly, pos in layers.items():
-        a = acc[ly]
-        gram = a["gram"].numpy()
-        energy = np.diag(gram) / a["n"]
-        h = len(pos)
-        if similarity == "cosine":
-            nrm = np.sqrt(np.clip(np.diag(gram), 1e-300, None))
-            sim = np.clip(gram / np.outer(nrm, nrm), -1.0, 1.0)
-            w = np.exp((sim - 1.0) / tau)  # exp(c/tau) up to a factor that cancels in P
-        else:
-            kl = np.clip(a["kl"].numpy() / a["rows"], 0.0, None)
-            w = np.exp(-kl / tau)
-        w = np.maximum(w, 1e-300)  # every off-diagonal edge > 0: the chain is irreducible
-        np.fill_diagonal(w, 0.0)
-        p = np.ones((1, 1)) if h == 1 else \
-            damping * w / w.sum(1, keepdims=True) + (1.0 - damping) / h
-        out.append(HeadGraph(ly, w, p, stationary_distribution(p), energy,
-                             np.asarray(pos, dtype=np.int64)))
+    out = [_head_graph(ly, pos, acc[ly], similarity, tau, damping) for ly, pos in layers.items()]
     return out, {c: (v[1].numpy() / v[0]) for c, v in sq.items()}
+
+
+def _head_consumers(structures: StructureSet, layers: dict[str, list[int]],
+                    named: dict[str, nn.Module], similarity: str) -> dict[str, str]:
+    """layer -> the Linear output projection all its heads feed; raises naming every
+    layer without one."""
+    # a head's contribution P_h = x[..., J_h] W[:, J_h]^T is read at its consumer
+    # (the output projection) input, which works for any head group with a Linear
+    # consumer; the attention maps of "kl" need optprune's MultiHeadAttention.
+    cons_of: dict[str, str] = {}
+    bad = []
+    for ly, pos in layers.items():
+        cs = {structures.groups[k].consumers[0][0] if structures.groups[k].consumers else ""
+              for k in pos}
+        c = cs.pop() if len(cs) == 1 else ""
+        if not c or not isinstance(named.get(c), nn.Linear) or \
+                (similarity == "kl" and not isinstance(named.get(ly), MultiHeadAttention)):
+            bad.append(ly)
+        cons_of[ly] = c
+    if bad:
+        raise UnsupportedModuleError(
+            f"gohsp needs every head of a layer to feed one Linear output projection "
+            f"(and, for similarity='kl', optprune.nn.models.MultiHeadAttention); the head "
+            f"groups of {bad} do not. Use similarity='cosine' or another criterion.")
+    return cons_of
+
+
+def _head_graph(ly: str, pos: list[int], a: dict[str, Any], similarity: str, tau: float,
+                damping: float) -> HeadGraph:
+    """The Markov chain of one layer's heads from the pass's sums ``a``."""
+    gram = a["gram"].numpy()
+    energy = np.diag(gram) / a["n"]
+    h = len(pos)
+    if similarity == "cosine":
+        nrm = np.sqrt(np.clip(np.diag(gram), 1e-300, None))
+        sim = np.clip(gram / np.outer(nrm, nrm), -1.0, 1.0)
+        w = np.exp((sim - 1.0) / tau)  # exp(c/tau) up to a factor that cancels in P
+    else:
+        kl = np.clip(a["kl"].numpy() / a["rows"], 0.0, None)
+        w = np.exp(-kl / tau)
+    w = np.maximum(w, 1e-300)  # every off-diagonal edge > 0: the chain is irreducible
+    np.fill_diagonal(w, 0.0)
+    p = np.ones((1, 1)) if h == 1 else \
+        damping * w / w.sum(1, keepdims=True) + (1.0 - damping) / h
+    return HeadGraph(ly, w, p, stationary_distribution(p), energy, np.asarray(pos, dtype=np.int64))
 
 
 @register_importance("gohsp")
