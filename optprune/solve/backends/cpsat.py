@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from ...errors import ValidationError
 from ..model import LinearModel
 from ..result import SolveOptions, SolveResult, Termination, make_result
 from .base import Backend, register
+
+if TYPE_CHECKING:
+    from ortools.sat.python import cp_model
 
 _INT_BOX = 10**9  # infinite integer bounds are clamped here (CP-SAT needs finite domains)
 
@@ -123,39 +127,8 @@ class CpSatBackend(Backend):
         xs = [cp.new_int_var(int(lo[j]), int(hi[j]), f"x{j}") for j in range(n)]
 
         box = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
-        csr = model.A.tocsr()
-        max_row_err = 0.0
-        for i in range(model.num_rows):
-            a, b = csr.indptr[i], csr.indptr[i + 1]
-            cols, vals = csr.indices[a:b], csr.data[a:b]
-            s = integer_scale(vals)
-            if s is None:
-                s = 1e6 / float(np.max(np.abs(vals)))
-            iv = np.round(vals * s)
-            if vals.size:
-                err = float(np.max(np.abs(iv - vals * s) / np.maximum(np.abs(vals * s), 1e-12)))
-                max_row_err = max(max_row_err, err)
-            rl, ru = model.row_lower[i] * s, model.row_upper[i] * s
-            _check_int64(np.concatenate([iv, [rl if np.isfinite(rl) else 0.0,
-                                              ru if np.isfinite(ru) else 0.0]]),
-                         f"row {_row_name(model, i)} scaled by {s:g}")
-            _check_int64(iv, f"row {_row_name(model, i)} scaled by {s:g}", box[cols])
-            lb = int(math.ceil(rl - 1e-9)) if np.isfinite(rl) else cp_model.INT_MIN
-            ub = int(math.floor(ru + 1e-9)) if np.isfinite(ru) else cp_model.INT_MAX
-            expr = cp_model.LinearExpr.weighted_sum([xs[j] for j in cols], iv.astype(np.int64).tolist())
-            cp.add_linear_constraint(expr, lb, ub)
-
-        c = model.c
-        scale = scale_objective(c) if np.any(c) else 1.0
-        ic = np.round(c * scale)
-        _check_int64(ic, f"the objective scaled by {scale:g}", box)
-        obj_err = float(np.sum(np.abs(ic - c * scale) / scale * box))
-        nz = np.flatnonzero(ic)
-        obj = cp_model.LinearExpr.weighted_sum([xs[j] for j in nz], ic[nz].astype(np.int64).tolist())
-        if model.sense == "max":
-            cp.maximize(obj)
-        else:
-            cp.minimize(obj)
+        max_row_err = _add_rows(cp, model, xs, box)
+        scale, obj_err = _set_objective(cp, model, xs, box)
         if options.warm_start is not None:
             ws = np.round(np.asarray(options.warm_start, dtype=np.float64)).astype(np.int64)
             for j in range(n):
@@ -166,33 +139,14 @@ class CpSatBackend(Backend):
             max_row_rounding_error=max_row_err,
         )
         solver = cp_model.CpSolver()
-        p = solver.parameters
-        if options.time_limit_s is not None:
-            p.max_time_in_seconds = float(options.time_limit_s)
-        p.relative_gap_limit = float(options.rel_gap)
-        p.random_seed = int(options.seed)
-        p.log_search_progress = bool(options.log)
-        if options.threads is not None:
-            p.num_workers = int(options.threads)
-        for k, v in options.extra.items():
-            setattr(p, k, v)
+        _set_parameters(solver.parameters, options)
         build = time.perf_counter() - t0
         t1 = time.perf_counter()
         status = solver.solve(cp)
         solve_time = time.perf_counter() - t1
 
         has = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
-        if status == cp_model.OPTIMAL:
-            term = Termination.OPTIMAL
-        elif status == cp_model.INFEASIBLE:
-            term = Termination.INFEASIBLE
-        elif status == cp_model.MODEL_INVALID:
-            term = Termination.ERROR
-        elif status in (cp_model.FEASIBLE, cp_model.UNKNOWN):
-            limited = options.time_limit_s is not None and solve_time >= 0.95 * options.time_limit_s
-            term = Termination.TIME_LIMIT if limited else Termination.OTHER
-        else:
-            term = Termination.ERROR
+        term = _termination(status, options, solve_time)
         x = np.array([solver.value(v) for v in xs], dtype=np.float64) if has else None
         objective = model.objective_value(x) if x is not None else None
         bound = None
@@ -224,3 +178,80 @@ class CpSatBackend(Backend):
             nodes=0, backend=self.name, backend_version=self.version(), x=None,
             message="a column's integer range is empty",
         )
+
+
+def _add_rows(cp: cp_model.CpModel, model: LinearModel, xs: list[cp_model.IntVar],
+              box: np.ndarray) -> float:
+    """Every row, scaled to integers (module docstring); returns the largest relative
+    rounding change of a coefficient."""
+    from ortools.sat.python import cp_model
+
+    csr = model.A.tocsr()
+    max_row_err = 0.0
+    for i in range(model.num_rows):
+        a, b = csr.indptr[i], csr.indptr[i + 1]
+        cols, vals = csr.indices[a:b], csr.data[a:b]
+        s = integer_scale(vals)
+        if s is None:
+            s = 1e6 / float(np.max(np.abs(vals)))
+        iv = np.round(vals * s)
+        if vals.size:
+            err = float(np.max(np.abs(iv - vals * s) / np.maximum(np.abs(vals * s), 1e-12)))
+            max_row_err = max(max_row_err, err)
+        rl, ru = model.row_lower[i] * s, model.row_upper[i] * s
+        _check_int64(np.concatenate([iv, [rl if np.isfinite(rl) else 0.0,
+                                          ru if np.isfinite(ru) else 0.0]]),
+                     f"row {_row_name(model, i)} scaled by {s:g}")
+        _check_int64(iv, f"row {_row_name(model, i)} scaled by {s:g}", box[cols])
+        lb = int(math.ceil(rl - 1e-9)) if np.isfinite(rl) else cp_model.INT_MIN
+        ub = int(math.floor(ru + 1e-9)) if np.isfinite(ru) else cp_model.INT_MAX
+        expr = cp_model.LinearExpr.weighted_sum([xs[j] for j in cols], iv.astype(np.int64).tolist())
+        cp.add_linear_constraint(expr, lb, ub)
+    return max_row_err
+
+
+def _set_objective(cp: cp_model.CpModel, model: LinearModel, xs: list[cp_model.IntVar],
+                   box: np.ndarray) -> tuple[float, float]:
+    """The objective scaled to integers; returns (scale, worst-case rounding error)."""
+    from ortools.sat.python import cp_model
+
+    c = model.c
+    scale = scale_objective(c) if np.any(c) else 1.0
+    ic = np.round(c * scale)
+    _check_int64(ic, f"the objective scaled by {scale:g}", box)
+    obj_err = float(np.sum(np.abs(ic - c * scale) / scale * box))
+    nz = np.flatnonzero(ic)
+    obj = cp_model.LinearExpr.weighted_sum([xs[j] for j in nz], ic[nz].astype(np.int64).tolist())
+    if model.sense == "max":
+        cp.maximize(obj)
+    else:
+        cp.minimize(obj)
+    return scale, obj_err
+
+
+def _set_parameters(p: cp_model.cmh.SatParameters, options: SolveOptions) -> None:
+    if options.time_limit_s is not None:
+        p.max_time_in_seconds = float(options.time_limit_s)
+    p.relative_gap_limit = float(options.rel_gap)
+    p.random_seed = int(options.seed)
+    p.log_search_progress = bool(options.log)
+    if options.threads is not None:
+        p.num_workers = int(options.threads)
+    for k, v in options.extra.items():
+        setattr(p, k, v)
+
+
+def _termination(status: cp_model.CpSolverStatus, options: SolveOptions, solve_time: float
+                 ) -> Termination:
+    from ortools.sat.python import cp_model
+
+    if status == cp_model.OPTIMAL:
+        return Termination.OPTIMAL
+    if status == cp_model.INFEASIBLE:
+        return Termination.INFEASIBLE
+    if status == cp_model.MODEL_INVALID:
+        return Termination.ERROR
+    if status in (cp_model.FEASIBLE, cp_model.UNKNOWN):
+        limited = options.time_limit_s is not None and solve_time >= 0.95 * options.time_limit_s
+        return Termination.TIME_LIMIT if limited else Termination.OTHER
+    return Termination.ERROR
