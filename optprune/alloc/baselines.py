@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
-from .problem import AllocationProblem
+from .problem import AllocationProblem, Slot
 
 
 @dataclass(frozen=True)
@@ -166,28 +166,9 @@ def _walk_loop(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bo
     costs = [p.costs[r].tolist() for r, _ in limits]
     his = [hi + 1e-9 * max(1.0, abs(hi)) for _, hi in limits]
     used = [0.0] * len(limits)
-    cap = p.latency_cap
-    tables: list[list[float] | None] = [None] * len(slot_keys)
-    latency = 0.0
-    if cap is not None:
-        for t, s in enumerate(slot_keys):
-            if s in p.latency_tables:
-                table = p.latency_tables[s].table.tolist()
-                tables[t] = table
-                latency += table[0]
-        cap = cap + 1e-9 * max(1.0, cap)
+    tables, latency, cap = _walk_latency(p, slot_keys)
     homogeneous = _homogeneous(p)
-    # Pair costs: adding one structure to slot t raises coef * k_other (k_other
-    # only grows, so a homogeneous slot's misfit still closes it).
-    res_index = {r: j for j, (r, _) in enumerate(limits)}
-    slot_index = {s: t for t, s in enumerate(slot_keys)}
-    pairs: list[list[tuple[int, int, float, bool]]] = [[] for _ in slot_keys]
-    for pc in p.pair_costs:
-        if pc.resource in res_index:
-            a, b = slot_index[pc.slot_a], slot_index[pc.slot_b]
-            pairs[a].append((res_index[pc.resource], b, pc.coef, a == b))
-            if a != b:
-                pairs[b].append((res_index[pc.resource], a, pc.coef, False))
+    pairs = _walk_pairs(p, [r for r, _ in limits], slot_keys)
     closed = [False] * len(slot_keys)
     count = [0] * len(slot_keys)
     slot_list = slot_of.tolist()
@@ -224,6 +205,40 @@ def _walk_loop(p: AllocationProblem, order: np.ndarray, stop_at_first_misfit: bo
     keep = np.zeros(p.n, dtype=bool)
     keep[kept] = True
     return keep
+
+
+def _walk_latency(p: AllocationProblem, slot_keys: list[Slot]
+                  ) -> tuple[list[list[float] | None], float, float | None]:
+    """(each slot's latency table or None, the latency of empty slots, the cap with
+    its tolerance); no tables without a cap."""
+    cap = p.latency_cap
+    tables: list[list[float] | None] = [None] * len(slot_keys)
+    latency = 0.0
+    if cap is not None:
+        for t, s in enumerate(slot_keys):
+            if s in p.latency_tables:
+                table = p.latency_tables[s].table.tolist()
+                tables[t] = table
+                latency += table[0]
+        cap = cap + 1e-9 * max(1.0, cap)
+    return tables, latency, cap
+
+
+def _walk_pairs(p: AllocationProblem, resources: list[str], slot_keys: list[Slot]
+                ) -> list[list[tuple[int, int, float, bool]]]:
+    """Per slot t, its pair costs as (resource row, other slot, coef, t is both):
+    adding one structure to slot t raises coef * k_other (k_other only grows, so a
+    homogeneous slot's misfit still closes it)."""
+    res_index = {r: j for j, r in enumerate(resources)}
+    slot_index = {s: t for t, s in enumerate(slot_keys)}
+    pairs: list[list[tuple[int, int, float, bool]]] = [[] for _ in slot_keys]
+    for pc in p.pair_costs:
+        if pc.resource in res_index:
+            a, b = slot_index[pc.slot_a], slot_index[pc.slot_b]
+            pairs[a].append((res_index[pc.resource], b, pc.coef, a == b))
+            if a != b:
+                pairs[b].append((res_index[pc.resource], a, pc.coef, False))
+    return pairs
 
 
 def effective_scores(p: AllocationProblem) -> np.ndarray:

@@ -654,8 +654,13 @@ class AllocationProblem:
     def violations(self, keep: np.ndarray, tol: float = 1e-6) -> list[str]:
         """Every constraint ``keep`` breaks, in words (empty when feasible)."""
         keep = np.asarray(keep, dtype=bool)
-        out: list[str] = []
         u = self.usage(keep)
+        counts = {s: int(keep[idx].sum()) for s, idx in self.slots().items()}
+        return (self._budget_violations(u, tol) + self._width_violations(keep, counts)
+                + self._link_violations(keep, counts) + self._limit_violations(keep, u, tol))
+
+    def _budget_violations(self, u: dict[str, float], tol: float) -> list[str]:
+        out: list[str] = []
         for r, lo, hi in self.budget_limits():
             used = u[r] - self.fixed_costs[r]
             scale = max(1.0, abs(hi) if math.isfinite(hi) else 1.0)
@@ -663,7 +668,11 @@ class AllocationProblem:
                 out.append(f"budget {r} max: uses {u[r]:.6g} > {hi + self.fixed_costs[r]:.6g}")
             if used < lo - tol * max(1.0, abs(lo)):
                 out.append(f"budget {r} min: uses {u[r]:.6g} < {lo + self.fixed_costs[r]:.6g}")
-        counts = {s: int(keep[idx].sum()) for s, idx in self.slots().items()}
+        return out
+
+    def _width_violations(self, keep: np.ndarray, counts: dict[Slot, int]) -> list[str]:
+        """Count bounds, multiples and slot values."""
+        out: list[str] = []
         for s in self.slots():
             lo, hi, m, allow_zero = self.slot_count_range(s)
             k = counts[s]
@@ -678,6 +687,11 @@ class AllocationProblem:
             if not keep[self.slot_order(s)[:k]].all():
                 out.append(f"slot values {s[0]}/{s[1]}: the kept set is not the first {k} of "
                            "the slot's order")
+        return out
+
+    def _link_violations(self, keep: np.ndarray, counts: dict[Slot, int]) -> list[str]:
+        """Groups, implications and equal counts."""
+        out: list[str] = []
         for g in self.groups:
             vals = {bool(keep[self.index(s)]) for s in g}
             if len(vals) > 1:
@@ -689,6 +703,11 @@ class AllocationProblem:
             ks = {counts[s] for s in slots}
             if len(ks) > 1:
                 out.append(f"equal counts {slots[0]}...: counts {sorted(ks)}")
+        return out
+
+    def _limit_violations(self, keep: np.ndarray, u: dict[str, float], tol: float) -> list[str]:
+        """The latency cap and the importance floor."""
+        out: list[str] = []
         if self.latency_cap is not None:
             lat = u["latency"]
             if lat > self.latency_cap + tol * max(1.0, self.latency_cap):
