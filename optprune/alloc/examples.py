@@ -24,7 +24,7 @@ plus a fixed launch overhead when the slot is not empty.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -167,38 +167,13 @@ def conv_problem(name: str, ops: list[Op], widths: dict[str, int], seed: int = 0
     """
     rng = np.random.default_rng(seed)
     slots = list(widths)
-    lin_params = {s: 0.0 for s in slots}
-    lin_macs = {s: 0.0 for s in slots}
-    pairs: dict[tuple[str, str], list[float]] = {}  # (a, b) -> [params coef, MACs coef]
-    fixed = 0.0
+    costs = _ConvCosts({s: 0.0 for s in slots}, {s: 0.0 for s in slots})
     for op in ops:
         for side in (op.src, op.dst):
             if isinstance(side, str) and side not in widths:
                 raise ValidationError(f"The op {op.name!r} names an unknown slot {side!r}.")
-        per_out = (2.0 if op.norm else 0.0) + (1.0 if op.bias else 0.0)
-        if isinstance(op.dst, str):
-            lin_params[op.dst] += per_out
-        else:
-            fixed += per_out * op.dst
-        if op.depthwise:
-            if not isinstance(op.dst, str):
-                raise ValidationError(
-                    f"The depthwise op {op.name!r} needs a slot name as dst (its groups are "
-                    f"the slot's channels); got {op.dst!r}.")
-            lin_params[op.dst] += op.kernel
-            lin_macs[op.dst] += op.kernel * op.hw
-        elif isinstance(op.src, str) and isinstance(op.dst, str):
-            c = pairs.setdefault((op.src, op.dst), [0.0, 0.0])
-            c[0] += op.kernel
-            c[1] += op.kernel * op.hw
-        elif isinstance(op.src, str) and isinstance(op.dst, int):
-            lin_params[op.src] += op.kernel * op.dst
-            lin_macs[op.src] += op.kernel * op.hw * op.dst
-        elif isinstance(op.dst, str) and isinstance(op.src, int):
-            lin_params[op.dst] += op.kernel * op.src
-            lin_macs[op.dst] += op.kernel * op.hw * op.src
-        elif isinstance(op.src, int) and isinstance(op.dst, int):
-            fixed += op.kernel * op.src * op.dst
+        costs.add(op)
+    lin_params, lin_macs, pairs, fixed = costs.params, costs.macs, costs.pairs, costs.fixed
     # Dense parameters attributable to one channel of each slot (pair costs split
     # evenly between their two slots), for the scale of the scores.
     share = dict(lin_params)
@@ -223,6 +198,43 @@ def conv_problem(name: str, ops: list[Op], widths: dict[str, int], seed: int = 0
     p.add_budget("params", max=param_budget, relative=True)
     p.add_budget("macs", max=mac_budget, relative=True)
     return p
+
+
+@dataclass
+class _ConvCosts:
+    """The exact costs of a CNN's ops: per channel of a slot (parameters, MACs), pair
+    coefficients (a, b) -> [parameters, MACs] of k_a * k_b, and fixed parameters."""
+
+    params: dict[str, float]
+    macs: dict[str, float]
+    pairs: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    fixed: float = 0.0
+
+    def add(self, op: Op) -> None:
+        per_out = (2.0 if op.norm else 0.0) + (1.0 if op.bias else 0.0)
+        if isinstance(op.dst, str):
+            self.params[op.dst] += per_out
+        else:
+            self.fixed += per_out * op.dst
+        if op.depthwise:
+            if not isinstance(op.dst, str):
+                raise ValidationError(
+                    f"The depthwise op {op.name!r} needs a slot name as dst (its groups are "
+                    f"the slot's channels); got {op.dst!r}.")
+            self.params[op.dst] += op.kernel
+            self.macs[op.dst] += op.kernel * op.hw
+        elif isinstance(op.src, str) and isinstance(op.dst, str):
+            c = self.pairs.setdefault((op.src, op.dst), [0.0, 0.0])
+            c[0] += op.kernel
+            c[1] += op.kernel * op.hw
+        elif isinstance(op.src, str) and isinstance(op.dst, int):
+            self.params[op.src] += op.kernel * op.dst
+            self.macs[op.src] += op.kernel * op.hw * op.dst
+        elif isinstance(op.dst, str) and isinstance(op.src, int):
+            self.params[op.dst] += op.kernel * op.src
+            self.macs[op.dst] += op.kernel * op.hw * op.src
+        elif isinstance(op.src, int) and isinstance(op.dst, int):
+            self.fixed += op.kernel * op.src * op.dst
 
 
 def _conv_out(hw: int, stride: int) -> int:
