@@ -230,23 +230,13 @@ def solve_bilinear(problem: AllocationProblem, form: Formulation,
     t0 = time.perf_counter()
     m = form.model
     sense = m.sense
-    better = (lambda u, v: u > v) if sense == "max" else (lambda u, v: u < v)
-    best_x, best = None, None
-
-    def offer(keep: np.ndarray | None) -> None:
-        nonlocal best_x, best
-        if keep is None:
-            return
-        x = form.encode(keep, problem)
-        if x is not None and (best is None or better(m.objective_value(x), best)):
-            best_x, best = x, m.objective_value(x)
-
+    inc = _Incumbent(problem, form)
     for keep in candidates:
-        offer(keep)
+        inc.offer(keep)
 
     def on_round(x: np.ndarray, lp_bound: float) -> bool:
-        offer(heuristic_keep(problem, form, x))
-        return best is not None and relative_gap(best, lp_bound) <= rel_gap
+        inc.offer(heuristic_keep(problem, form, x))
+        return inc.value is not None and relative_gap(inc.value, lp_bound) <= rel_gap
 
     loop = (hull_cut_loop(form, deadline, on_round=on_round) if hull
             else HullLoop(None, None, 0, 0, 0.0))
@@ -260,51 +250,93 @@ def solve_bilinear(problem: AllocationProblem, form: Formulation,
                        "", details, sense)
 
     def closed() -> bool:
-        return best is not None and bound is not None and relative_gap(best, bound) <= rel_gap
+        return inc.value is not None and bound is not None and \
+            relative_gap(inc.value, bound) <= rel_gap
 
     while not closed():
         left = None if deadline is None else deadline - time.perf_counter()
         if left is not None and left <= 0:
             break
-        res = solve_mip(left, best_x)
+        res = solve_mip(left, inc.x)
         last, backend = res, res.backend
         details["mip_solves"] += 1
         nodes += res.nodes or 0
         if res.termination in (Termination.INFEASIBLE, Termination.INFEASIBLE_OR_UNBOUNDED):
-            if best is None:
+            if inc.value is None:
                 return _result(res.termination, None, None, None, rel_gap, t0, nodes, backend,
                                res.backend_version, details, sense)
-            bound = best  # every mask not yet cut off is infeasible
+            bound = inc.value  # every mask not yet cut off is infeasible
             break
-        if res.bound is not None and math.isfinite(res.bound):
-            bound = res.bound if bound is None else (min if sense == "max" else max)(bound,
-                                                                                      res.bound)
+        bound = _tighter(bound, res.bound, sense)
         if res.x is None:
             break
-        keep = form.decode(res.x)
-        offer(keep)
+        inc.offer(form.decode(res.x))
         if products_exact(form, res.x):
-            if res.is_optimal and best is not None:
-                bound = res.bound if res.bound is not None else best
+            if res.is_optimal and inc.value is not None:
+                bound = res.bound if res.bound is not None else inc.value
                 break
         else:
-            new = separate(form, res.x, tol=1e-9)
-            for c in new:
-                m.add_row(c.cols, c.vals, c.lower, c.upper, name=f"oa{m.num_rows}")
-            details["oa_cuts"] += len(new)
-            if problem.objective.kind == "max_importance":
-                offer(_repair(problem, form, res.x))
+            details["oa_cuts"] += _cut_off(problem, form, res.x, inc)
         if res.termination is Termination.TIME_LIMIT:
             break
-    if best is not None and bound is not None and better(best, bound):
-        bound = best  # an exact mask better than a bound: the bound was reached
-    term = Termination.OPTIMAL if closed() else (
-        Termination.TIME_LIMIT if deadline is not None and time.perf_counter() >= deadline
-        else (last.termination if last is not None else Termination.OTHER))
-    if term is Termination.OPTIMAL and best is None:
-        term = Termination.OTHER
-    return _result(term, best_x, best, bound, rel_gap, t0, nodes, backend,
+    if inc.value is not None and bound is not None and inc.better(inc.value, bound):
+        bound = inc.value  # an exact mask better than a bound: the bound was reached
+    term = _termination(closed(), inc.value is not None, deadline, last)
+    return _result(term, inc.x, inc.value, bound, rel_gap, t0, nodes, backend,
                    last.backend_version if last is not None else "", details, sense)
+
+
+class _Incumbent:
+    """The best exact mask offered so far, as a point of ``form.model`` and its value."""
+
+    def __init__(self, problem: AllocationProblem, form: Formulation) -> None:
+        self.problem, self.form = problem, form
+        self.x: np.ndarray | None = None
+        self.value: float | None = None
+
+    def better(self, u: float, v: float) -> bool:
+        return u > v if self.form.model.sense == "max" else u < v
+
+    def offer(self, keep: np.ndarray | None) -> None:
+        if keep is None:
+            return
+        m = self.form.model
+        x = self.form.encode(keep, self.problem)
+        if x is not None and (self.value is None or self.better(m.objective_value(x),
+                                                                self.value)):
+            self.x, self.value = x, m.objective_value(x)
+
+
+def _cut_off(problem: AllocationProblem, form: Formulation, x: np.ndarray,
+             inc: _Incumbent) -> int:
+    """Outer approximation at a MIP answer ``x`` whose products are not exact: add the
+    cuts it violates to the model (and offer its repaired widths); returns their count."""
+    m = form.model
+    new = separate(form, x, tol=1e-9)
+    for c in new:
+        m.add_row(c.cols, c.vals, c.lower, c.upper, name=f"oa{m.num_rows}")
+    if problem.objective.kind == "max_importance":
+        inc.offer(_repair(problem, form, x))
+    return len(new)
+
+
+def _tighter(bound: float | None, new: float | None, sense: str) -> float | None:
+    """The tighter of two bounds on the optimum (a missing or infinite one says nothing)."""
+    if new is None or not math.isfinite(new):
+        return bound
+    if bound is None:
+        return new
+    return min(bound, new) if sense == "max" else max(bound, new)
+
+
+def _termination(closed: bool, has_mask: bool, deadline: float | None,
+                 last: SolveResult | None) -> Termination:
+    """Optimal only with a mask and the gap closed; else why the search stopped."""
+    if closed:
+        return Termination.OPTIMAL if has_mask else Termination.OTHER
+    if deadline is not None and time.perf_counter() >= deadline:
+        return Termination.TIME_LIMIT
+    return last.termination if last is not None else Termination.OTHER
 
 
 def _repair(problem: AllocationProblem, form: Formulation, x: np.ndarray) -> np.ndarray | None:
