@@ -382,8 +382,8 @@ _RESIZERS: dict[type, Resizer] = {}
 _RESIZE_MATCHERS: list[tuple[Callable[[nn.Module], bool], Resizer]] = []
 
 
-def _file(table: dict[type, LeafHandler], types: Iterable[type[M]],
-          handler: Callable[[_Ctx, str, M, fx.Node], Any]) -> None:
+def _file_under(table: dict[type, LeafHandler], types: Iterable[type[M]],
+                handler: Callable[[_Ctx, str, M, fx.Node], Any]) -> None:
     for t in types:
         # Tables are read along type(module).__mro__: the handler only sees instances of t.
         table[t] = cast(LeafHandler, handler)
@@ -395,7 +395,7 @@ def register_leaf(module_type: type[M], handler: Callable[[_Ctx, str, M, fx.Node
     tuple of annotations for a tuple output) and may add groups with
     ``ctx.add_group(...)``, spaces with ``ctx.new_space`` / ``ctx.produce``, ops with
     ``ctx.add_op(...)``."""
-    _file(_LEAF_HANDLERS, (module_type,), handler)
+    _file_under(_LEAF_HANDLERS, (module_type,), handler)
 
 
 @overload
@@ -732,13 +732,13 @@ def _opaque(ctx: _Ctx, name: str, mod: nn.Module, node: fx.Node) -> Any:
 
 
 _MODULE_HANDLERS: dict[type, LeafHandler] = {}
-_file(_MODULE_HANDLERS, (nn.Linear,), _linear)
-_file(_MODULE_HANDLERS, (nn.Conv1d, nn.Conv2d), _conv)
-_file(_MODULE_HANDLERS, (nn.BatchNorm1d, nn.BatchNorm2d), _batchnorm)
-_file(_MODULE_HANDLERS, (nn.Flatten,), _flatten_module)
-_file(_MODULE_HANDLERS, ELEMENTWISE_MODULES, _elementwise_module)
-_file(_MODULE_HANDLERS, SPATIAL_MODULES, _spatial_module)
-_file(_MODULE_HANDLERS, FREEZING_MODULES, _freezing_module)
+_file_under(_MODULE_HANDLERS, (nn.Linear,), _linear)
+_file_under(_MODULE_HANDLERS, (nn.Conv1d, nn.Conv2d), _conv)
+_file_under(_MODULE_HANDLERS, (nn.BatchNorm1d, nn.BatchNorm2d), _batchnorm)
+_file_under(_MODULE_HANDLERS, (nn.Flatten,), _flatten_module)
+_file_under(_MODULE_HANDLERS, ELEMENTWISE_MODULES, _elementwise_module)
+_file_under(_MODULE_HANDLERS, SPATIAL_MODULES, _spatial_module)
+_file_under(_MODULE_HANDLERS, FREEZING_MODULES, _freezing_module)
 
 
 # ----------------------------------------------------------------- function handlers
