@@ -14,9 +14,10 @@ choice, reconstruction (formulations/reconstruction.md).
    exactly) for its ``fisher_proposals`` best allocations.
 4. **Measured choice**: every distinct candidate is reconstructed layer by layer
    (``reconstruct.reconstruct``, with its guard: a layer whose refit would move its
-   weights by more than ``max_weight_change`` of their dense norm keeps its dense
-   weights) and its calibration loss measured, with and without the refit (a refit is
-   kept only where it measures better); the lowest wins.
+   weights by more than ``max_weight_change`` of their dense norm to rebuild an output
+   the removal mostly took keeps its dense weights) and its calibration loss measured,
+   with and without the refit (a refit is kept only where it measures better); the
+   lowest wins.
    The per-slot losses are not additive (pruning several slots compounds) and the
    Fisher saliency is a second-order estimate, so the proven optimum of either sum is
    a proposal, and the measurement decides. (On the digits ViT the two objectives'
@@ -47,7 +48,7 @@ import numpy as np
 from ..alloc import AllocationProblem
 from ..errors import ValidationError, check
 from .fisher import FisherResult, mask_fisher, output_kind
-from .reconstruct import DEFAULT_ALPHAS, ReconstructionReport, reconstruct
+from .reconstruct import DEFAULT_ALPHAS, GUARD_ERROR, ReconstructionReport, reconstruct
 from .sensitivity import Evaluator, SlotCurve, additivity, measure_curves, slot_orders
 from .structures import StructureSet
 
@@ -97,9 +98,10 @@ class CalibrationOptions:
         ``CalibratedSelection.settings``.
     fisher_proposals: best allocations of the summed Fisher saliency added to the
         measured choice when ``curves`` is on (0: none).
-    max_weight_change: the reconstruction's guard (``reconstruct.reconstruct``): a
-        layer whose refit moves its weights by more than this fraction of their dense
-        norm keeps its dense weights (None: no guard).
+    max_weight_change, guard_error: the reconstruction's guard (``reconstruct.reconstruct``):
+        a layer whose refit moves its weights by more than ``max_weight_change`` of their
+        dense norm, where the removal took more than ``guard_error`` of its output's
+        variance, keeps its dense weights (``max_weight_change=None``: no guard).
     """
 
     k_best: int | None = None
@@ -118,6 +120,7 @@ class CalibrationOptions:
     auto_macs: float = 1e12
     fisher_proposals: int = 1
     max_weight_change: float | None = 1.0
+    guard_error: float = GUARD_ERROR
 
     def __post_init__(self) -> None:
         check(self.k_best is None or (isinstance(self.k_best, int) and self.k_best >= 1),
@@ -142,6 +145,8 @@ class CalibrationOptions:
                                                  and self.max_weight_change > 0),
               "The 'max_weight_change' of CalibrationOptions", "None or a number > 0",
               self.max_weight_change)
+        check(isinstance(self.guard_error, (int, float)) and self.guard_error >= 0,
+              "The 'guard_error' of CalibrationOptions", "a number >= 0", self.guard_error)
 
 
 @dataclass
@@ -277,37 +282,65 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
             f"(gaps {[proposals[i][1].solve.gap for i in unproven]}); the measured choice "
             "still applies, but raise time_limit_s for a proof.", stacklevel=3)
     t = time.perf_counter()
-    candidates = []
-    best = (math.inf, -1, None, None)
+    candidates, chosen, work, rec = _measured_choice(structures, proposals, ev, data, opts,
+                                                     refit)
+    times["choice"] = time.perf_counter() - t
+    add = None
+    if opts.additivity_samples > 0 and curves:
+        t = time.perf_counter()
+        add = additivity(ev, problem, curves, opts.additivity_samples, opts.seed, refit=refit,
+                         extra={"fisher": fr.saliency})
+        times["additivity"] = time.perf_counter() - t
+    keep = proposals[chosen][1].keep
+    if work is None:  # unrefit: the masked copy of the dense model
+        work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
+    return CalibratedSelection(keep=keep, structures=work, fisher=fr, curves=curves,
+                               candidates=candidates, chosen=chosen, reconstruction=rec,
+                               additivity=add, times_s=times, settings=settings,
+                               allocation=proposals[chosen][1].to_dict())
+
+
+def _measured_choice(structures: StructureSet, proposals: list[tuple[str, Any]],
+                     ev: Evaluator, data: Any, opts: CalibrationOptions, refit: bool
+                     ) -> tuple[list[dict[str, Any]], int, StructureSet | None,
+                                ReconstructionReport | None]:
+    """Stage 4: every distinct proposal measured as it is and reconstructed (the refit
+    kept only where it measures better); returns the candidates' records, the index of
+    the lowest measured loss, and its reconstructed structures and report (None, None:
+    the chosen one is best unrefit)."""
+    candidates: list[dict[str, Any]] = []
+    best: tuple[float, int, StructureSet | None, ReconstructionReport | None] = (
+        math.inf, -1, None, None)
     alpha: float | None = None
     seen: dict[bytes, int] = {}
     for i, (source, r) in enumerate(proposals):
         keep = r.keep
-        row = {"rank": i, "source": source, "objective": r.solve.objective,
-               "bound": r.solve.bound, "gap": r.solve.gap,
-               "termination": r.solve.termination.value,
-               "predicted_loss": (-float(r.solve.objective) if source == "curves"
-                                  and r.solve.objective is not None else None),
-               "usage": r.usage}
+        row: dict[str, Any] = {
+            "rank": i, "source": source, "objective": r.solve.objective,
+            "bound": r.solve.bound, "gap": r.solve.gap, "termination": r.solve.termination.value,
+            "predicted_loss": (-float(r.solve.objective) if source == "curves"
+                               and r.solve.objective is not None else None),
+            "usage": r.usage}
         twin = seen.setdefault(np.asarray(keep, dtype=bool).tobytes(), i)
         if twin != i:  # the same keep set from the other objective: measured once
             row["same_as"] = twin
             candidates.append(row)
             continue
-        work: StructureSet | None = dataclasses.replace(
-            structures, model=copy.deepcopy(structures.model))
         row["loss_masked"] = ev.loss(keep, refit=False)
-        rec = None
+        work: StructureSet | None = None
+        rec: ReconstructionReport | None = None
         if refit:
+            work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
             # The ridge is chosen once, on the first proposal (a whole refit per
             # alpha); the other proposals are refit with it.
             rec = reconstruct(work, keep, data, batch_size=opts.batch_size,
                               alphas=opts.alphas if alpha is None else (alpha,),
                               scope=opts.reconstruct_scope,
-                              max_weight_change=opts.max_weight_change)
+                              max_weight_change=opts.max_weight_change,
+                              guard_error=opts.guard_error)
             alpha = rec.alpha if alpha is None else alpha
             row["alpha"] = rec.alpha
-            row["layers_kept_dense"] = [r.consumer for r in rec.layers if r.kept_dense]
+            row["layers_kept_dense"] = [lr.consumer for lr in rec.layers if lr.kept_dense]
             row["loss_reconstructed"] = ev.loss(keep, on=work)
             # A refit is kept only where it measures better than no refit at all.
             row["refit_kept"] = row["loss_reconstructed"] <= row["loss_masked"]
@@ -317,21 +350,7 @@ def calibrated_selection(structures: StructureSet, problem: AllocationProblem, d
         candidates.append(row)
         if measured < best[0]:
             best = (measured, i, work, rec)
-    times["choice"] = time.perf_counter() - t
-    add = None
-    if opts.additivity_samples > 0 and curves:
-        t = time.perf_counter()
-        add = additivity(ev, problem, curves, opts.additivity_samples, opts.seed, refit=refit,
-                         extra={"fisher": fr.saliency})
-        times["additivity"] = time.perf_counter() - t
-    _, chosen, work, rec = best
-    keep = proposals[chosen][1].keep
-    if work is None:  # unrefit: the masked copy of the dense model
-        work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
-    return CalibratedSelection(keep=keep, structures=work, fisher=fr, curves=curves,
-                               candidates=candidates, chosen=chosen, reconstruction=rec,
-                               additivity=add, times_s=times, settings=settings,
-                               allocation=proposals[chosen][1].to_dict())
+    return candidates, best[1], best[2], best[3]
 
 
 def _search(q: AllocationProblem, k: int, backend: str, time_limit_s: float | None,

@@ -262,7 +262,8 @@ def prune(model: nn.Module, importance: str | Callable | np.ndarray = "calibrate
         work = dataclasses.replace(structures, model=copy.deepcopy(structures.model))
         rec = reconstruct_layers(work, keep, data, alphas=opts.alphas,
                                  batch_size=opts.batch_size, scope=opts.reconstruct_scope,
-                                 max_weight_change=opts.max_weight_change)
+                                 max_weight_change=opts.max_weight_change,
+                                 guard_error=opts.guard_error)
         stages["reconstruction"] = rec.to_dict()
     t3 = time.perf_counter()
     predicted = structures.predict(keep)

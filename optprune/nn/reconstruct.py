@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TypeGuard, cast
 
 import numpy as np
 import scipy.linalg
@@ -48,13 +48,16 @@ from .calib import run_model
 from .resume import ForwardTrace, capture_outputs, skipping
 from .structures import StructureSet
 
-__all__ = ["DEFAULT_ALPHAS", "LayerRefit", "ReconstructionReport", "consumer_order",
-           "reconstruct", "refit_from_stats", "unfold_rows"]
+__all__ = ["DEFAULT_ALPHAS", "GUARD_ERROR", "LayerRefit", "ReconstructionReport",
+           "consumer_order", "reconstruct", "refit_from_stats", "unfold_rows"]
 
 # Relative ridge strengths (times the mean diagonal of the inputs' Gram matrix), tried
 # by the "global" selection (one whole refit each). inf = keep the dense weights
 # (refit the bias only, FLAP's compensation).
 DEFAULT_ALPHAS: tuple[float, ...] = (0.1, 1.0, 10.0)
+# The guard acts on layers whose removal took more than this share of their output's
+# variance (formulations/reconstruction.md, section 6).
+GUARD_ERROR = 0.5
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class LayerRefit:
     there is no holdout) without refit (dropped inputs simply zero) and with it.
     ``weight_change``: ||Theta - Theta_0||_F / ||Theta_0||_F of the refit (kept rows and
     columns, bias included); ``kept_dense``: the refit exceeded the guard's
-    ``max_weight_change`` and was not written (the layer keeps its dense weights, and
+    ``max_weight_change`` on a layer with ``error_before`` above its ``guard_error`` and
+    was not written (the layer keeps its dense weights, and
     ``error_after`` is ``error_before``)."""
 
     consumer: str
@@ -113,33 +117,41 @@ class _Stop(Exception):
     """Raised by a capture hook once it has what it needs (skip the rest of the forward)."""
 
 
-def _is_refittable(mod: nn.Module) -> bool:
+# The layers the reconstruction refits (``_is_refittable``).
+_Layer = nn.Linear | nn.Conv2d
+
+
+def _is_refittable(mod: nn.Module) -> TypeGuard[_Layer]:
     if isinstance(mod, nn.Linear):
         return True
-    return isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
+    # A string padding ("same", "valid") is not one F.unfold takes: left as it is.
+    return (isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
+            and not isinstance(mod.padding, str))
 
 
-def unfold_rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def unfold_rows(mod: _Layer, x: torch.Tensor) -> torch.Tensor:
     """The rows a consumer's weight multiplies: (samples*positions, in_features) for a
     Linear, unfolded patches (samples*positions, C_in*kh*kw) for a Conv2d."""
     if isinstance(mod, nn.Linear):
         return x.reshape(-1, x.shape[-1])
-    cols = F.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=mod.padding,
-                    stride=mod.stride)
+    check(not isinstance(mod.padding, str), "The padding of a refit convolution",
+          "numbers (F.unfold's)", mod.padding)
+    cols = F.unfold(x, mod.kernel_size, dilation=mod.dilation,
+                    padding=cast(tuple[int, ...], mod.padding), stride=mod.stride)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
-def _output_rows(mod: nn.Module, y: torch.Tensor) -> torch.Tensor:
+def _output_rows(mod: _Layer, y: torch.Tensor) -> torch.Tensor:
     if isinstance(mod, nn.Linear):
         return y.reshape(-1, y.shape[-1])
     return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
 
 
-def _weight2d(mod: nn.Module) -> torch.Tensor:
+def _weight2d(mod: _Layer) -> torch.Tensor:
     return mod.weight.reshape(mod.weight.shape[0], -1)
 
 
-def _taps(mod: nn.Module) -> int:
+def _taps(mod: _Layer) -> int:
     return int(np.prod(mod.kernel_size)) if isinstance(mod, nn.Conv2d) else 1
 
 
@@ -218,14 +230,25 @@ def _sq_error(g: np.ndarray, c: np.ndarray, yy: float, theta: np.ndarray) -> flo
     return float(np.sum(theta * (g @ theta)) - 2.0 * np.sum(theta * c) + yy)
 
 
+def _plus(a: np.ndarray | None, b: np.ndarray) -> np.ndarray:
+    return b if a is None else a + b
+
+
+def _total(arrays: list[np.ndarray | None]) -> np.ndarray:
+    present = [a for a in arrays if a is not None]
+    check(len(present) > 0, "The reconstruction's statistics", "accumulated over at least "
+          "one calibration batch", "none")
+    return np.sum(present, axis=0)
+
+
 class _Acc:
     """Streaming float64 statistics of (Xa, Y) for one consumer, split fit / holdout."""
 
     def __init__(self) -> None:
-        self.g = [None, None]
-        self.c = [None, None]
+        self.g: list[np.ndarray | None] = [None, None]
+        self.c: list[np.ndarray | None] = [None, None]
         self.yy = [0.0, 0.0]
-        self.ysum = [None, None]
+        self.ysum: list[np.ndarray | None] = [None, None]
         self.n = [0, 0]
 
     def add(self, part: int, xa: torch.Tensor, y: torch.Tensor) -> None:
@@ -237,30 +260,30 @@ class _Acc:
         g = (xa.T @ xa).cpu().numpy().astype(np.float64)
         c = (xa.T @ y).cpu().numpy().astype(np.float64)
         y = y.to(torch.float64)
-        self.g[part] = g if self.g[part] is None else self.g[part] + g
-        self.c[part] = c if self.c[part] is None else self.c[part] + c
+        self.g[part] = _plus(self.g[part], g)
+        self.c[part] = _plus(self.c[part], c)
         self.yy[part] += float((y * y).sum())
-        ys = y.sum(0).cpu().numpy()
-        self.ysum[part] = ys if self.ysum[part] is None else self.ysum[part] + ys
+        self.ysum[part] = _plus(self.ysum[part], y.sum(0).cpu().numpy())
         self.n[part] += int(y.shape[0])
 
+    def part(self, part: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(G, C, ||Y||^2) of the fit (0) or holdout (1) batches."""
+        return _total([self.g[part]]), _total([self.c[part]]), self.yy[part]
+
     def total(self) -> tuple[np.ndarray, np.ndarray, float]:
-        parts = [i for i in (0, 1) if self.g[i] is not None]
-        return (sum(self.g[i] for i in parts), sum(self.c[i] for i in parts),
-                sum(self.yy[i] for i in parts))
+        return _total(self.g), _total(self.c), float(sum(self.yy))
 
     def total_variance(self) -> float:
-        parts = [i for i in (0, 1) if self.g[i] is not None]
-        n = max(sum(self.n[i] for i in parts), 1)
-        ysum = sum(self.ysum[i] for i in parts)
-        return max(sum(self.yy[i] for i in parts) - float(np.sum(ysum ** 2)) / n, 1e-300)
+        n = max(sum(self.n), 1)
+        ysum = _total(self.ysum)
+        return max(float(sum(self.yy)) - float(np.sum(ysum ** 2)) / n, 1e-300)
 
     def variance(self, part: int) -> float:
         n = max(self.n[part], 1)
-        return max(self.yy[part] - float(np.sum(self.ysum[part] ** 2)) / n, 1e-300)
+        return max(self.yy[part] - float(np.sum(_total([self.ysum[part]]) ** 2)) / n, 1e-300)
 
 
-def _kept_layout(structures: StructureSet, keep: np.ndarray, name: str, mod: nn.Module
+def _kept_layout(structures: StructureSet, keep: np.ndarray, name: str, mod: _Layer
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(kept input columns of the 2-D weight, kept output rows) of consumer ``name``."""
     mask = structures.consumer_masks(keep).get(name)
@@ -280,7 +303,8 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
                 alphas: Sequence[float] = DEFAULT_ALPHAS, select: str = "global",
                 holdout_every: int = 4, default_alpha: float = 1.0, batch_size: int = 128,
                 min_rows_per_input: float = 1.0, scope: str = "all", resume: bool = True,
-                max_weight_change: float | None = None) -> ReconstructionReport:
+                max_weight_change: float | None = None,
+                guard_error: float = GUARD_ERROR) -> ReconstructionReport:
     """Refit, in place on ``structures.model``, every consumer whose inputs lose
     columns under ``keep`` (or the named ``consumers``), in forward order, so that its
     outputs on ``data`` under ``structures.masked(keep)`` match those of the model as
@@ -305,11 +329,13 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
         shift too); "consumers" only the layers whose inputs lost columns.
     max_weight_change: the guard against degenerate refits (None: off). A layer whose
         refit moves its kept weights and bias by more than this fraction of their dense
-        norm, ||Theta - Theta_0||_F > max_weight_change * ||Theta_0||_F, keeps its dense
-        weights instead (``LayerRefit.kept_dense``); the later layers are then refit on
-        the inputs it really produces. Such a refit rebuilds a lost output from
-        correlations of the calibration data and extrapolates badly outside it
-        (formulations/reconstruction.md, "The guard").
+        norm, ||Theta - Theta_0||_F > max_weight_change * ||Theta_0||_F, while the removal
+        took more than ``guard_error`` of its output's variance (``error_before``),
+        keeps its dense weights instead (``LayerRefit.kept_dense``); the later layers are
+        then refit on the inputs it really produces. Such a refit rebuilds a lost output
+        from correlations of the calibration data and extrapolates badly outside it; a
+        refit that repairs a mostly intact output may move its weights far without that
+        risk (formulations/reconstruction.md, "The guard").
 
     Raises ValidationError when a consumer has fewer calibration rows than
     ``min_rows_per_input`` times its kept inputs and no ridge is allowed (every
@@ -320,31 +346,11 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
 
     t0 = time.perf_counter()
     keep = structures.check_keep(keep)
-    check(len(alphas) > 0 and all(isinstance(a, (int, float)) and a >= 0 for a in alphas),
-          "The 'alphas' of reconstruct", "a non-empty list of ridge strengths >= 0 (inf allowed)",
-          list(alphas))
-    check(select in ("global", "layer"), "The 'select' of reconstruct", "'global' or 'layer'",
-          select)
-    check(isinstance(holdout_every, int) and holdout_every >= 2, "The 'holdout_every' of "
-          "reconstruct", "an int >= 2 (every k-th calibration batch is held out)", holdout_every)
-    check(scope in ("consumers", "all"), "The 'scope' of reconstruct", "'consumers' or 'all'",
-          scope)
-    check(max_weight_change is None or (isinstance(max_weight_change, (int, float))
-                                         and max_weight_change > 0),
-          "The 'max_weight_change' of reconstruct", "None or a number > 0 (a fraction of "
-          "each layer's dense weight norm)", max_weight_change)
+    _check_options(alphas, select, holdout_every, scope, max_weight_change, guard_error)
     model = structures.model
     named = dict(model.named_modules())
     if consumers is None:
-        masks = structures.consumer_masks(keep)
-        consumers = [c for c, m in masks.items() if bool((m < 0.5).any())]
-        if scope == "all" and consumers:
-            # Every layer from the first pruned consumer on: the later ones see shifted
-            # inputs too, and are refit to the dense outputs on them.
-            every = consumer_order(structures, data, [n for n, m in named.items()
-                                                      if n and _is_refittable(m)])
-            first = min(every.index(c) for c in consumers if c in every)
-            consumers = every[first:]
+        consumers = _pruned_consumers(structures, keep, data, scope, named)
     consumers = [c for c in consumers if _is_refittable(named[c])]
     dense = copy.deepcopy(model)
     dense.eval()
@@ -358,31 +364,78 @@ def reconstruct(structures: StructureSet, keep: Any, data: Any, *,
     with structures.masked(keep):
         trace = ForwardTrace(model, lambda: run_model(model, data_batches[0][0]))
     loop = _LayerLoop(structures, keep, stages, data_batches, dense_out, min_rows_per_input,
-                      trace if resume else None, max_weight_change)
+                      trace if resume else None, max_weight_change, guard_error)
     was = model.training
     model.eval()
     global_errors: dict[str, float] = {}
     try:
-        if select == "global" and any(hold) and len(alphas) > 1:
-            saved = {c: _weights_of(named[c]) for c in order}
-            ref = [(x, _final_output(dense, x)) for (x, _), h in zip(data_batches, hold) if h]
-            kind = _kind(structures)
-            for a in alphas:
-                loop.run([not h for h in hold], [False] * nb, (a,), a)
-                global_errors[str(a)] = _end_to_end(structures, keep, ref, kind)
-                for c, w in saved.items():
-                    _set_weights(named[c], w)
-            best = min(alphas, key=lambda a: (global_errors[str(a)], -a))
-            layers = loop.run([True] * nb, hold, (best,), best)
-        elif select == "global":
-            layers = loop.run([True] * nb, hold, (_closest(alphas, default_alpha),),
-                              default_alpha)
-        else:
-            layers = loop.run([True] * nb, hold, alphas, default_alpha)
+        layers = _select_and_refit(loop, structures, keep, dense, named, order, data_batches,
+                                   hold, alphas, select, default_alpha, global_errors)
     finally:
         model.train(was)
     return ReconstructionReport(layers, sum(hold), nb - sum(hold), time.perf_counter() - t0,
                                 select, global_errors)
+
+
+def _check_options(alphas: Sequence[float], select: str, holdout_every: int, scope: str,
+                   max_weight_change: float | None, guard_error: float) -> None:
+    check(len(alphas) > 0 and all(isinstance(a, (int, float)) and a >= 0 for a in alphas),
+          "The 'alphas' of reconstruct", "a non-empty list of ridge strengths >= 0 (inf allowed)",
+          list(alphas))
+    check(select in ("global", "layer"), "The 'select' of reconstruct", "'global' or 'layer'",
+          select)
+    check(isinstance(holdout_every, int) and holdout_every >= 2, "The 'holdout_every' of "
+          "reconstruct", "an int >= 2 (every k-th calibration batch is held out)", holdout_every)
+    check(scope in ("consumers", "all"), "The 'scope' of reconstruct", "'consumers' or 'all'",
+          scope)
+    check(max_weight_change is None or (isinstance(max_weight_change, (int, float))
+                                         and max_weight_change > 0),
+          "The 'max_weight_change' of reconstruct", "None or a number > 0 (a fraction of "
+          "each layer's dense weight norm)", max_weight_change)
+    check(isinstance(guard_error, (int, float)) and guard_error >= 0,
+          "The 'guard_error' of reconstruct", "a number >= 0 (a share of a layer's output "
+          "variance)", guard_error)
+
+
+def _pruned_consumers(structures: StructureSet, keep: np.ndarray, data: Any, scope: str,
+                      named: dict[str, nn.Module]) -> list[str]:
+    """The consumers whose inputs lose columns under ``keep`` ("consumers"), or every
+    refittable layer from the first of them on, in forward order ("all")."""
+    masks = structures.consumer_masks(keep)
+    consumers = [c for c, m in masks.items() if bool((m < 0.5).any())]
+    if scope == "all" and consumers:
+        # Every layer from the first pruned consumer on: the later ones see shifted
+        # inputs too, and are refit to the dense outputs on them.
+        every = consumer_order(structures, data, [n for n, m in named.items()
+                                                  if n and _is_refittable(m)])
+        first = min(every.index(c) for c in consumers if c in every)
+        consumers = every[first:]
+    return consumers
+
+
+def _select_and_refit(loop: "_LayerLoop", structures: StructureSet, keep: np.ndarray,
+                      dense: nn.Module, named: dict[str, nn.Module], order: list[str],
+                      data_batches: list, hold: list[bool], alphas: Sequence[float],
+                      select: str, default_alpha: float,
+                      global_errors: dict[str, float]) -> list[LayerRefit]:
+    """The refit with the ridge chosen as ``select`` says (``global_errors`` filled with
+    each alpha's held-out end-to-end error when the choice is global)."""
+    nb = len(data_batches)
+    if select == "global" and any(hold) and len(alphas) > 1:
+        layers = {c: m for c in order if _is_refittable(m := named[c])}
+        saved = {c: _weights_of(m) for c, m in layers.items()}
+        ref = [(x, _final_output(dense, x)) for (x, _), h in zip(data_batches, hold) if h]
+        kind = _kind(structures)
+        for a in alphas:
+            loop.run([not h for h in hold], [False] * nb, (a,), a)
+            global_errors[str(a)] = _end_to_end(structures, keep, ref, kind)
+            for c, w in saved.items():
+                _set_weights(layers[c], w)
+        best = min(alphas, key=lambda a: (global_errors[str(a)], -a))
+        return loop.run([True] * nb, hold, (best,), best)
+    if select == "global":
+        return loop.run([True] * nb, hold, (_closest(alphas, default_alpha),), default_alpha)
+    return loop.run([True] * nb, hold, alphas, default_alpha)
 
 
 def _closest(alphas: Sequence[float], target: float) -> float:
@@ -390,14 +443,14 @@ def _closest(alphas: Sequence[float], target: float) -> float:
                if math.isfinite(a) else math.inf)
 
 
-def _weights_of(mod: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _weights_of(mod: _Layer) -> tuple[torch.Tensor, torch.Tensor | None]:
     return mod.weight.detach().clone(), None if mod.bias is None else mod.bias.detach().clone()
 
 
-def _set_weights(mod: nn.Module, w: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+def _set_weights(mod: _Layer, w: tuple[torch.Tensor, torch.Tensor | None]) -> None:
     with torch.no_grad():
         mod.weight.copy_(w[0])
-        if w[1] is not None:
+        if w[1] is not None and mod.bias is not None:
             mod.bias.copy_(w[1])
 
 
@@ -435,9 +488,11 @@ class _LayerLoop:
     def __init__(self, structures: StructureSet, keep: np.ndarray, stages: list[list[str]],
                  data_batches: list, dense_out: dict[str, list[torch.Tensor]],
                  min_rows_per_input: float, trace: ForwardTrace | None = None,
-                 max_weight_change: float | None = None) -> None:
+                 max_weight_change: float | None = None,
+                 guard_error: float = 0.0) -> None:
         self.ss, self.keep, self.stages = structures, keep, stages
         self.max_change = max_weight_change
+        self.guard_error = guard_error
         self.batches, self.dense_out = data_batches, dense_out
         self.named = dict(structures.model.named_modules())
         self.min_rows = min_rows_per_input
@@ -502,7 +557,8 @@ class _LayerLoop:
                     b0 = mod.bias.detach().to(torch.float64).cpu().numpy()
                     theta0 = np.vstack([theta0, b0[rows][None]])
                 layers.append(_refit_one(n, mod, accs[n], theta0, cols, rows, has_bias, alphas,
-                                         default_alpha, self.min_rows, self.max_change))
+                                         default_alpha, self.min_rows, self.max_change,
+                                         self.guard_error))
         return layers
 
 
@@ -510,8 +566,10 @@ def _dense_outputs(dense: nn.Module, named: dict[str, nn.Module], order: Sequenc
                    data_batches: list) -> dict[str, list[torch.Tensor]]:
     """The dense model's output rows of every consumer on every batch (one pass)."""
     out: dict[str, list[torch.Tensor]] = {c: [] for c in order}
-    hs = [named[c].register_forward_hook(
-        lambda _m, _a, o, c=c: out[c].append(_output_rows(named[c], o.detach()))) for c in order]
+    layers = {c: m for c in order if _is_refittable(m := named[c])}
+    hs = [m.register_forward_hook(
+        lambda _m, _a, o, c=c, m=m: out[c].append(_output_rows(m, o.detach())))
+        for c, m in layers.items()]
     try:
         with torch.no_grad():
             for x, _ in data_batches:
@@ -527,10 +585,10 @@ def _dense_outputs(dense: nn.Module, named: dict[str, nn.Module], order: Sequenc
     return out
 
 
-def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: np.ndarray,
+def _refit_one(name: str, mod: _Layer, acc: _Acc, theta0: np.ndarray, cols: np.ndarray,
                rows: np.ndarray, has_bias: bool, alphas: Sequence[float],
                default_alpha: float, min_rows_per_input: float,
-               max_change: float | None = None) -> LayerRefit:
+               max_change: float | None = None, guard_error: float = 0.0) -> LayerRefit:
     n_rows = acc.n[0] + acc.n[1]
     if all(a == 0 for a in alphas) and n_rows < min_rows_per_input * cols.size:
         raise ValidationError(
@@ -538,17 +596,18 @@ def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: n
             "inputs: the plain least squares is underdetermined. Pass more calibration data "
             "or allow a ridge term (alphas > 0, e.g. the default).")
     d = cols.size
-    g_fit, c_fit = acc.g[0], acc.c[0]
-    holdout = acc.g[1] is not None and g_fit is not None
+    holdout = acc.g[1] is not None and acc.g[0] is not None
     errors: dict[str, float] = {}
     if holdout and len(alphas) > 1:
+        g_fit, c_fit, _ = acc.part(0)
+        g_hold, c_hold, yy_hold = acc.part(1)
         scale = float(np.mean(np.diag(g_fit)[:d])) if d else 1.0
         var = acc.variance(1)
         for a in alphas:
             th = refit_from_stats(g_fit, c_fit, theta0, a * scale, has_bias)
-            errors[str(a)] = _sq_error(acc.g[1], acc.c[1], acc.yy[1], th) / var
+            errors[str(a)] = _sq_error(g_hold, c_hold, yy_hold, th) / var
         best = min(alphas, key=lambda a: (errors[str(a)], -a))
-        err_before = _sq_error(acc.g[1], acc.c[1], acc.yy[1], theta0) / var
+        err_before = _sq_error(g_hold, c_hold, yy_hold, theta0) / var
     elif len(alphas) == 1:  # nothing to choose: no fit-only solve
         best = alphas[0]
         holdout = False
@@ -563,7 +622,7 @@ def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: n
     if not holdout:
         err_before = _sq_error(g, c, yy, theta0) / max(var, 1e-300)
     change = float(np.linalg.norm(theta - theta0) / max(np.linalg.norm(theta0), 1e-300))
-    dense = max_change is not None and change > max_change
+    dense = max_change is not None and change > max_change and err_before > guard_error
     if dense:
         err_after = err_before
     else:
@@ -572,7 +631,7 @@ def _refit_one(name: str, mod: nn.Module, acc: _Acc, theta0: np.ndarray, cols: n
                       float(err_before), float(err_after), errors, change, dense)
 
 
-def _write(mod: nn.Module, theta: np.ndarray, cols: np.ndarray, rows: np.ndarray,
+def _write(mod: _Layer, theta: np.ndarray, cols: np.ndarray, rows: np.ndarray,
            has_bias: bool) -> None:
     d = cols.size
     w = torch.as_tensor(theta[:d].T, dtype=mod.weight.dtype, device=mod.weight.device)
@@ -581,5 +640,5 @@ def _write(mod: nn.Module, theta: np.ndarray, cols: np.ndarray, rows: np.ndarray
         r = torch.as_tensor(rows, dtype=torch.long, device=w2.device)
         c = torch.as_tensor(cols, dtype=torch.long, device=w2.device)
         w2[r[:, None], c[None, :]] = w
-        if has_bias:
+        if has_bias and mod.bias is not None:
             mod.bias[r] = torch.as_tensor(theta[d], dtype=mod.bias.dtype, device=mod.bias.device)

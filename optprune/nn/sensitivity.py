@@ -74,7 +74,8 @@ def slot_orders(structures: StructureSet, fisher: FisherResult, method: str = "b
           "an Evaluator (its dense input statistics)", None)
     out = {}
     for s, ix in structures.layer_kind_index().items():
-        lw = _layerwise_order(structures, evaluator, ix) if method == "layerwise" else None
+        lw = _layerwise_order(structures, evaluator, ix) if (
+            method == "layerwise" and evaluator is not None) else None
         if lw is not None:
             out[s] = lw
         elif method != "diag" and s in fisher.blocks:
@@ -344,6 +345,7 @@ def additivity(evaluator: Evaluator, problem: AllocationProblem,
     out: dict[str, Any] = {"samples": samples, "joint": joint, "sum_of_slots": pred,
                            "spearman": float(spearmanr(joint, pred).statistic)
                            if np.ptp(pred) > 0 else None}
-    for name, v in other.items():
-        out[f"spearman_{name}"] = float(spearmanr(joint, v).statistic) if np.ptp(v) > 0 else None
+    for name, costs in other.items():
+        out[f"spearman_{name}"] = (float(spearmanr(joint, costs).statistic)
+                                   if np.ptp(costs) > 0 else None)
     return out

@@ -14,7 +14,7 @@ from optprune.errors import ValidationError
 from optprune.nn import apply_mask, discover
 from optprune.nn.fisher import divergence, mask_fisher
 from optprune.nn.models import MLP, SmallCNN
-from optprune.nn.reconstruct import reconstruct, unfold_rows
+from optprune.nn.reconstruct import GUARD_ERROR, reconstruct, unfold_rows
 from optprune.nn.sensitivity import Evaluator, greedy_quadratic_order, measure_curves
 
 torch.set_num_threads(1)
@@ -219,6 +219,18 @@ def test_the_guard_keeps_a_degenerate_refit_dense_and_the_rest_refit():
         by["2"].weight_change)
     with pytest.raises(ValidationError, match="max_weight_change"):
         reconstruct(_work(ss), keep, calib, max_weight_change=0.0)
+    # The guard acts where the removal took most of the output (here
+    # error_before > GUARD_ERROR); a layer whose output stayed mostly intact is refit
+    # however far its weights move: with guard_error at this layer's own error_before
+    # the refit is the unguarded one.
+    assert by["2"].error_before > GUARD_ERROR
+    lax = _work(ss)
+    rl = reconstruct(lax, keep, calib, batch_size=50, max_weight_change=0.5,
+                     guard_error=by["2"].error_before)
+    assert not any(r.kept_dense for r in rl.layers)
+    assert torch.equal(lax.model[2].weight, plain.model[2].weight)
+    with pytest.raises(ValidationError, match="guard_error"):
+        reconstruct(_work(ss), keep, calib, max_weight_change=0.5, guard_error=-1.0)
 
 
 def test_the_pipeline_cannot_choose_a_degenerate_refit():
