@@ -802,8 +802,9 @@ def heuristic_selection(stats: LayerStats, groups: Sequence[Any], width: int, la
     selection (or of the given ``curves``, from :func:`greedy_elimination` /
     :func:`greedy_selection` on the same statistics, groups and lam), each improved by
     :func:`swap_search` with pair exchanges (``pairs``) until no single or pair exchange
-    improves. Returns the one of least error (recomputed from scratch), never worse than
-    1-swap from the backward greedy start. ``start`` names where it came from; ``time_s``
+    improves. Returns the one of least error (recomputed from scratch): with the backward
+    curve among the starts (the default), never worse than 1-swap from its keep set, since
+    that start makes the same single exchanges first. ``start`` names where it came from; ``time_s``
     counts the curves computed here and every search. formulations/layerwise.md has the
     measurements behind this choice."""
     t0 = time.perf_counter()
