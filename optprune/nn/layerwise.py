@@ -27,7 +27,9 @@ interpolate the calibration data).
 
 Functions: :func:`greedy_elimination` (backward elimination with OBS updates of the
 inverse Gram: the whole curve of nested keep sets, widths G .. 0, in O(d^3)),
-:func:`swap_search` (1-swap local search from any keep set), :func:`refit`,
+:func:`greedy_selection` (forward selection, the same curve built the other way),
+:func:`swap_search` (local search by single, optionally pair, exchanges from any keep set),
+:func:`heuristic_selection` (the best of that search from both greedy starts), :func:`refit`,
 :func:`selection_error` (f from scratch), :func:`exact_selection` (the proven optimum of a
 small layer by branch and cut in SCIP; optional extra ``scip``). The math, and why this
 solver, is in formulations/layerwise.md.
@@ -35,6 +37,7 @@ solver, is in formulations/layerwise.md.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,7 +49,8 @@ import scipy.linalg as sla
 from ..errors import ValidationError, check
 
 __all__ = ["LayerStats", "ElimCurve", "Selection", "ExactSelection", "greedy_elimination",
-           "swap_search", "refit", "selection_error", "exact_selection", "column_groups"]
+           "greedy_selection", "swap_search", "heuristic_selection", "refit", "selection_error",
+           "exact_selection", "column_groups"]
 
 JITTER = 1e-10  # lam = 0 is solved with this ridge times mean(diag X^T X)
 
@@ -347,9 +351,11 @@ def refit(stats: LayerStats, groups: Sequence[Any], keep: Any, lam: float = 0.0)
 # ------------------------------------------------------------------ greedy elimination
 @dataclass(frozen=True)
 class ElimCurve:
-    """Backward elimination: ``order[i]`` is the i-th group removed; ``error[w]`` is f of the
-    keep set of width w (the G - w groups removed first are out), for w = 0 .. G.
-    ``ridge`` is the ridge used (lam, or the jitter when lam = 0)."""
+    """Nested greedy keep sets: ``order[i]`` is the i-th group removed; ``error[w]`` is f of
+    the keep set of width w (the G - w groups removed first are out), for w = 0 .. G.
+    ``ridge`` is the ridge used (lam, or the jitter when lam = 0). ``direction``: "backward"
+    (:func:`greedy_elimination`) or "forward" (:func:`greedy_selection`; ``order`` is then
+    the order of addition reversed, so the keep set of width w is the first w groups added)."""
 
     order: np.ndarray
     error: np.ndarray
@@ -357,6 +363,7 @@ class ElimCurve:
     ridge: float
     yy: float
     time_s: float
+    direction: str = "backward"
 
     @property
     def n_groups(self) -> int:
@@ -501,17 +508,89 @@ def greedy_elimination(stats: LayerStats, groups: Sequence[Any], lam: float = 0.
     return ElimCurve(order, np.maximum(err, 0.0), p.lam, p.ridge, p.yy, time.perf_counter() - t0)
 
 
+def greedy_selection(stats: LayerStats, groups: Sequence[Any], lam: float = 0.0) -> ElimCurve:
+    """Forward selection: add, one at a time, the group whose addition lowers f the most.
+    Over the columns O not yet kept, with Hr = H_OO - H_OS H_SS^{-1} H_SO and
+    Cr = Ct_O - H_OS H_SS^{-1} Ct_S (the Gram and the correlations left after projecting out
+    the kept columns S), adding group h lowers f by tr(Cr_h^T Hr_hh^{-1} Cr_h) - a_h; then
+    Hr and Cr are updated by the rank-k elimination of h. One pass gives the nested keep sets
+    of every width 0 .. G in O(d^3) (the residual matrices shrink to the columns left; they
+    are rebuilt from a fresh factorization whenever the kept columns have doubled, bounding
+    rounding drift). Ties go to the lower group index. Backward elimination and forward
+    selection reach different keep sets: :func:`heuristic_selection` starts from both."""
+    t0 = time.perf_counter()
+    p = _prepare(stats, groups, lam)
+    G, d = p.n_groups, p.H.shape[0]
+    keep = np.zeros(G, dtype=bool)
+    err = np.empty(G + 1)
+
+    def residual(keep):
+        S = p.columns(keep)
+        out = np.flatnonzero((p.col_group >= 0) & ~keep[np.maximum(p.col_group, 0)])
+        Hr, Cr = p.H[np.ix_(out, out)], p.Ct[out]
+        if S.size:
+            L = _chol(p.H[np.ix_(S, S)])
+            A = sla.solve_triangular(L, p.H[np.ix_(S, out)], lower=True, check_finite=False)
+            Hr = Hr - A.T @ A
+            Cr = Cr - A.T @ sla.solve_triangular(L, p.Ct[S], lower=True, check_finite=False)
+        return Hr, Cr, _positions(d, out), out.size, p.error(keep)
+
+    Hr, Cr, pos, n_stored, f = residual(keep)
+    n_factor = p.fixed.size
+    n_kept = p.fixed.size
+    err[0] = f
+    adds = np.empty(G, dtype=np.intp)
+    for step in range(G):
+        gain = np.full(G, -np.inf)
+        for gs, J in p.bucketed(~keep):
+            at = pos[J]
+            CJ = Cr[at]  # (n, k, r)
+            if J.shape[1] == 1:
+                hjj = Hr[at[:, 0], at[:, 0]]
+                quad = np.einsum("nkr,nkr->n", CJ, CJ) / np.maximum(hjj, p.ridge)
+            else:
+                quad = np.einsum("nkr,nkr->n", CJ,
+                                 np.linalg.solve(Hr[at[:, :, None], at[:, None, :]], CJ))
+            gain[gs] = quad - p.a[J].sum(axis=1)
+        g = int(np.argmax(gain))
+        keep[g] = True
+        adds[step] = g
+        n_kept += p.cols[g].size
+        if n_kept >= 2 * max(n_factor, 1) or step == G - 1:
+            Hr, Cr, pos, n_stored, f = residual(keep)
+            n_factor = n_kept
+        else:
+            f -= gain[g]
+            J = pos[p.cols[g]]
+            L = np.linalg.cholesky(Hr[np.ix_(J, J)])
+            A = sla.solve_triangular(L, Hr[J], lower=True, check_finite=False)  # L^-1 Hr_J:
+            Hr = Hr - A.T @ A
+            Cr = Cr - A.T @ sla.solve_triangular(L, Cr[J], lower=True, check_finite=False)
+            if n_stored - (d - n_kept) >= max(32, n_stored // 4):  # compact to the columns left
+                out = np.flatnonzero((p.col_group >= 0) & ~keep[np.maximum(p.col_group, 0)])
+                sub = pos[out]
+                Hr, Cr = Hr[np.ix_(sub, sub)], Cr[sub]
+                pos = _positions(d, out)
+                n_stored = out.size
+        err[step + 1] = f
+    return ElimCurve(adds[::-1].copy(), np.maximum(err, 0.0), p.lam, p.ridge, p.yy,
+                     time.perf_counter() - t0, "forward")
+
+
 # ------------------------------------------------------------------ swap local search
 @dataclass(frozen=True)
 class Selection:
-    """A keep set (one bool per group) and its error f; ``swaps`` made from a start of error
-    ``start_error``."""
+    """A keep set (one bool per group) and its error f; ``swaps`` single exchanges and
+    ``pair_swaps`` pair exchanges made from a start of error ``start_error``; ``start`` names
+    the start it came from (``heuristic_selection``), ``time_s`` includes every start."""
 
     keep: np.ndarray
     error: float
     swaps: int
     start_error: float
     time_s: float
+    pair_swaps: int = 0
+    start: str = "given"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -519,85 +598,240 @@ class Selection:
         return d
 
 
-def _swap_deltas(p: _Problem, keep: np.ndarray, max_block: int = 1 << 22) -> tuple[float, int, int]:
-    """The best 1-swap (out g, in h) of ``keep``: min over pairs of f(S - g + h) - f(S).
+PAIR_EVALS = 1 << 18  # pair exchanges scored per pass at most (C(32, 2)^2 = 246,016 fit)
 
-    With T = S - g, P = H_SS^{-1}, B = P C_S, Q_h = H_hS P, the Schur complement and the
-    residual correlation of an entering group h are updated in closed form:
-        Sch_h(T) = Sch_h(S) + Q_hg P_gg^{-1} Q_hg^T,   R_h(T) = R_h(S) + Q_hg P_gg^{-1} B_g,
-    and f(T + h) - f(S) = [tr(B_g^T P_gg^{-1} B_g) - a_g] - tr(R_h(T)^T Sch_h(T)^{-1} R_h(T)) + a_h.
-    All pairs cost O(d_in d_out (|S| + r)) instead of one factorization per pair."""
-    S = p.columns(keep)
-    pos = np.full(p.H.shape[0], -1, dtype=np.intp)
-    pos[S] = np.arange(S.size)
-    L = _chol(p.H[np.ix_(S, S)])
-    P = sla.cho_solve((L, True), np.eye(S.size), check_finite=False)
-    P = (P + P.T) / 2
-    B = P @ p.Ct[S]
-    best = (math.inf, -1, -1)
-    for hs, Jh in p.bucketed(~keep):
-        kh = Jh.shape[1]
-        HhS = p.H[Jh][:, :, S]  # (nh, kh, s)
-        Q = HhS @ P
-        Sch = p.H[Jh[:, :, None], Jh[:, None, :]] - Q @ HhS.transpose(0, 2, 1)
-        R = p.Ct[Jh] - HhS @ B  # (nh, kh, r)
-        RR = R @ R.transpose(0, 2, 1)
-        ah = p.a[Jh].sum(axis=1)
-        for gs_all, Jg_all in p.bucketed(keep):
-            kg = Jg_all.shape[1]
-            chunk = max(1, max_block // max(1, hs.size * kh * max(kh, kg) * max(1, kg)))
-            for c0 in range(0, gs_all.size, chunk):
-                gs = gs_all[c0:c0 + chunk]
-                Ig = pos[Jg_all[c0:c0 + chunk]]  # (ng, kg)
-                Pgg_inv = np.linalg.inv(P[Ig[:, :, None], Ig[:, None, :]])  # (ng, kg, kg)
-                Bg = B[Ig]  # (ng, kg, r)
-                rem = np.einsum("gkr,gkl,glr->g", Bg, Pgg_inv, Bg) \
-                    - p.a[Jg_all[c0:c0 + chunk]].sum(axis=1)
-                Qhg = Q[:, :, Ig].transpose(0, 2, 1, 3)  # (nh, ng, kh, kg)
-                M = Qhg @ Pgg_inv[None]
-                Sch_t = Sch[:, None] + M @ Qhg.transpose(0, 1, 3, 2)
-                RB = np.einsum("hkr,glr->hgkl", R, Bg)  # R_h B_g^T
-                MRB = M @ RB.transpose(0, 1, 3, 2)
-                N = RR[:, None] + MRB + MRB.transpose(0, 1, 3, 2) \
-                    + M @ (Bg @ Bg.transpose(0, 2, 1))[None] @ M.transpose(0, 1, 3, 2)
-                if kh == 1:
-                    gain = N[..., 0, 0] / Sch_t[..., 0, 0]
-                else:
-                    gain = np.trace(np.linalg.solve(Sch_t, N), axis1=2, axis2=3)
-                delta = rem[None, :] - gain + ah[:, None]  # (nh, ng)
-                i, j = np.unravel_index(int(np.argmin(delta)), delta.shape)
-                if delta[i, j] < best[0]:
-                    best = (float(delta[i, j]), int(gs[j]), int(hs[i]))
-    return best
+
+class _Exchanges:
+    """Scores every exchange of ``m`` kept groups D for ``m`` dropped groups A of a keep set S
+    in closed form, from one factorization of H_SS.
+
+    With P = H_SS^{-1}, B = P Ct_S, over the columns O of the dropped groups Q = H_OS P,
+    Sch = H_OO - Q H_SO (Schur complements given S) and R = Ct_O - H_OS B (residual
+    correlations), removing the columns D and adding the columns A gives (block elimination;
+    T = S - D):
+        Sch_A(T) = Sch_AA + M Q_AD^T,   R_A(T) = R_A + M B_D,   M = Q_AD P_DD^{-1},
+        f(T + A) - f(S) = [tr(B_D^T P_DD^{-1} B_D) - a_D] - tr(Sch_A(T)^{-1} R_A(T) R_A(T)^T) + a_A,
+    and R_A(T) R_A(T)^T = RR_AA + RB_AD M^T + M RB_AD^T + M BB_DD M^T only needs the Grams
+    RR = R R^T, RB = R B^T, BB = B B^T, so each exchange costs O(|A| |D| (|A| + |D|)), not a
+    factorization."""
+
+    def __init__(self, p: _Problem, keep: np.ndarray) -> None:
+        self.p, self.keep = p, keep
+        cg = p.col_group
+        S = p.columns(keep)
+        out = np.flatnonzero((cg >= 0) & ~keep[np.maximum(cg, 0)]).astype(np.intp)
+        d = p.H.shape[0]
+        self.posS, self.posO = _positions(d, S), _positions(d, out)
+        P = sla.cho_solve((_chol(p.H[np.ix_(S, S)]), True), np.eye(S.size), check_finite=False)
+        self.P = (P + P.T) / 2
+        B = self.P @ p.Ct[S]
+        HOS = p.H[np.ix_(out, S)]
+        self.Q = HOS @ self.P
+        self.Sch = p.H[np.ix_(out, out)] - self.Q @ HOS.T
+        R = p.Ct[out] - HOS @ B
+        self.RR, self.RB, self.BB = R @ R.T, R @ B.T, B @ B.T
+        self.a_g = np.array([p.a[c].sum() for c in p.cols])
+
+    def _side(self, groups: np.ndarray, m: int, pos: np.ndarray, limit: int | None,
+              score: np.ndarray | None):
+        """Candidate m-tuples of ``groups`` (of the ``limit`` best by ``score`` when there are
+        more), as (group tuples (n, m), column positions (n, k)) per total column count k."""
+        if groups.size < m:
+            return []
+        if limit is not None and score is not None and groups.size > limit:
+            groups = groups[np.argsort(score[groups], kind="stable")[:limit]]
+        tuples = np.array(list(itertools.combinations(groups.tolist(), m)), dtype=np.intp)
+        cols = [np.concatenate([self.p.cols[g] for g in t]) for t in tuples]
+        size = np.array([c.size for c in cols])
+        return [(tuples[size == k], pos[np.stack([c for c, s in zip(cols, size) if s == k])])
+                for k in np.unique(size)]
+
+    def single_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per group: the cost of removing it alone (kept groups) and minus the gain of
+        adding it alone (dropped groups), both as changes of f (lower is better)."""
+        p = self.p
+        score = np.zeros(p.n_groups)
+        for gs, J in p.bucketed(self.keep):
+            at = self.posS[J]
+            score[gs] = np.einsum("nkl,nkl->n", np.linalg.inv(self.P[at[:, :, None], at[:, None, :]]),
+                                  self.BB[at[:, :, None], at[:, None, :]]) - p.a[J].sum(axis=1)
+        for gs, J in p.bucketed(~self.keep):
+            at = self.posO[J]
+            score[gs] = p.a[J].sum(axis=1) - np.einsum(
+                "nkl,nkl->n", np.linalg.inv(self.Sch[at[:, :, None], at[:, None, :]]),
+                self.RR[at[:, :, None], at[:, None, :]])
+        return score
+
+    def best(self, m: int, max_evals: int | None = None,
+             max_block: int = 1 << 18) -> tuple[float, np.ndarray, np.ndarray]:
+        """The best exchange of m groups: (f(S - D + A) - f(S), D, A); (inf, [], []) if none.
+        With ``max_evals`` and more candidate exchanges than that, D and A are drawn from the
+        n best groups of each side by their single scores, C(n, m) <= sqrt(max_evals)."""
+        kept, dropped = np.flatnonzero(self.keep), np.flatnonzero(~self.keep)
+        limit = None
+        if max_evals is not None and \
+                math.comb(kept.size, m) * math.comb(dropped.size, m) > max_evals:
+            n_side, limit = math.isqrt(max_evals), m
+            while math.comb(limit + 1, m) <= n_side:
+                limit += 1
+        score = self.single_scores() if limit is not None else None
+        best = (math.inf, np.zeros(0, np.intp), np.zeros(0, np.intp))
+        for Dg, Id in self._side(kept, m, self.posS, limit, score):
+            kd = Id.shape[1]
+            Pinv = np.linalg.inv(self.P[Id[:, :, None], Id[:, None, :]])  # (nD, kd, kd)
+            BBd = self.BB[Id[:, :, None], Id[:, None, :]]
+            rem = np.einsum("nkl,nkl->n", Pinv, BBd) - self.a_g[Dg].sum(axis=1)  # (nD,)
+            for Ag, Ia in self._side(dropped, m, self.posO, limit, score):
+                ka = Ia.shape[1]
+                SchA = self.Sch[Ia[:, :, None], Ia[:, None, :]]  # (nA, ka, ka)
+                RRA = self.RR[Ia[:, :, None], Ia[:, None, :]]
+                aA = self.a_g[Ag].sum(axis=1)
+                chunk = max(1, max_block // max(1, Ia.shape[0] * ka * max(ka, kd)))
+                for c0 in range(0, Id.shape[0], chunk):
+                    sl = slice(c0, c0 + chunk)
+                    if ka == kd == 2:  # pairs of single columns: 2 x 2 algebra, written out
+                        gain = self._gains_2x2(Ia, Id[sl], SchA, RRA, Pinv[sl], BBd[sl])
+                    else:
+                        gain = self._gains(Ia, Id[sl], SchA, RRA, Pinv[sl], BBd[sl])
+                    delta = rem[None, sl] - gain + aA[:, None]  # (nA, nD)
+                    i, j = np.unravel_index(int(np.argmin(delta)), delta.shape)
+                    if delta[i, j] < best[0]:
+                        best = (float(delta[i, j]), Dg[c0 + j], Ag[i])
+        return best
+
+    def _gains(self, Ia, Id, SchA, RRA, Pinv, BBd) -> np.ndarray:
+        """tr(Sch_A(T)^{-1} R_A(T) R_A(T)^T) for every (A, D): shape (nA, nD)."""
+        Qad = self.Q[Ia[:, None, :, None], Id[None, :, None, :]]  # (nA, nD, ka, kd)
+        RBad = self.RB[Ia[:, None, :, None], Id[None, :, None, :]]
+        M = Qad @ Pinv[None]
+        Sch_t = SchA[:, None] + M @ Qad.transpose(0, 1, 3, 2)
+        MRB = M @ RBad.transpose(0, 1, 3, 2)
+        N = RRA[:, None] + MRB + MRB.transpose(0, 1, 3, 2) \
+            + M @ BBd[None] @ M.transpose(0, 1, 3, 2)
+        if Ia.shape[1] == 1:
+            return N[..., 0, 0] / Sch_t[..., 0, 0]
+        return np.trace(np.linalg.solve(Sch_t, N), axis1=2, axis2=3)
+
+    def _gains_2x2(self, Ia, Id, SchA, RRA, Pinv, BBd) -> np.ndarray:
+        """:meth:`_gains` when A and D are two columns each, entry by entry on (nA, nD) arrays
+        (numpy's batched 2 x 2 products cost more per matrix than their arithmetic). With
+        P_DD^{-1} = L L^T, V = Q_:D L and U = RB_:D L over every dropped column, and
+        K = L^T BB_DD L: M Q_AD^T = V_A V_A^T and R_A(T) R_A(T)^T = RR_AA + V_A U_A^T
+        + U_A V_A^T + V_A K V_A^T, so the terms of one column are shared by all its pairs."""
+        l00 = np.sqrt(Pinv[:, 0, 0])
+        l10 = Pinv[:, 0, 1] / l00
+        l11 = np.sqrt(np.maximum(Pinv[:, 1, 1] - l10 * l10, 0.0))
+        b00, b01, b11 = BBd[:, 0, 0], BBd[:, 0, 1], BBd[:, 1, 1]
+        k00 = l00 * (l00 * b00 + 2 * l10 * b01) + l10 * l10 * b11
+        k01, k11 = l11 * (l00 * b01 + l10 * b11), l11 * l11 * b11
+        Qd, Rd = self.Q[:, Id], self.RB[:, Id]  # (o, nD, 2) over every dropped column
+        V0, V1 = Qd[..., 0] * l00 + Qd[..., 1] * l10, Qd[..., 1] * l11
+        U0, U1 = Rd[..., 0] * l00 + Rd[..., 1] * l10, Rd[..., 1] * l11
+        W0, W1 = U0 + k00 * V0 + k01 * V1, U1 + k01 * V0 + k11 * V1  # U + V K
+        vv = V0 * V0 + V1 * V1
+        dd = V0 * (U0 + W0) + V1 * (U1 + W1)  # 2 V.U + V K V^T on the diagonal
+        u, v = Ia[:, 0], Ia[:, 1]
+        Vu0, Vu1, Vv0, Vv1 = V0[u], V1[u], V0[v], V1[v]
+        s00 = SchA[:, None, 0, 0] + vv[u]
+        s11 = SchA[:, None, 1, 1] + vv[v]
+        s01 = SchA[:, None, 0, 1] + Vu0 * Vv0 + Vu1 * Vv1
+        n00 = RRA[:, None, 0, 0] + dd[u]
+        n11 = RRA[:, None, 1, 1] + dd[v]
+        n01 = RRA[:, None, 0, 1] + Vu0 * W0[v] + Vu1 * W1[v] + U0[u] * Vv0 + U1[u] * Vv1
+        return (s11 * n00 - 2 * s01 * n01 + s00 * n11) / (s00 * s11 - s01 * s01)
+
+
+def _local_search(p: _Problem, keep: np.ndarray, max_swaps: int | None, pairs: bool,
+                  max_pair_evals: int | None) -> tuple[np.ndarray, float, int, int, float]:
+    """Best-improvement exchanges from ``keep``: the best single exchange while one improves;
+    once none does (a 1-swap local optimum) and ``pairs``, the best pair exchange, then single
+    ones again. Every accepted exchange is re-evaluated from scratch, so f never rises.
+    Returns (keep, f, single exchanges, pair exchanges, f of the start)."""
+    f0 = f = p.error(keep)
+    swaps = pair_swaps = 0
+    while (max_swaps is None or swaps + pair_swaps < max_swaps) and 0 < keep.sum() < p.n_groups:
+        tol = 1e-12 * (abs(f) + p.yy)
+        ex = _Exchanges(p, keep)
+        delta, D, A = ex.best(1)
+        m = 1
+        if not delta < -tol and pairs:
+            delta, D, A = ex.best(2, max_pair_evals)
+            m = 2
+        if not delta < -tol:
+            break
+        cand = keep.copy()
+        cand[D], cand[A] = False, True
+        f_new = p.error(cand)
+        if not f_new < f - tol:  # the closed form and the factorization disagree: stop
+            break
+        keep, f = cand, f_new
+        swaps += m == 1
+        pair_swaps += m == 2
+    return keep, f, swaps, pair_swaps, f0
 
 
 def swap_search(stats: LayerStats, groups: Sequence[Any], keep: Any, lam: float = 0.0,
-                max_swaps: int | None = None) -> Selection:
-    """1-swap local search: exchange the kept group g and the dropped group h of the best
-    improvement f(S - g + h) < f(S) (all pairs scored in closed form, see _swap_deltas),
-    until no exchange improves (a 1-swap local optimum) or ``max_swaps`` were made. Every
-    accepted swap is re-evaluated from scratch, so the error never rises."""
+                max_swaps: int | None = None, pairs: bool = False,
+                max_pair_evals: int | None = PAIR_EVALS) -> Selection:
+    """Local search by exchanges: swap the kept group g and the dropped group h of the best
+    improvement f(S - g + h) < f(S) (all pairs scored in closed form, see :class:`_Exchanges`)
+    until no exchange improves (a 1-swap local optimum) or ``max_swaps`` exchanges were made.
+    With ``pairs``, a 1-swap local optimum is left by the best improving exchange of two kept
+    for two dropped groups (every such exchange scored while there are at most
+    ``max_pair_evals``; beyond that, those among the best groups of each side by their single
+    scores), and the search goes on. Every accepted exchange is re-evaluated from scratch, so
+    the error never rises."""
     t0 = time.perf_counter()
     p = _prepare(stats, groups, lam)
     keep = _mask(keep, p.n_groups).copy()
     if max_swaps is not None:
         check(isinstance(max_swaps, int) and max_swaps >= 0, "'max_swaps'",
               "None or an integer >= 0", max_swaps)
-    f0 = f = p.error(keep)
-    swaps = 0
-    while (max_swaps is None or swaps < max_swaps) and 0 < keep.sum() < p.n_groups:
-        delta, g, h = _swap_deltas(p, keep)
-        tol = 1e-12 * (abs(f) + p.yy)
-        if not delta < -tol:
-            break
-        cand = keep.copy()
-        cand[g], cand[h] = False, True
-        f_new = p.error(cand)
-        if not f_new < f - tol:  # the closed form and the factorization disagree: stop
-            break
-        keep, f = cand, f_new
-        swaps += 1
-    return Selection(keep, f, swaps, f0, time.perf_counter() - t0)
+    if max_pair_evals is not None:
+        check(isinstance(max_pair_evals, int) and max_pair_evals >= 1, "'max_pair_evals'",
+              "None or a positive integer", max_pair_evals)
+    keep, f, swaps, pair_swaps, f0 = _local_search(p, keep, max_swaps, pairs, max_pair_evals)
+    return Selection(keep, f, swaps, f0, time.perf_counter() - t0, pair_swaps)
+
+
+def heuristic_selection(stats: LayerStats, groups: Sequence[Any], width: int, lam: float = 0.0,
+                        curves: Sequence[ElimCurve] | None = None, pairs: bool = True,
+                        max_pair_evals: int | None = PAIR_EVALS) -> Selection:
+    """The best keep set of ``width`` groups that the local search reaches from several
+    starts: the greedy keep sets of width ``width`` of backward elimination and of forward
+    selection (or of the given ``curves``, from :func:`greedy_elimination` /
+    :func:`greedy_selection` on the same statistics, groups and lam), each improved by
+    :func:`swap_search` with pair exchanges (``pairs``) until no single or pair exchange
+    improves. Returns the one of least error (recomputed from scratch): with the backward
+    curve among the starts (the default), never worse than 1-swap from its keep set, since
+    that start makes the same single exchanges first. ``start`` names where it came from; ``time_s``
+    counts the curves computed here and every search. formulations/layerwise.md has the
+    measurements behind this choice."""
+    t0 = time.perf_counter()
+    p = _prepare(stats, groups, lam)
+    G = p.n_groups
+    width = _width(width, G)
+    if max_pair_evals is not None:
+        check(isinstance(max_pair_evals, int) and max_pair_evals >= 1, "'max_pair_evals'",
+              "None or a positive integer", max_pair_evals)
+    if curves is None:
+        curves = [greedy_elimination(stats, groups, lam), greedy_selection(stats, groups, lam)]
+    check(isinstance(curves, (list, tuple)) and len(curves) >= 1
+          and all(isinstance(c, ElimCurve) and c.n_groups == G for c in curves), "The 'curves'",
+          f"a non-empty list of ElimCurve over the same {G} groups", curves)
+    best: Selection | None = None
+    seen: list[np.ndarray] = []
+    for c in curves:
+        start = c.keep_mask(width)
+        if any(np.array_equal(start, k) for k in seen):
+            continue
+        seen.append(start)
+        keep, f, swaps, pair_swaps, f0 = _local_search(p, start, None, pairs, max_pair_evals)
+        if best is None or f < best.error:
+            best = Selection(keep, f, swaps, f0, 0.0, pair_swaps, c.direction)
+    assert best is not None
+    return Selection(best.keep, best.error, best.swaps, best.start_error,
+                     time.perf_counter() - t0, best.pair_swaps, best.start)
 
 
 # ------------------------------------------------------------------ exact selection
@@ -673,7 +907,8 @@ class ExactSelection:
     scratch; bound: a proven lower bound on f over all keep sets of that width; gap: the
     project's relative gap (optprune.solve.result); termination / solution_status as in
     optprune.solve: OPTIMAL only when the solver proved the gap below ``rel_gap``.
-    heuristic_error: f of the greedy + swap start."""
+    heuristic_error: f of the start (:func:`heuristic_selection`, or the given start after
+    single and pair exchanges)."""
 
     keep: np.ndarray
     objective: float
@@ -711,8 +946,9 @@ def exact_selection(stats: LayerStats, groups: Sequence[Any], width: int, lam: f
     sum z = width, z binary, and the outer-approximation cuts eta >= F(z0) + grad F(z0).(z - z0)
     of the convex extension F of f (:class:`_Oracle`), added lazily at integral LP solutions
     (where F = f, so an accepted solution is exact) and as cuts at fractional ones (which
-    drive the LP bound to the perspective relaxation). Starts from greedy + swap (or
-    ``start``, a keep mask). formulations/layerwise.md has the math and why this solver.
+    drive the LP bound to the perspective relaxation). Starts from :func:`heuristic_selection`
+    (or from ``start``, a keep mask, improved by single and pair exchanges).
+    formulations/layerwise.md has the math and why this solver.
     A time limit is a result: termination "time_limit", the incumbent and its proven bound."""
     from ..solve.result import SolveOptions, Termination, make_result
 
@@ -723,10 +959,10 @@ def exact_selection(stats: LayerStats, groups: Sequence[Any], width: int, lam: f
     SolveOptions(time_limit_s=time_limit_s, rel_gap=rel_gap)  # validates both
     check(backend in ("scip",), "The exact selection 'backend'", "'scip'", backend)
     if start is None:
-        curve = greedy_elimination(stats, groups, lam)
-        start_sel = swap_search(stats, groups, curve.keep_mask(width), lam)
+        start_sel = heuristic_selection(stats, groups, width, lam)
     else:
-        start_sel = swap_search(stats, groups, _mask(start, G, "The 'start' keep mask"), lam)
+        start_sel = swap_search(stats, groups, _mask(start, G, "The 'start' keep mask"), lam,
+                                pairs=True)
         check(int(start_sel.keep.sum()) == width, "The 'start' keep mask",
               f"a mask of {width} kept groups", int(start_sel.keep.sum()))
     floor = 1e-10 * p.yy  # f below this is rounding of ||Y||^2 - tr(...): f >= 0 proves it

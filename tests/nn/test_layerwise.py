@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optprune.errors import ValidationError
-from optprune.nn.layerwise import (LayerStats, column_groups, greedy_elimination, refit,
+from optprune.nn.layerwise import (LayerStats, column_groups, greedy_elimination,
+                                   greedy_selection, heuristic_selection, refit,
                                    selection_error, swap_search)
 
 torch.set_num_threads(1)
@@ -40,6 +41,14 @@ def _lstsq(X, Y, W, groups, keep, lam):
     T = np.vstack([Y, np.sqrt(lam) * W[:, J].T])
     B = np.linalg.lstsq(A, T, rcond=None)[0]
     return B, float(np.sum((A @ B - T) ** 2))
+
+
+def _random_keeps(G, widths, seed=0):
+    rng = np.random.default_rng(seed)
+    for w in widths:
+        keep = np.zeros(G, dtype=bool)
+        keep[rng.choice(G, w, replace=False)] = True
+        yield keep
 
 
 def _masks(G, w):
@@ -191,10 +200,7 @@ def test_one_swap_is_the_best_single_exchange_and_the_end_is_a_local_optimum(k, 
     s = LayerStats.from_batches([X], W)
     groups = column_groups(12 // k, k)
     G = len(groups)
-    rng = np.random.default_rng(0)
-    for w in (1, G // 2, G - 1):
-        keep = np.zeros(G, dtype=bool)
-        keep[rng.choice(G, w, replace=False)] = True
+    for keep in _random_keeps(G, (1, G // 2, G - 1)):
         f0 = selection_error(s, groups, keep, lam)
         one = swap_search(s, groups, keep, lam, max_swaps=1)
         fb, _ = _best_exchange(s, groups, keep, lam)
@@ -225,6 +231,114 @@ def test_mixed_group_sizes_and_ungrouped_columns():
     assert refit(s, groups, c.keep_mask(0), 0.5).shape == (2, 3)
 
 
+# ------------------------------------------------------------------ forward selection
+@pytest.mark.parametrize("k,lam", [(1, 0.0), (1, 3.0), (2, 0.0), (3, 10.0)])
+def test_forward_curve_equals_error_recomputed_from_scratch_and_adds_the_best_group(k, lam):
+    X, W = _layer(3, n=200, d=12, m=6)
+    X[:, 4] = 0.0  # a dead unit
+    s = LayerStats.from_batches([X], W, bias=np.arange(6.0))
+    groups = column_groups(12 // k, k)
+    c = greedy_selection(s, groups, lam)
+    G = len(groups)
+    assert c.direction == "forward" and sorted(c.order.tolist()) == list(range(G))
+    for w in range(G + 1):
+        keep = c.keep_mask(w)
+        assert keep.sum() == w
+        assert c.error[w] == pytest.approx(selection_error(s, groups, keep, lam), rel=1e-8,
+                                           abs=1e-10 * s.yy)
+        if w < G:  # the next group added is the best single addition (brute force over the step)
+            best = min(selection_error(s, groups, keep | (np.arange(G) == h), lam)
+                       for h in np.flatnonzero(~keep))
+            assert c.error[w + 1] == pytest.approx(best, rel=1e-9, abs=1e-10 * s.yy)
+    json_ready = c.to_dict()
+    assert json_ready["direction"] == "forward"
+
+
+# ------------------------------------------------------------------ pair exchanges
+def _best_pair_exchange(s, groups, keep, lam):
+    best = np.inf
+    for D in itertools.combinations(np.flatnonzero(keep), 2):
+        for A in itertools.combinations(np.flatnonzero(~keep), 2):
+            cand = keep.copy()
+            cand[list(D)], cand[list(A)] = False, True
+            best = min(best, selection_error(s, groups, cand, lam))
+    return best
+
+
+@pytest.mark.parametrize("groups,lam", [
+    (column_groups(12), 0.0), (column_groups(12), 2.0),  # pairs of single columns
+    (column_groups(6, 2), 0.7),  # pairs of 2-column heads
+    ([np.array([0]), np.array([1, 2]), np.array([3, 4, 5]), np.array([6]), np.array([7]),
+      np.array([9, 8]), np.array([10])], 0.5),  # mixed sizes; column 11 always kept
+])
+def test_pair_exchange_is_the_best_of_all_pair_exchanges(groups, lam):
+    """The closed-form score of every exchange of two kept for two dropped groups against
+    each such exchange evaluated from scratch."""
+    from optprune.nn.layerwise import _Exchanges, _prepare
+
+    X, W = _layer(21, n=150, d=12, m=5)
+    s = LayerStats.from_batches([X], W)
+    p = _prepare(s, groups, lam)
+    G = len(groups)
+    for keep in _random_keeps(G, (2, G // 2, G - 2), seed=1):
+        f0 = selection_error(s, groups, keep, lam)
+        delta, D, A = _Exchanges(p, keep).best(2)
+        assert len(D) == len(A) == 2 and keep[D].all() and not keep[A].any()
+        assert f0 + delta == pytest.approx(_best_pair_exchange(s, groups, keep, lam), rel=1e-8,
+                                           abs=1e-10 * s.yy)
+        # a cap on the candidates scores exchanges among the best groups only: valid, no better
+        capped, Dc, Ac = _Exchanges(p, keep).best(2, max_evals=4)
+        assert keep[Dc].all() and not keep[Ac].any() and capped >= delta - 1e-9 * s.yy
+        cand = keep.copy()
+        cand[Dc], cand[Ac] = False, True
+        assert f0 + capped == pytest.approx(selection_error(s, groups, cand, lam), rel=1e-8,
+                                            abs=1e-10 * s.yy)
+
+
+# ------------------------------------------------------------------ heuristic selection
+def _relu_layer(seed, n=200, d=10, m=4):
+    """Activations of a ReLU layer on 4 latent factors: collinear columns, as in trained MLPs."""
+    rng = np.random.default_rng(seed)
+    X = np.maximum(rng.normal(size=(n, 4)) @ rng.normal(size=(4, d)) + 0.3 * rng.normal(size=d), 0.0)
+    return X, rng.normal(size=(m, d))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.sampled_from([1, 2]), lam=st.sampled_from([0.0, 0.5, 20.0]),
+       relu=st.booleans())
+def test_heuristic_is_never_worse_than_one_swap_from_greedy_and_keeps_w_groups(seed, k, lam, relu):
+    X, W = (_relu_layer(seed, n=60, d=10, m=3) if relu else _layer(seed, n=60, d=10, m=3))
+    s = LayerStats.from_batches([X], W)
+    groups = column_groups(10 // k, k)
+    G = len(groups)
+    back = greedy_elimination(s, groups, lam)
+    curves = [back, greedy_selection(s, groups, lam)]
+    for w in range(G + 1):
+        one = swap_search(s, groups, back.keep_mask(w), lam)
+        h = heuristic_selection(s, groups, w, lam, curves=curves)
+        assert h.keep.dtype == bool and h.keep.shape == (G,) and int(h.keep.sum()) == w
+        assert h.error <= one.error + 1e-12 * s.yy
+        assert h.error == pytest.approx(selection_error(s, groups, h.keep, lam), rel=1e-12,
+                                        abs=1e-12 * s.yy)
+        assert h.start in ("backward", "forward")
+
+
+def test_heuristic_reaches_the_optimum_where_one_swap_from_greedy_does_not():
+    """A ReLU layer (found by brute force over small random layers) where 1-swap from the
+    greedy keep set stops 22% above the optimum of 3 of 10 neurons: a pair exchange leaves
+    that local optimum and reaches the optimum."""
+    X, W = _relu_layer(9)
+    s = LayerStats.from_batches([X], W)
+    groups = column_groups(10)
+    lam = 1e-3 * float(np.mean(np.diag(s.gxx)))
+    best = _brute(s, groups, 3, lam)
+    one = swap_search(s, groups, greedy_elimination(s, groups, lam).keep_mask(3), lam)
+    assert one.error > 1.2 * best  # 1-swap from greedy is stuck well above the optimum
+    h = heuristic_selection(s, groups, 3, lam)
+    assert h.keep.sum() == 3 and h.pair_swaps >= 1
+    assert h.error == pytest.approx(best, rel=1e-10)
+
+
 # ------------------------------------------------------------------ bad input
 def test_bad_input_raises_validation_errors():
     X, W = _layer(8)
@@ -250,6 +364,12 @@ def test_bad_input_raises_validation_errors():
         greedy_elimination(s, [np.array([0, 10])])
     with pytest.raises(ValidationError, match="keep mask"):
         swap_search(s, groups, np.ones(9, dtype=bool))
+    with pytest.raises(ValidationError, match="max_pair_evals"):
+        swap_search(s, groups, np.ones(10, dtype=bool), pairs=True, max_pair_evals=0)
+    with pytest.raises(ValidationError, match="width"):
+        heuristic_selection(s, groups, 11)
+    with pytest.raises(ValidationError, match="curves"):
+        heuristic_selection(s, groups, 3, curves=[greedy_elimination(s, groups[:9])])
     with pytest.raises(ValidationError, match="lam"):
         refit(s, groups, np.ones(10, dtype=bool), lam=-1.0)
     few = LayerStats.from_batches([X[:6]], W)  # 6 samples, 10 columns
