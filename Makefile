@@ -26,8 +26,9 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/optprune demo
 	OMP_NUM_THREADS=1 $(VENV)/bin/optprune allocate --example llama-7b
 
+# One worker per core (pytest-xdist); each worker's torch and BLAS run one thread.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto
 
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow

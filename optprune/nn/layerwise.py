@@ -646,7 +646,7 @@ class _Exchanges:
         return [(tuples[size == k], pos[np.stack([c for c, s in zip(cols, size) if s == k])])
                 for k in np.unique(size)]
 
-    def single_scores(self) -> tuple[np.ndarray, np.ndarray]:
+    def single_scores(self) -> np.ndarray:
         """Per group: the cost of removing it alone (kept groups) and minus the gain of
         adding it alone (dropped groups), both as changes of f (lower is better)."""
         p = self.p
