@@ -91,35 +91,42 @@ def _names(names: Sequence[str], size: int, what: str, block: str) -> list[str]:
     return names
 
 
-def _box(names: list[str], input_bounds: Any, block: str) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) per input from a {name: (lo, hi)} mapping or a (lo, hi) pair."""
+def _box_from_mapping(names: list[str], input_bounds: Mapping, block: str
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) from {name: (lo, hi)}, which must name every input and no other."""
+    missing = [nm for nm in names if nm not in input_bounds]
+    unknown = [k for k in input_bounds if k not in names]
+    if missing or unknown:
+        raise ValidationError(
+            f"The input bounds of block {block!r} must name every input exactly: "
+            + (f"missing {', '.join(map(repr, missing[:6]))}" if missing else "")
+            + ("; " if missing and unknown else "")
+            + (f"unknown {', '.join(map(repr, unknown[:6]))}" if unknown else "")
+            + f". The inputs are {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}.")
+    pairs = [input_bounds[nm] for nm in names]
+    try:
+        return (np.array([float(p[0]) for p in pairs]), np.array([float(p[1]) for p in pairs]))
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ValidationError(f"Each input bound of block {block!r} must be a pair "
+                              "(lower, upper) of numbers.") from exc
+
+
+def _box_from_pair(n: int, input_bounds: Any, block: str) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) from a pair of scalars or length-``n`` arrays."""
+    try:
+        lo_raw, hi_raw = input_bounds
+        return (np.broadcast_to(np.asarray(lo_raw, dtype=np.float64), (n,)).copy(),
+                np.broadcast_to(np.asarray(hi_raw, dtype=np.float64), (n,)).copy())
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"The input bounds of block {block!r} must be a mapping name -> (lower, upper) "
+            f"or a pair (lower, upper) of scalars or length-{n} arrays.") from exc
+
+
+def _check_box(names: list[str], lo: np.ndarray, hi: np.ndarray, block: str) -> None:
+    """Every bound finite (a network is exact in a MIP only over a bounded domain) and
+    lower <= upper."""
     n = len(names)
-    if isinstance(input_bounds, Mapping):
-        missing = [nm for nm in names if nm not in input_bounds]
-        unknown = [k for k in input_bounds if k not in names]
-        if missing or unknown:
-            raise ValidationError(
-                f"The input bounds of block {block!r} must name every input exactly: "
-                + (f"missing {', '.join(map(repr, missing[:6]))}" if missing else "")
-                + ("; " if missing and unknown else "")
-                + (f"unknown {', '.join(map(repr, unknown[:6]))}" if unknown else "")
-                + f". The inputs are {', '.join(names[:10])}{', ...' if n > 10 else ''}.")
-        pairs = [input_bounds[nm] for nm in names]
-        try:
-            lo = np.array([float(p[0]) for p in pairs])
-            hi = np.array([float(p[1]) for p in pairs])
-        except (TypeError, ValueError, IndexError) as exc:
-            raise ValidationError(f"Each input bound of block {block!r} must be a pair "
-                                  "(lower, upper) of numbers.") from exc
-    else:
-        try:
-            lo_raw, hi_raw = input_bounds
-            lo = np.broadcast_to(np.asarray(lo_raw, dtype=np.float64), (n,)).copy()
-            hi = np.broadcast_to(np.asarray(hi_raw, dtype=np.float64), (n,)).copy()
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(
-                f"The input bounds of block {block!r} must be a mapping name -> (lower, upper) "
-                f"or a pair (lower, upper) of scalars or length-{n} arrays.") from exc
     bad = [i for i in range(n) if np.isnan(lo[i]) or np.isnan(hi[i]) or not math.isfinite(lo[i])
            or not math.isfinite(hi[i])]
     if bad:
@@ -134,6 +141,15 @@ def _box(names: list[str], input_bounds: Any, block: str) -> tuple[np.ndarray, n
         i = crossed[0]
         raise ValidationError(f"The input {names[i]!r} of block {block!r} has lower bound "
                               f"{lo[i]:g} > upper bound {hi[i]:g}.")
+
+
+def _box(names: list[str], input_bounds: Any, block: str) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) per input from a {name: (lo, hi)} mapping or a (lo, hi) pair."""
+    if isinstance(input_bounds, Mapping):
+        lo, hi = _box_from_mapping(names, input_bounds, block)
+    else:
+        lo, hi = _box_from_pair(len(names), input_bounds, block)
+    _check_box(names, lo, hi, block)
     return lo, hi
 
 
@@ -263,14 +279,14 @@ def to_omlt(network: Any, input_bounds: Any, input_shape: Any = None) -> Any:
 
     require("omlt", "bench", "converting a network to OMLT")
     from omlt.neuralnet import NetworkDefinition
-    from omlt.neuralnet.layer import DenseLayer, InputLayer
+    from omlt.neuralnet.layer import DenseLayer, InputLayer, Layer
 
     net = as_network(network, input_shape)
     names = [f"x{i}" for i in range(net.input_dim)]
     lo, hi = _box(names, input_bounds, "omlt")
     nd = NetworkDefinition(scaled_input_bounds={i: (float(lo[i]), float(hi[i]))
                                                 for i in range(net.input_dim)})
-    prev = InputLayer([net.input_dim])
+    prev: Layer = InputLayer([net.input_dim])
     nd.add_layer(prev)
     for L in net.layers:
         layer = DenseLayer(prev.output_size, [L.out_features], L.W.T.copy(), L.b.copy(),

@@ -495,6 +495,75 @@ def _network_problem(directory: Path, rel: str, network_sha256: str | None,
     return None
 
 
+@dataclass
+class _Checks:
+    """What ``verify`` has found so far: the report, each network file's hash (or why it
+    has none; ``_network_problem``'s cache) and the network files whose full problem the
+    report already names (an instance then points to it)."""
+
+    directory: Path
+    rep: VerifyReport = field(default_factory=VerifyReport)
+    nets: dict[str, str | None] = field(default_factory=dict)
+    said: set[str] = field(default_factory=set)
+
+    def set_networks(self, sets: dict[str, Any]) -> None:
+        """The network file of every set: present, its file hash and its weights' hash."""
+        for set_name, st in sorted(sets.items()):
+            for net_id, info in sorted(st.get("networks", {}).items()):
+                prob = _file_problem(library_path(self.directory, info["file"], "A network path"),
+                                     info["file_sha256"])
+                if prob is None:
+                    prob = _network_problem(self.directory, info["file"],
+                                            info.get("network_sha256"), self.nets)
+                if prob is not None:
+                    self.said.add(info["file"])
+                    self.rep.failures.append(f"{info['file']} (network {net_id} of set "
+                                             f"{set_name}): {prob}")
+
+    def instance_files(self, name: str, e: dict[str, Any], shipped: bool) -> bool:
+        """The instance's .mps / .json / .sol against their hashes; True if all agree."""
+        ok = True
+        for suffix, key in ((".mps", "mps_sha256"), (".json", "json_sha256"),
+                            (".sol", "sol_sha256")):
+            if key not in e:
+                continue
+            prob = _file_problem(self.directory / f"{name}{suffix}", e[key])
+            if prob == "missing" and not shipped:
+                prob = (f"missing (set {e.get('set')!r} ships its networks only: `optprune "
+                        "instances generate --all --from-networks --no-solve` rebuilds its "
+                        "files)")
+            if prob is not None:
+                ok = False
+                self.rep.failures.append(f"{name}{suffix}: {prob}")
+        return ok
+
+    def instance_network(self, name: str, e: dict[str, Any]) -> bool:
+        """The instance's network file against its recorded hash; True if it agrees."""
+        if "network" not in e:
+            return True
+        prob = _network_problem(self.directory, e["network"], e["network_sha256"], self.nets)
+        if prob is None:
+            return True
+        if prob.startswith("corrupt:") and e["network"] in self.said:
+            prob = "corrupt (see above)"
+        self.said.add(e["network"])
+        self.rep.failures.append(f"{name}: network {e['network']}: {prob}")
+        return False
+
+
+def _manifest_to_verify(directory: Path, names: list[str] | None) -> dict[str, Any]:
+    """The MANIFEST (schema-checked), which must list instances, all of ``names`` among them."""
+    man = load_manifest(directory, missing_ok=False)
+    if not man["instances"]:
+        raise ValidationError(f"No instances listed in {directory / MANIFEST}; generate a set first.")
+    unknown = sorted(set(names or []) - set(man["instances"]))
+    if unknown:
+        raise ValidationError(f"{len(unknown)} instance name(s) are not in the MANIFEST: "
+                              f"{', '.join(map(repr, unknown[:5]))}. "
+                              "`optprune instances verify` without names checks them all.")
+    return man
+
+
 def verify(directory: str | os.PathLike = "instances", *, resolve: bool = True,
            time_limit_s: float | None = None, names: list[str] | None = None,
            progress: Callable[[str], None] | None = None) -> VerifyReport:
@@ -509,55 +578,19 @@ def verify(directory: str | os.PathLike = "instances", *, resolve: bool = True,
     bound).
     """
     directory = Path(directory)
-    man = load_manifest(directory, missing_ok=False)
-    if not man["instances"]:
-        raise ValidationError(f"No instances listed in {directory / MANIFEST}; generate a set first.")
-    unknown = sorted(set(names or []) - set(man["instances"]))
-    if unknown:
-        raise ValidationError(f"{len(unknown)} instance name(s) are not in the MANIFEST: "
-                              f"{', '.join(map(repr, unknown[:5]))}. "
-                              "`optprune instances verify` without names checks them all.")
-    rep = VerifyReport()
+    man = _manifest_to_verify(directory, names)
+    checks = _Checks(directory)
+    rep = checks.rep
     say = progress or (lambda s: None)
-    nets: dict[str, str | None] = {}
-    said: set[str] = set()  # network files whose full problem is already in the report
-    for set_name, st in sorted(man.get("sets", {}).items()):
-        for net_id, info in sorted(st.get("networks", {}).items()):
-            prob = _file_problem(library_path(directory, info["file"], "A network path"),
-                                 info["file_sha256"])
-            if prob is None:
-                prob = _network_problem(directory, info["file"], info.get("network_sha256"),
-                                        nets)
-            if prob is not None:
-                said.add(info["file"])
-                rep.failures.append(f"{info['file']} (network {net_id} of set {set_name}): "
-                                    f"{prob}")
+    checks.set_networks(man.get("sets", {}))
     for name, e in sorted(man["instances"].items()):
         if names and name not in names:
             continue
         rep.checked += 1
         row: dict[str, Any] = {"name": name, "hash_ok": True, "solve_ok": None}
         shipped = man.get("sets", {}).get(e.get("set"), {}).get("ship_files", True)
-        for suffix, key in ((".mps", "mps_sha256"), (".json", "json_sha256"),
-                            (".sol", "sol_sha256")):
-            if key not in e:
-                continue
-            prob = _file_problem(directory / f"{name}{suffix}", e[key])
-            if prob == "missing" and not shipped:
-                prob = (f"missing (set {e.get('set')!r} ships its networks only: `optprune "
-                        "instances generate --all --from-networks --no-solve` rebuilds its "
-                        "files)")
-            if prob is not None:
-                row["hash_ok"] = False
-                rep.failures.append(f"{name}{suffix}: {prob}")
-        if "network" in e:
-            prob = _network_problem(directory, e["network"], e["network_sha256"], nets)
-            if prob is not None:
-                row["hash_ok"] = False
-                if prob.startswith("corrupt:") and e["network"] in said:
-                    prob = "corrupt (see above)"
-                said.add(e["network"])
-                rep.failures.append(f"{name}: network {e['network']}: {prob}")
+        files_ok = checks.instance_files(name, e, shipped)
+        row["hash_ok"] = checks.instance_network(name, e) and files_ok
         if resolve and row["hash_ok"] and "known" in e:
             _resolve_one(directory, name, e, time_limit_s, row, rep)
         rep.rows.append(row)

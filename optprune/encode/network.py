@@ -222,20 +222,46 @@ def _compact(a: np.ndarray) -> np.ndarray:
     return f if np.array_equal(f.astype(np.float64), a) else a
 
 
-# ====================================================================== torch
-def from_torch(module: Any, input_shape: Sequence[int] | None = None) -> Network:
-    """An ``nn.Sequential`` (nested Sequentials are flattened) of Linear, ReLU, Flatten,
-    Conv2d (as its linear map; needs ``input_shape`` = (C, H, W)), Dropout and Identity.
+# =================================================== the importers' chain
+class _AffineChain:
+    """The layers an importer has read and the affine map it holds open (``pending``,
+    not yet closed by a ReLU or the end): two affine maps in a row compose into one.
+    ``shape`` is the shape of one sample where the chain is (the torch importer's)."""
 
-    The last affine layer's output are the logits; a trailing ReLU is kept.
-    """
-    import torch
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        self.layers: list[Layer] = []
+        self.pending: tuple[np.ndarray, np.ndarray] | None = None
+        self.shape = shape
+
+    def push(self, W: np.ndarray, b: np.ndarray | None = None) -> None:
+        """Apply ``h -> W h + b`` (``b`` None: no bias) after the open map."""
+        if self.pending is None:
+            self.pending = (W, np.zeros(W.shape[0]) if b is None else b)
+            return
+        W0, b0 = self.pending
+        self.pending = (W @ W0, W @ b0 if b is None else W @ b0 + b)
+
+    def close(self, relu: bool) -> None:
+        """End the open map as a layer (followed by a ReLU when ``relu``)."""
+        assert self.pending is not None
+        self.layers.append(Layer(self.pending[0], self.pending[1], relu))
+        self.pending = None
+
+
+# ====================================================================== torch
+def _torch_sequence(module: Any) -> list[tuple[str, Any]]:
+    """(dotted name, module) of every layer of an ``nn.Sequential``, nested ones flattened."""
     from torch import nn
 
     if not isinstance(module, nn.Module):
         raise ValidationError(
             f"from_torch expects a torch.nn.Module; got {type(module).__name__}. "
             "Pass an nn.Sequential of Linear/ReLU/Flatten/Conv2d layers."
+        )
+    if not isinstance(module, nn.Sequential):
+        raise UnsupportedModuleError(
+            f"from_torch takes an nn.Sequential; got {type(module).__name__}, whose forward "
+            "cannot be read as a chain of layers. Rewrite it as nn.Sequential(...)."
         )
     flat: list[tuple[str, nn.Module]] = []
 
@@ -246,32 +272,32 @@ def from_torch(module: Any, input_shape: Sequence[int] | None = None) -> Network
         else:
             flat.append((prefix or type(m).__name__, m))
 
-    if isinstance(module, nn.Sequential):
-        walk("", module)
-    else:
-        raise UnsupportedModuleError(
-            f"from_torch takes an nn.Sequential; got {type(module).__name__}, whose forward "
-            "cannot be read as a chain of layers. Rewrite it as nn.Sequential(...)."
-        )
-    ok_types = (nn.Linear, nn.ReLU, nn.Flatten, nn.Conv2d, nn.Dropout, nn.Identity)
-    bad = []
-    for name, m in flat:
-        if not isinstance(m, ok_types):
-            bad.append(f"{name} ({type(m).__name__})")
-        elif isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"
-                                           or isinstance(m.padding, str) and m.padding != "valid"
-                                           and m.padding != "same"):
-            bad.append(f"{name} (Conv2d with groups={m.groups}, padding_mode={m.padding_mode})")
-        elif isinstance(m, nn.Flatten) and (m.start_dim not in (1, -3, -2) or m.end_dim != -1):
-            bad.append(f"{name} (Flatten(start_dim={m.start_dim}, end_dim={m.end_dim}))")
-    if bad:
-        raise UnsupportedModuleError(
-            f"The network has {len(bad)} unsupported layer(s): {', '.join(bad)}. Supported: "
-            "Linear, ReLU, Flatten, Conv2d (groups=1, zero padding), Dropout, Identity."
-        )
-    has_conv = any(isinstance(m, nn.Conv2d) for _, m in flat)
+    walk("", module)
+    return flat
+
+
+def _torch_problem(name: str, m: Any) -> str | None:
+    """Why the layer ``m`` cannot be read (``"name (what)"``), or None."""
+    from torch import nn
+
+    if not isinstance(m, (nn.Linear, nn.ReLU, nn.Flatten, nn.Conv2d, nn.Dropout, nn.Identity)):
+        return f"{name} ({type(m).__name__})"
+    if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"
+                                     or isinstance(m.padding, str) and m.padding != "valid"
+                                     and m.padding != "same"):
+        return f"{name} (Conv2d with groups={m.groups}, padding_mode={m.padding_mode})"
+    if isinstance(m, nn.Flatten) and (m.start_dim not in (1, -3, -2) or m.end_dim != -1):
+        return f"{name} (Flatten(start_dim={m.start_dim}, end_dim={m.end_dim}))"
+    return None
+
+
+def _torch_input_shape(flat: list[tuple[str, Any]],
+                       input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """``input_shape``, or the first Linear's input size when a net without Conv2d has none."""
+    from torch import nn
+
     if input_shape is None:
-        if has_conv:
+        if any(isinstance(m, nn.Conv2d) for _, m in flat):
             raise ValidationError(
                 "A network with Conv2d needs input_shape=(C, H, W) to become a linear map; "
                 "got none. Pass input_shape."
@@ -280,80 +306,104 @@ def from_torch(module: Any, input_shape: Sequence[int] | None = None) -> Network
         if first is None:
             raise ValidationError("The network has no Linear or Conv2d layer to encode.")
         input_shape = (first.in_features,)
-    shape = tuple(int(s) for s in input_shape)
-    layers: list[Layer] = []
-    pending: tuple[np.ndarray, np.ndarray] | None = None  # affine map not yet closed
-    cur_shape = shape
+    return tuple(int(s) for s in input_shape)
 
-    def push_affine(W: np.ndarray, b: np.ndarray) -> None:
-        nonlocal pending
-        if pending is None:
-            pending = (W, b)
-        else:  # two affine maps in a row compose into one
-            W0, b0 = pending
-            pending = (W @ W0, W @ b0 + b)
 
-    def close(relu: bool) -> None:
-        nonlocal pending
-        if pending is None:
-            if relu and layers and not layers[-1].relu:
-                last = layers.pop()
-                layers.append(Layer(last.W, last.b, True))
-                return
-            if relu and layers and layers[-1].relu:
-                return  # relu(relu(z)) = relu(z)
-            d = int(np.prod(cur_shape))
-            pending = (np.eye(d), np.zeros(d))
-        layers.append(Layer(pending[0], pending[1], relu))
-        pending = None
+def _torch_linear(chain: _AffineChain, name: str, m: Any) -> None:
+    d = int(np.prod(chain.shape))
+    if m.in_features != d:
+        raise ValidationError(
+            f"Layer {name} (Linear) expects {m.in_features} inputs but receives "
+            f"{d} (shape {chain.shape}); check input_shape and the layer order."
+        )
+    W = m.weight.detach().double().cpu().numpy()
+    b = (m.bias.detach().double().cpu().numpy() if m.bias is not None
+         else np.zeros(m.out_features))
+    chain.push(W, b)
+    chain.shape = (m.out_features,)
 
+
+def _torch_conv2d(chain: _AffineChain, name: str, m: Any) -> None:
+    """The conv as the matrix whose column j is the conv (no bias) of the j-th unit input."""
+    import torch
+    from torch import nn
+
+    cur = chain.shape
+    if len(cur) != 3 or cur[0] != m.in_channels:
+        raise ValidationError(
+            f"Layer {name} (Conv2d) needs a (C={m.in_channels}, H, W) input; "
+            f"it receives shape {cur}. Check input_shape."
+        )
+    d = int(np.prod(cur))
+    # Conv2d's sizes are 2-tuples; its base class annotates them tuple[int, ...].
+    kernel, stride, dilation = (cast("tuple[int, int]", t)
+                                for t in (m.kernel_size, m.stride, m.dilation))
+    padding = cast("str | tuple[int, int]", m.padding)
+    conv = nn.Conv2d(m.in_channels, m.out_channels, kernel, stride, padding,
+                     dilation, bias=False).double()
+    conv.weight.copy_(m.weight.double())
+    out = conv(torch.eye(d, dtype=torch.float64).reshape(d, *cur))  # row j: image of unit j
+    out_shape = tuple(out.shape[1:])
+    W = out.reshape(d, -1).T.numpy().copy()
+    bias = (m.bias.detach().double().numpy() if m.bias is not None
+            else np.zeros(m.out_channels))
+    chain.push(W, np.repeat(bias, out_shape[1] * out_shape[2]))
+    chain.shape = out_shape
+
+
+def _torch_relu(chain: _AffineChain, name: str, m: Any) -> None:
+    """Close the open map with a ReLU; with none open, the ReLU goes on the last layer
+    (relu(relu(z)) = relu(z)), or on the identity map when it is the first layer."""
+    if chain.pending is None:
+        if chain.layers:
+            last = chain.layers[-1]
+            chain.layers[-1] = Layer(last.W, last.b, True) if not last.relu else last
+            return
+        d = int(np.prod(chain.shape))
+        chain.pending = (np.eye(d), np.zeros(d))
+    chain.close(True)
+
+
+def _torch_flatten(chain: _AffineChain, name: str, m: Any) -> None:
+    chain.shape = (int(np.prod(chain.shape)),)
+
+
+def _torch_step(m: Any) -> Any:
+    """What a layer does to the chain (None: Dropout in eval and Identity are the identity)."""
+    from torch import nn
+
+    steps = ((nn.Linear, _torch_linear), (nn.Conv2d, _torch_conv2d), (nn.ReLU, _torch_relu),
+             (nn.Flatten, _torch_flatten))
+    return next((step for kind, step in steps if isinstance(m, kind)), None)
+
+
+def from_torch(module: Any, input_shape: Sequence[int] | None = None) -> Network:
+    """An ``nn.Sequential`` (nested Sequentials are flattened) of Linear, ReLU, Flatten,
+    Conv2d (as its linear map; needs ``input_shape`` = (C, H, W)), Dropout and Identity.
+
+    The last affine layer's output are the logits; a trailing ReLU is kept.
+    """
+    import torch
+
+    flat = _torch_sequence(module)
+    bad = [p for p in (_torch_problem(name, m) for name, m in flat) if p is not None]
+    if bad:
+        raise UnsupportedModuleError(
+            f"The network has {len(bad)} unsupported layer(s): {', '.join(bad)}. Supported: "
+            "Linear, ReLU, Flatten, Conv2d (groups=1, zero padding), Dropout, Identity."
+        )
+    shape = _torch_input_shape(flat, input_shape)
+    chain = _AffineChain(shape)
     with torch.no_grad():
         for name, m in flat:
-            if isinstance(m, nn.Linear):
-                d = int(np.prod(cur_shape))
-                if m.in_features != d:
-                    raise ValidationError(
-                        f"Layer {name} (Linear) expects {m.in_features} inputs but receives "
-                        f"{d} (shape {cur_shape}); check input_shape and the layer order."
-                    )
-                W = m.weight.detach().double().cpu().numpy()
-                b = (m.bias.detach().double().cpu().numpy() if m.bias is not None
-                     else np.zeros(m.out_features))
-                push_affine(W, b)
-                cur_shape = (m.out_features,)
-            elif isinstance(m, nn.Conv2d):
-                if len(cur_shape) != 3 or cur_shape[0] != m.in_channels:
-                    raise ValidationError(
-                        f"Layer {name} (Conv2d) needs a (C={m.in_channels}, H, W) input; "
-                        f"it receives shape {cur_shape}. Check input_shape."
-                    )
-                d = int(np.prod(cur_shape))
-                # Conv2d's sizes are 2-tuples; its base class annotates them tuple[int, ...].
-                kernel, stride, dilation = (cast("tuple[int, int]", t)
-                                            for t in (m.kernel_size, m.stride, m.dilation))
-                padding = cast("str | tuple[int, int]", m.padding)
-                conv = nn.Conv2d(m.in_channels, m.out_channels, kernel, stride, padding,
-                                 dilation, bias=False).double()
-                conv.weight.copy_(m.weight.double())
-                eye = torch.eye(d, dtype=torch.float64).reshape(d, *cur_shape)
-                out = conv(eye)  # row j = image of unit vector j
-                out_shape = tuple(out.shape[1:])
-                W = out.reshape(d, -1).T.numpy().copy()
-                bias = (m.bias.detach().double().numpy() if m.bias is not None
-                        else np.zeros(m.out_channels))
-                b = np.repeat(bias, out_shape[1] * out_shape[2])
-                push_affine(W, b)
-                cur_shape = out_shape
-            elif isinstance(m, nn.ReLU):
-                close(True)
-            elif isinstance(m, nn.Flatten):
-                cur_shape = (int(np.prod(cur_shape)),)
-            # Dropout (eval) and Identity are the identity map.
-    if pending is not None:
-        close(False)
-    if not layers:
+            step = _torch_step(m)
+            if step is not None:
+                step(chain, name, m)
+    if chain.pending is not None:
+        chain.close(False)
+    if not chain.layers:
         raise ValidationError("The network has no affine layer to encode.")
-    return Network(tuple(layers), shape, source=f"torch:{type(module).__name__}")
+    return Network(tuple(chain.layers), shape, source=f"torch:{type(module).__name__}")
 
 
 # ==================================================================== sklearn
@@ -399,51 +449,84 @@ def from_sklearn(clf: Any) -> Network:
 _ONNX_OPS = {"Gemm", "MatMul", "Add", "Relu", "Flatten", "Identity", "Dropout", "Reshape"}
 
 
-def from_onnx(model: Any) -> Network:
-    """An ONNX graph that is a chain of Gemm (or MatMul + Add), Relu and Flatten nodes
-    with constant weights (initializers). Loaded through the ``onnx`` extra."""
-    from .._extras import require
+def _onnx_gemm(chain: _AffineChain, nd: Any, init: dict[str, np.ndarray],
+               attrs: dict[str, Any]) -> None:
+    """``alpha * A' B' + beta * C`` with A the data (transA=0) and B, C constants."""
+    if attrs.get("transA", 0):
+        raise UnsupportedModuleError(f"Gemm node {nd.name} with transA=1 is not supported.")
+    W = init[nd.input[1]] * float(attrs.get("alpha", 1.0))
+    W = W if attrs.get("transB", 0) else W.T
+    b = (init[nd.input[2]] * float(attrs.get("beta", 1.0)) if len(nd.input) > 2
+         and nd.input[2] else np.zeros(W.shape[0]))
+    chain.push(W, np.broadcast_to(b.ravel(), (W.shape[0],)).copy())
 
-    onnx = require("onnx", "onnx", "reading ONNX networks")
-    from onnx import numpy_helper
 
+def _onnx_matmul(chain: _AffineChain, nd: Any, init: dict[str, np.ndarray],
+                 attrs: dict[str, Any]) -> None:
+    chain.push(init[nd.input[1]].T)
+
+
+def _onnx_add(chain: _AffineChain, nd: Any, init: dict[str, np.ndarray],
+              attrs: dict[str, Any]) -> None:
+    """A constant added after MatMul/Gemm: the open map's bias."""
+    other = [i for i in nd.input if i in init]
+    if chain.pending is None or len(other) != 1:
+        raise UnsupportedModuleError(f"Add node {nd.name} is not a bias after MatMul/Gemm.")
+    W, b = chain.pending
+    chain.pending = (W, b + np.broadcast_to(init[other[0]].ravel(), b.shape))
+
+
+def _onnx_relu(chain: _AffineChain, nd: Any, init: dict[str, np.ndarray],
+               attrs: dict[str, Any]) -> None:
+    if chain.pending is None:
+        raise UnsupportedModuleError("The ONNX graph has a Relu without an affine node before it.")
+    chain.close(True)
+
+
+# What each node does to the chain; Flatten, Identity, Dropout and Reshape (to the flat
+# vector the chain already is) leave it as it is.
+_ONNX_STEPS = {"Gemm": _onnx_gemm, "MatMul": _onnx_matmul, "Add": _onnx_add, "Relu": _onnx_relu}
+
+
+def _onnx_model(model: Any, onnx: Any) -> Any:
+    """``model``, or the ModelProto read from the file it names."""
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.exists():
             raise ValidationError(f"The ONNX file {str(path)!r} does not exist.")
         model = onnx.load(str(path))
-    graph = model.graph
+    return model
+
+
+def _onnx_constants(graph: Any) -> dict[str, np.ndarray]:
+    """Every initializer and Constant node's value (float64), by tensor name."""
+    from onnx import numpy_helper
+
     init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value":
                     init[node.output[0]] = numpy_helper.to_array(a.t).astype(np.float64)
-    nodes = [nd for nd in graph.node if nd.op_type != "Constant"]
-    bad = [f"{nd.name or '?'} ({nd.op_type})" for nd in nodes if nd.op_type not in _ONNX_OPS]
-    if bad:
-        raise UnsupportedModuleError(
-            f"The ONNX graph has {len(bad)} unsupported node(s): {', '.join(bad)}. Supported: "
-            "Gemm, MatMul+Add, Relu, Flatten, Identity, Dropout, Reshape (to a flat vector)."
-        )
+    return init
+
+
+def _onnx_input(graph: Any, init: dict[str, np.ndarray]) -> tuple[str, tuple[int, ...]]:
+    """The name of the one data input and its shape without the batch axis."""
     inputs = [i for i in graph.input if i.name not in init]
     if len(inputs) != 1:
         raise UnsupportedModuleError(
             f"The ONNX graph must have exactly one data input; it has {len(inputs)}."
         )
     dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
-    shape = tuple(int(d) for d in dims[1:] if d > 0) if len(dims) > 1 else ()
-    cur = inputs[0].name
-    layers: list[Layer] = []
-    pending: tuple[np.ndarray, np.ndarray] | None = None  # the open affine map (W, b)
+    return inputs[0].name, tuple(int(d) for d in dims[1:] if d > 0) if len(dims) > 1 else ()
 
-    def close(relu: bool) -> None:
-        nonlocal pending
-        if pending is None:
-            raise UnsupportedModuleError("The ONNX graph has a Relu without an affine node before it.")
-        layers.append(Layer(pending[0], pending[1], relu))
-        pending = None
 
+def _onnx_chain(nodes: list[Any], init: dict[str, np.ndarray], cur: str,
+                onnx: Any) -> _AffineChain:
+    """Read the nodes in order from the data input ``cur``; each must take the previous
+    node's output as its one non-constant input."""
+    chain = _AffineChain()
     for nd in nodes:
         data_in = [i for i in nd.input if i and i not in init]
         if data_in != [cur]:
@@ -451,33 +534,33 @@ def from_onnx(model: Any) -> Network:
                 f"The ONNX graph is not a chain: node {nd.name or nd.op_type} reads "
                 f"{list(nd.input)} but the chain is at {cur!r}."
             )
-        op = nd.op_type
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nd.attribute}
-        if op == "Gemm":
-            if attrs.get("transA", 0):
-                raise UnsupportedModuleError(f"Gemm node {nd.name} with transA=1 is not supported.")
-            Wm = init[nd.input[1]] * float(attrs.get("alpha", 1.0))
-            Wm = Wm if attrs.get("transB", 0) else Wm.T
-            bm = (init[nd.input[2]] * float(attrs.get("beta", 1.0)) if len(nd.input) > 2
-                  and nd.input[2] else np.zeros(Wm.shape[0]))
-            bm = np.broadcast_to(bm.ravel(), (Wm.shape[0],))
-            pending = ((Wm, bm.copy()) if pending is None
-                       else (Wm @ pending[0], Wm @ pending[1] + bm))
-        elif op == "MatMul":
-            Wm = init[nd.input[1]].T
-            pending = ((Wm, np.zeros(Wm.shape[0])) if pending is None
-                       else (Wm @ pending[0], Wm @ pending[1]))
-        elif op == "Add":
-            other = [i for i in nd.input if i in init]
-            if pending is None or len(other) != 1:
-                raise UnsupportedModuleError(f"Add node {nd.name} is not a bias after MatMul/Gemm.")
-            b = pending[1]
-            pending = (pending[0], b + np.broadcast_to(init[other[0]].ravel(), b.shape))
-        elif op == "Relu":
-            close(True)
+        step = _ONNX_STEPS.get(nd.op_type)
+        if step is not None:
+            step(chain, nd, init, attrs)
         cur = nd.output[0]
-    if pending is not None:
-        close(False)
+    if chain.pending is not None:
+        chain.close(False)
+    return chain
+
+
+def from_onnx(model: Any) -> Network:
+    """An ONNX graph that is a chain of Gemm (or MatMul + Add), Relu and Flatten nodes
+    with constant weights (initializers). Loaded through the ``onnx`` extra."""
+    from .._extras import require
+
+    onnx = require("onnx", "onnx", "reading ONNX networks")
+    graph = _onnx_model(model, onnx).graph
+    init = _onnx_constants(graph)
+    nodes = [nd for nd in graph.node if nd.op_type != "Constant"]
+    bad = [f"{nd.name or '?'} ({nd.op_type})" for nd in nodes if nd.op_type not in _ONNX_OPS]
+    if bad:
+        raise UnsupportedModuleError(
+            f"The ONNX graph has {len(bad)} unsupported node(s): {', '.join(bad)}. Supported: "
+            "Gemm, MatMul+Add, Relu, Flatten, Identity, Dropout, Reshape (to a flat vector)."
+        )
+    cur, shape = _onnx_input(graph, init)
+    layers = _onnx_chain(nodes, init, cur, onnx).layers
     if not layers:
         raise ValidationError("The ONNX graph has no affine node to encode.")
     if int(np.prod(shape or (0,))) != layers[0].in_features:

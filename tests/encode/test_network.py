@@ -131,3 +131,70 @@ def test_compress_keeps_function():
     assert small.hidden_sizes[0] == 3
     X = rng.random((50, 4))
     assert np.max(np.abs(small.forward(X) - net.forward(X))) < 1e-12
+
+
+def _onnx_graph(nodes, inits, in_shape=(1, 4)):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.DOUBLE, list(in_shape))
+    y = helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits))
+
+
+def test_onnx_node_forms_equal_onnx_reference_evaluator():
+    """MatMul + Add (bias first or second, from a Constant node), Gemm with alpha, beta and
+    transB, a bias-free Gemm, Flatten, Reshape: the network's logits are the ONNX
+    reference evaluator's (float64 graphs, so exact up to summation order)."""
+    pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(5)
+    W1, b1, W2, b2 = (rng.normal(size=(4, 5)), rng.normal(size=5), rng.normal(size=(5, 3)),
+                      rng.normal(size=3))
+    t = numpy_helper.from_array
+    mm = helper.make_node
+    graphs = [
+        _onnx_graph([mm("MatMul", ["x", "W1"], ["a"]), mm("Add", ["a", "b1"], ["h"]),
+                     mm("Relu", ["h"], ["r"]), mm("MatMul", ["r", "W2"], ["m"]),
+                     mm("Constant", [], ["cb"], value=t(b2, "cbv")),
+                     mm("Add", ["cb", "m"], ["y"])],
+                    [t(W1, "W1"), t(b1, "b1"), t(W2, "W2")]),
+        _onnx_graph([mm("Gemm", ["x", "W1", "b1"], ["a"], alpha=0.5, beta=2.0),
+                     mm("Relu", ["a"], ["r"]), mm("Gemm", ["r", "W2t"], ["g"], transB=1),
+                     mm("Reshape", ["g", "shp"], ["y"])],
+                    [t(W1, "W1"), t(b1, "b1"), t(W2.T.copy(), "W2t"),
+                     t(np.array([1, -1], dtype=np.int64), "shp")]),
+        _onnx_graph([mm("Flatten", ["x"], ["f"]), mm("MatMul", ["f", "W1"], ["a"]),
+                     mm("MatMul", ["a", "W2"], ["b"]), mm("Add", ["b", "b2"], ["y"])],
+                    [t(W1, "W1"), t(W2, "W2"), t(b2, "b2")], in_shape=(1, 2, 2)),
+        _onnx_graph([mm("Gemm", ["x", "W1", ""], ["a"]), mm("Relu", ["a"], ["y"])],
+                    [t(W1, "W1")]),
+    ]
+    for g in graphs:
+        net = from_onnx(g)
+        shape = tuple(d.dim_value for d in g.graph.input[0].type.tensor_type.shape.dim)
+        ref = ReferenceEvaluator(g)
+        for x in rng.normal(size=(5, 4)):
+            want = ref.run(None, {"x": x.reshape(shape)})[0].ravel()
+            assert np.max(np.abs(net.forward(x) - want)) < 1e-12
+    assert from_onnx(graphs[2]).input_shape == (2, 2)
+
+
+def test_onnx_errors_name_the_node_form():
+    pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    W = numpy_helper.from_array(np.ones((4, 3)), "W")
+    b = numpy_helper.from_array(np.ones(4), "b")
+    mm = helper.make_node
+    cases = [
+        ([mm("Relu", ["x"], ["y"])], [], "Relu without an affine node"),
+        ([mm("Gemm", ["x", "W"], ["y"], transA=1, name="g0")], [W], "g0 with transA=1"),
+        ([mm("Add", ["x", "b"], ["y"], name="a0")], [b], "a0 is not a bias"),
+        ([mm("MatMul", ["x", "W"], ["a"]), mm("Relu", ["x"], ["y"])], [W], "not a chain"),
+        ([mm("Flatten", ["x"], ["y"])], [], "no affine node"),
+    ]
+    for nodes, inits, match in cases:
+        with pytest.raises((UnsupportedModuleError, ValidationError), match=match):
+            from_onnx(_onnx_graph(nodes, inits))
