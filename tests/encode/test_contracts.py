@@ -276,6 +276,29 @@ def test_verify_says_how_to_rebuild_the_files_a_set_does_not_ship(lib):
                             "rebuilds its files)"]
 
 
+def test_verify_counts_never_built_instances_apart_and_checks_their_networks(lib, capsys):
+    from optprune.encode.instances import verify
+
+    man = _manifest(lib)
+    man["sets"]["digits"]["ship_files"] = False
+    _write(lib, man)
+    names = sorted(man["instances"])
+    for suffix in (".mps", ".json", ".sol"):  # never generated: no file at all
+        (lib / f"{names[0]}{suffix}").unlink(missing_ok=True)
+    rep = verify(lib, resolve=False)
+    assert rep.ok and rep.unbuilt == [names[0]] and rep.checked == len(names)
+    rc, out, _ = _cli(["instances", "verify", "--dir", str(lib), "--no-solve"], capsys)
+    assert rc == 0 and f"1 of {len(names)} instances are not built here" in out
+    assert f"all {len(names) - 1} built instances verified" in out
+    # Its network is still checked: a corrupt one is a failure.
+    net = lib / man["instances"][names[0]]["network"]
+    net.write_bytes(net.read_bytes()[:300])
+    rep = verify(lib, resolve=False)
+    assert not rep.ok and rep.unbuilt[0] == names[0]
+    assert f"{names[0]}: network {man['instances'][names[0]]['network']}: " in "\n".join(
+        rep.failures)
+
+
 def test_verify_names_every_missing_or_corrupt_file(lib, capsys):
     man = _manifest(lib)
     nets = sorted((lib / "networks").glob("*.npz"))
