@@ -1,27 +1,18 @@
 """benchmarks/bench_omlt.py: optprune's strategies and OMLT's formulation side by side on
 one tiny digits net, every pair proving the same optimum."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 
-def _bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_omlt.py"
-    spec = importlib.util.spec_from_file_location("bench_omlt", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_strategies_side_by_side_with_omlt_prove_the_same_optimum(tmp_path, capsys):
+def test_strategies_side_by_side_with_omlt_prove_the_same_optimum(load_benchmark, tmp_path,
+                                                                  capsys):
     pytest.importorskip("omlt")
     out = tmp_path / "omlt.json"
-    rc = _bench().main(["--archs", "12x1", "--images", "0,1", "--bounds", "symbolic",
-                        "--strategy", "default,none", "--epochs", "5", "--time-limit", "60",
-                        "--json", str(out)])
+    rc = load_benchmark("bench_omlt").main([
+        "--archs", "12x1", "--images", "0,1", "--bounds", "symbolic", "--strategy",
+        "default,none", "--epochs", "5", "--time-limit", "60", "--json", str(out)])
     assert rc == 0
     (row,) = json.loads(out.read_text())
     assert len(row["records"]) == 2
@@ -39,8 +30,8 @@ def test_strategies_side_by_side_with_omlt_prove_the_same_optimum(tmp_path, caps
     assert all("2/2 proven on both" in ln for ln in rows)
 
 
-def test_unknown_strategy_is_a_usage_error(capsys):
+def test_unknown_strategy_is_a_usage_error(load_benchmark, capsys):
     with pytest.raises(SystemExit) as e:
-        _bench().main(["--strategy", "default,fast"])
+        load_benchmark("bench_omlt").main(["--strategy", "default,fast"])
     assert e.value.code == 2
     assert "--strategy takes a list of 'default' and 'none'" in capsys.readouterr().err

@@ -1,17 +1,7 @@
 """benchmarks/bench_solve_hard.py: the consistency check of the ablation (a wrong answer of
 any variant is flagged) and a run of two variants on a tiny digits net, resumed."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_solve_hard.py"
-    spec = importlib.util.spec_from_file_location("bench_solve_hard", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _rec(image, variant, solved, objective, bound):
@@ -19,8 +9,8 @@ def _rec(image, variant, solved, objective, bound):
             "variant": variant, "solved": solved, "objective": objective, "bound": bound}
 
 
-def test_consistency_flags_every_answer_that_contradicts_a_proven_optimum():
-    consistent = _bench().consistent
+def test_consistency_flags_every_answer_that_contradicts_a_proven_optimum(load_benchmark):
+    consistent = load_benchmark("bench_solve_hard").consistent
     base = [_rec(0, "default", True, 1.0, 1.0), _rec(0, "lp", True, 1.0 + 1e-9, 1.0)]
     ok = [_rec(0, "bare", False, 0.5, 2.0), _rec(0, "cuts", False, None, None),
           _rec(1, "bare", False, 7.0, 8.0)]  # image 1: nothing proven
@@ -34,8 +24,8 @@ def test_consistency_flags_every_answer_that_contradicts_a_proven_optimum():
     assert not any(consistent([*base, _rec(0, "scip", True, 1.1, 1.1)]))
 
 
-def test_two_variants_on_a_tiny_net_agree_and_resume(tmp_path, capsys):
-    bench = _bench()
+def test_two_variants_on_a_tiny_net_agree_and_resume(load_benchmark, tmp_path, capsys):
+    bench = load_benchmark("bench_solve_hard")
     out = tmp_path / "hard.jsonl"
     argv = ["--archs", "10x1", "--images", "0,1", "--variants", "bare,default",
             "--time-limit", "60", "--epochs", "5", "--out", str(out)]
