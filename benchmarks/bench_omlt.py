@@ -22,12 +22,16 @@ Build times are "network in, HiGHS holding the model" on both sides. --build-onl
 the solves (for networks too large to solve, to measure the build ratio).
 Both: one HiGHS thread (optprune's solve_encoding rebuilds HiGHS's process-wide scheduler
 at the size asked for), mip_rel_gap --gap, same time limit, seed 0. optprune solves with
---strategy (default: optprune's default Strategy(), PGD start + root ideal cuts + HiGHS's
-presolve and heuristics off; "none": the bare model); the strategy's time counts as
-solve time. optprune builds without column / row names, as attack() does.
+each of --strategy (a list; "default": optprune's default Strategy(), PGD start + root
+ideal cuts + HiGHS's presolve and heuristics off; "none": the bare model under HiGHS's
+defaults, as OMLT's); the strategy's time counts as solve time. optprune builds without
+column / row names, as attack() does. Solve times are summarised by the geometric mean and
+by the shifted geometric mean (shift --shift s; a time-out counts its time to the limit).
 
   python benchmarks/bench_omlt.py --archs 50x2,100x2 --images 0,1 --radius 0.05 \
       --bounds interval,lp
+  python benchmarks/bench_omlt.py --archs 100x2 --images 0,1,2 --bounds symbolic \
+      --strategy default,none --time-limit 120
   python benchmarks/bench_omlt.py --archs 300x2,500x2,1000x2 --build-only --bounds interval
 """
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -82,7 +87,8 @@ def run_optprune(net, x0, label, target, radius, method, gap, time_limit, build_
     # the strategy's PGD start and cut loop count as solve time
     prep = r.stats.get("prepare_time_s", 0.0)
     out.update({"translate": r.build_time_s, "solve": r.solve_time_s + prep, "obj": r.objective,
-                "bound": r.bound, "term": r.termination, "nodes": r.nodes, "prepare": prep})
+                "bound": r.bound, "term": r.termination, "nodes": r.nodes, "prepare": prep,
+                "verified": r.verified})
     return out
 
 
@@ -137,7 +143,7 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None or v != v else f"{v:.9g}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archs", default="50x2,100x2")
@@ -149,10 +155,16 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=300.0)
     p.add_argument("--build-only", action="store_true", help="no solves: build times only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strategy", default="default", choices=["default", "none"])
+    p.add_argument("--strategy", default="default",
+                   help="optprune strategies (list of default, none)")
+    p.add_argument("--shift", type=float, default=1.0, help="sgm shift of the solve times (s)")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--json", default=None, help="write every record to this JSON file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    strategies = args.strategy.split(",")
+    bad = [s for s in strategies if s not in ("default", "none")]
+    if bad:
+        p.error(f"--strategy takes a list of 'default' and 'none'; got {bad}")
 
     import gc
     import json
@@ -163,10 +175,14 @@ def main() -> None:
     from optprune.encode import as_network
 
     logging.getLogger("pyomo").setLevel(logging.ERROR)  # OMLT's var initialisation warnings
+    from optprune.encode.bench import shifted_geomean
     from optprune.encode.prune import accuracy, digits_data, train_mlp
 
     torch.set_num_threads(1)
     methods = args.bounds.split(",")
+    # a variant is bounds method x strategy; the bare variant is named "<method>+none"
+    variants = {(m if s == "default" else f"{m}+{s}"): (m, s) for m in methods
+                for s in strategies}
     data = digits_data(args.seed)
     Xte, yte = data[2], data[3]
     images = [int(i) for i in args.images.split(",")]
@@ -189,9 +205,9 @@ def main() -> None:
                 order = [c for c in np.argsort(-logits) if c != label]
                 targets = [int(order[0])]
             for c in targets:
-                ops = {m: run_optprune(net, x0, label, c, args.radius, m, args.gap,
-                                       args.time_limit, args.build_only, args.strategy)
-                       for m in methods}
+                ops = {v: run_optprune(net, x0, label, c, args.radius, m, args.gap,
+                                       args.time_limit, args.build_only, s)
+                       for v, (m, s) in variants.items()}
                 om = run_omlt(net, x0, label, c, args.radius, args.gap, args.time_limit,
                               args.build_only)
                 for d in (*ops.values(), om):  # no incumbent (time limit): nan, not None
@@ -227,41 +243,49 @@ def main() -> None:
     print()
     print(f"optprune.encode vs OMLT (ReluBigMFormulation, interval bounds), digits MLPs seed "
           f"{args.seed}, images {images}, L-inf r={args.radius:g}, targeted margin "
-          f"max y_c - y_t (c = {args.targets}); one HiGHS thread, optprune strategy "
-          f"{args.strategy}, mip_rel_gap "
+          f"max y_c - y_t (c = {args.targets}); one HiGHS thread, mip_rel_gap "
           f"{args.gap:g}, limit {args.time_limit:g} s; build = network in, HiGHS holding the "
-          f"model; geometric means over the {len(images)} images x targets; ratios OMLT / "
-          f"optprune")
-    print("| network | test acc | n | optprune bounds | binaries optprune / OMLT | "
+          f"model; geometric means over the {len(images)} images x targets, sgm = shifted "
+          f"geometric mean (shift {args.shift:g} s); ratios OMLT / optprune; variant = "
+          f"optprune bounds, '+none' = bare model (no strategy)")
+    print("| network | test acc | n | optprune variant | binaries optprune / OMLT | "
           "build optprune (s) | build OMLT (s) | build ratio | solve optprune (s) | "
-          "solve OMLT (s) | solve ratio | optima agree (max rel diff) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "solve OMLT (s) | solve ratio | sgm solve optprune / OMLT (s) | sgm ratio | "
+          "optima agree (max rel diff) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, acc, recs in rows:
         bm = gmean([r["om"]["build"] + r["om"]["translate"] for r in recs])
         sm = gmean([r["om"]["solve"] for r in recs]) if not args.build_only else None
+        ssm = (shifted_geomean([r["om"]["solve"] for r in recs], args.shift)
+               if not args.build_only else None)
         to_m = sum(r["om"]["term"] != "Optimal" for r in recs)
-        for m in methods:
+        for m in variants:
             bo = gmean([r["op"][m]["build"] + r["op"][m]["translate"] for r in recs])
             nb = (np.mean([r["op"][m]["binaries"] for r in recs]),
                   np.mean([r["om"]["binaries"] for r in recs]))
             if args.build_only:
-                solve_cols = "- | - | - | -"
+                solve_cols = "- | - | - | - | - | -"
             else:
                 so = gmean([r["op"][m]["solve"] for r in recs])
+                sso = shifted_geomean([r["op"][m]["solve"] for r in recs], args.shift)
                 to_o = sum(r["op"][m]["term"] != "optimal" for r in recs)
                 sto = f" ({to_o} time-outs)" if to_o else ""
                 stm = f" ({to_m} time-outs)" if to_m else ""
-                ratio = ("n/a" if to_o == len(recs) and to_m == len(recs)
-                         else f"{sm / so:.1f}x")
+                none = to_o == len(recs) and to_m == len(recs)
+                ratio = "n/a" if none else f"{sm / so:.1f}x"
+                sratio = "n/a" if none else f"{ssm / sso:.1f}x"
                 agree = sum(r[m]["agree"] for r in recs)
                 nboth = sum(r[m]["both_optimal"] for r in recs)
                 md = max((r[m]["rel_diff"] for r in recs if r[m]["both_optimal"]), default=0.0)
                 ag = (f"{agree}/{nboth} proven on both ({md:.1e})" if nboth else
                       f"0/{len(recs)} proven on both")
-                solve_cols = f"{so:.3f}{sto} | {sm:.3f}{stm} | {ratio} | {ag}"
+                solve_cols = (f"{so:.3f}{sto} | {sm:.3f}{stm} | {ratio} | {sso:.3f} / "
+                              f"{ssm:.3f} | {sratio} | {ag}")
             print(f"| {name} | {acc:.4f} | {len(recs)} | {m} | {nb[0]:.0f} / {nb[1]:.0f} | "
                   f"{bo:.4f} | {bm:.3f} | {bm / bo:.1f}x | {solve_cols} |")
 
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

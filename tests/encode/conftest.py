@@ -50,3 +50,19 @@ def _random_network(rng, sizes, sparsity=0.0):
 def random_network():
     """A factory: random_network(rng, sizes, sparsity) -> Network (ReLU on hidden layers)."""
     return _random_network
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """A benchmarks/<name>.py script as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name):
+        path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
