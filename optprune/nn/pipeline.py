@@ -49,7 +49,8 @@ from ..alloc import AllocationProblem
 from ..errors import ValidationError, check
 from .fisher import FisherResult, mask_fisher, output_kind
 from .reconstruct import DEFAULT_ALPHAS, GUARD_ERROR, ReconstructionReport, reconstruct
-from .sensitivity import Evaluator, SlotCurve, additivity, measure_curves, slot_orders
+from .sensitivity import (Evaluator, SlotCurve, additivity, measure_curves,
+                          measured_widths, slot_orders)
 from .structures import StructureSet
 
 __all__ = ["CalibrationOptions", "CalibratedSelection", "calibrated_selection",
@@ -195,7 +196,6 @@ def resolve_options(opts: CalibrationOptions, structures: StructureSet,
     ``curves="auto"`` the estimate it was decided on (``curve_macs``: measured points x
     curve samples x dense MACs per sample, against ``auto_macs``)."""
     from .calib import n_samples
-    from .sensitivity import _grid
 
     out: dict[str, Any] = {"curves": opts.curves}
     if opts.curves == "auto":
@@ -207,8 +207,7 @@ def resolve_options(opts: CalibrationOptions, structures: StructureSet,
                 break
         points = 0
         for s, ix in problem.slots().items():
-            meas = _grid(np.asarray(problem.allowed_counts(s), dtype=np.int64), opts.max_widths)
-            points += int(np.sum(meas != ix.size))
+            points += int(np.sum(measured_widths(problem, s, opts.max_widths) != ix.size))
         macs = float(points) * n * float(structures.dense_flops)
         out.update(curves=macs <= opts.auto_macs, curve_macs=macs, curve_points=points,
                    curve_samples=n, auto_macs=opts.auto_macs)

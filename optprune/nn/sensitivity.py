@@ -36,7 +36,7 @@ from .reconstruct import _is_refittable, _taps, refit_from_stats, unfold_rows
 from .resume import ForwardTrace, capture_outputs, skipping
 from .structures import StructureSet
 
-__all__ = ["SlotCurve", "Evaluator", "slot_orders", "measure_curves", "additivity",
+__all__ = ["SlotCurve", "Evaluator", "slot_orders", "measure_curves", "measured_widths", "additivity",
            "greedy_quadratic_order"]
 
 Slot = tuple[str, str]
@@ -290,6 +290,12 @@ def _grid(allowed: np.ndarray, max_widths: int) -> np.ndarray:
     return allowed[pick]
 
 
+def measured_widths(problem: AllocationProblem, slot: Slot, max_widths: int) -> np.ndarray:
+    """The widths of ``slot`` the curves evaluate: its allowed widths, or ``max_widths``
+    of them spread over the range (the smallest and the largest included)."""
+    return _grid(np.asarray(problem.allowed_counts(slot), dtype=np.int64), max_widths)
+
+
 def measure_curves(evaluator: Evaluator, problem: AllocationProblem,
                    orders: dict[Slot, np.ndarray], *, max_widths: int = 24,
                    refit: bool = True) -> dict[Slot, SlotCurve]:
@@ -302,8 +308,7 @@ def measure_curves(evaluator: Evaluator, problem: AllocationProblem,
     for s, ix in problem.slots().items():
         order = orders[s]
         width = ix.size
-        allowed = np.asarray(problem.allowed_counts(s), dtype=np.int64)
-        meas = _grid(allowed, max_widths)
+        meas = measured_widths(problem, s, max_widths)
         delta_m = []
         for k in meas:
             if k == width:

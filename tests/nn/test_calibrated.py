@@ -436,6 +436,10 @@ def test_pipeline_proposals_are_proven_distinct_and_the_measured_best_is_chosen(
     sel = calibrated_selection(ss, p, (x, y), CalibrationOptions(k_best=3, batch_size=32))
     cands = sel.candidates
     assert [c["source"] for c in cands] == ["curves"] * 3 + ["fisher"]
+    # curves="auto" measured them, and its cost estimate counted the points measured.
+    widths = {s: ix.size for s, ix in ss.layer_kind_index().items()}
+    assert sel.settings["curves"] is True and sel.settings["curve_points"] == sum(
+        int(np.sum(c.measured != widths[s])) for s, c in sel.curves.items())
     objs = [c["objective"] for c in cands[:3]]
     assert objs == sorted(objs, reverse=True)
     assert all(c["termination"] == "optimal" for c in cands)
